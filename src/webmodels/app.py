@@ -1,0 +1,291 @@
+"""The handler: one set of routes, written once, run unchanged by all three models.
+
+Routes that wait yield an effect (see effects.py); routes that burn CPU or inject a fault do it inline on
+purpose, because holding the GIL, blocking the loop or killing the process *is* the experiment. Call
+`dispatch_sync` from a thread or process, `await dispatch_async` from the event loop: both count the
+request, turn any exception into a logged 500, and never let one request take the server down — except
+the fault routes, whose job is exactly that.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import traceback
+from typing import Any, Callable, Generator
+
+from . import faults, stats
+from .codec import Request, Response, json_response
+from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
+from .log import access, log
+from .runtime import Runtime
+
+HELLO = b"Hello, world!"
+
+
+class BadParam(Exception):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _int(req: Request, name: str, default: int | None, lo: int, hi: int) -> int:
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise BadParam(name, f"missing parameter {name!r} (an integer {lo}-{hi})")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParam(name, f"parameter {name!r} must be an integer {lo}-{hi}, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise BadParam(name, f"parameter {name!r} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(req: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = req.query.get(name, default)
+    if value not in choices:
+        raise BadParam(name, f"parameter {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+# -- plain routes -----------------------------------------------------------------------------------------------
+def hello(req: Request, rt: Runtime) -> Response:
+    return Response(200, HELLO)
+
+
+def io(req: Request, rt: Runtime) -> Handler:
+    ms = _int(req, "ms", 100, 0, 60000)
+    yield Sleep(ms / 1000)
+    return json_response(200, {"waited_ms": ms})
+
+
+def burn(ms: float) -> int:
+    """Spend MS milliseconds of this thread's CPU time in pure Python; return the loop count.
+
+    thread_time, not wall time: a thread waiting for the GIL does not get credit, so each request costs
+    the same CPU whatever the model — and the thread pool's queueing behind the GIL shows as latency.
+    """
+    deadline = time.thread_time() + ms / 1000
+    n = 0
+    while time.thread_time() < deadline:
+        for _ in range(200):
+            n += 1
+    return n
+
+
+def cpu(req: Request, rt: Runtime) -> Response:
+    ms = _int(req, "ms", 10, 0, 10000)
+    t0 = time.monotonic()
+    loops = burn(ms)
+    return json_response(200, {"burned_ms": ms, "wall_ms": round((time.monotonic() - t0) * 1000, 3),
+                               "loops": loops})
+
+
+_payloads: dict[int, bytes] = {}
+
+
+def bytes_(req: Request, rt: Runtime) -> Response:
+    kb = _int(req, "kb", 1, 0, 10240)
+    body = _payloads.get(kb)
+    if body is None:
+        body = b"x" * (kb * 1024)
+        if len(_payloads) < 64:
+            _payloads[kb] = body
+    return Response(200, body, "application/octet-stream")
+
+
+def whoami(req: Request, rt: Runtime) -> Response:
+    t = threading.current_thread()
+    return json_response(200, {
+        "model": rt.model, "pid": os.getpid(), "ppid": os.getppid(), "thread_id": threading.get_ident(),
+        "thread_name": t.name, "worker_index": rt.worker_index, "requests_served": rt.requests_here(),
+    })
+
+
+# One counter per mode, global to the process: threads of one process share it, processes don't.
+COUNTERS = {"unsafe": 0, "locked": 0}
+
+
+def counter(req: Request, rt: Runtime) -> Handler:
+    mode = _choice(req, "mode", "unsafe", ("unsafe", "locked"))
+    op = _choice(req, "op", "incr", ("incr", "read", "reset"))
+    window_ms = _int(req, "window_ms", 1, 0, 1000)
+    if op == "reset":
+        COUNTERS[mode] = 0
+    elif op == "incr":
+        if mode == "locked":
+            yield Acquire("counter")
+        try:
+            value = COUNTERS[mode]  # read ...
+            yield Sleep(window_ms / 1000)  # ... yield to others (threads switch; the loop runs other tasks) ...
+            COUNTERS[mode] = value + 1  # ... write back: whoever incremented meanwhile is overwritten
+        finally:
+            if mode == "locked":
+                yield Release("counter")
+    return json_response(200, {"mode": mode, "value": COUNTERS[mode], "pid": os.getpid(),
+                               "worker_index": rt.worker_index})
+
+
+def echo(req: Request, rt: Runtime) -> Response:
+    ctype = (req.header(b"content-type") or b"application/octet-stream").decode("latin-1")
+    return Response(200, req.body, ctype)
+
+
+def lab_stats(req: Request, rt: Runtime) -> Response:
+    return json_response(200, stats.snapshot(rt))
+
+
+# -- faults -----------------------------------------------------------------------------------------------------
+def fault_crash(req: Request, rt: Runtime) -> Response:
+    log.warning("fault: /fault/crash — exiting with status %d, no cleanup", faults.EXIT_CRASH)
+    faults.crash()
+    raise AssertionError("unreachable")
+
+
+def fault_segfault(req: Request, rt: Runtime) -> Response:
+    log.warning("fault: /fault/segfault — reading address 0")
+    faults.segfault()
+    raise AssertionError("unreachable")
+
+
+def fault_hang(req: Request, rt: Runtime) -> Response:
+    s = _int(req, "s", 3600, 0, 86400)
+    log.warning("fault: /fault/hang — blocking %s for %d s", threading.current_thread().name, s)
+    faults.hang(s)
+    return json_response(200, {"hung_s": s})
+
+
+def fault_leak(req: Request, rt: Runtime) -> Response:
+    mb = _int(req, "mb", 10, 1, 4096)
+    total = faults.leak(mb)
+    return json_response(200, {"leaked_mb": mb, "total_leaked_mb": total, "pid": os.getpid()})
+
+
+def fault_raise(req: Request, rt: Runtime) -> Response:
+    raise RuntimeError("injected fault: /fault/raise")
+
+
+def lab_kill(req: Request, rt: Runtime) -> Response:
+    target = _choice(req, "target", "worker", ("worker", "process"))
+    if target == "process":
+        pid = rt.server_pid()
+        log.warning("kill: target=process — SIGKILL to the whole server (pid %d)", pid)
+        return json_response(202, {"killed": "process", "pid": pid}, close=True, after=rt.kill_process)
+    workers = rt.worker_pids()
+    if not workers:
+        return json_response(409, {"error": f"the {rt.model} model has no worker processes; "
+                                            "use target=process", "param": "target"})
+    pid_raw = req.query.get("pid")
+    if pid_raw:
+        pid = _int(req, "pid", None, 1, 2**31)
+        if pid not in workers:
+            raise BadParam("pid", f"pid {pid} is not a worker of this server (workers: {workers})")
+    else:
+        # Prefer another worker so this reply still gets out; with one worker it has to be ourselves.
+        others = [p for p in workers if p != os.getpid()]
+        pid = random.choice(others or workers)
+    log.warning("kill: SIGKILL to worker %d", pid)
+    kill = _kill_later(pid) if pid == os.getpid() else None
+    if kill is None:
+        _sigkill(pid)
+    return json_response(202, {"killed": "worker", "pid": pid}, close=pid == os.getpid(), after=kill)
+
+
+def _sigkill(pid: int) -> None:
+    import signal
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_later(pid: int) -> Callable[[], None]:
+    return lambda: _sigkill(pid)
+
+
+Route = Callable[[Request, Runtime], Any]
+ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
+    "/": (("GET",), hello),
+    "/io": (("GET",), io),
+    "/cpu": (("GET",), cpu),
+    "/bytes": (("GET",), bytes_),
+    "/whoami": (("GET",), whoami),
+    "/counter": (("GET",), counter),
+    "/echo": (("POST",), echo),
+    "/_lab/stats": (("GET",), lab_stats),
+}
+FAULT_ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
+    "/fault/crash": (("GET", "POST"), fault_crash),
+    "/fault/segfault": (("GET", "POST"), fault_segfault),
+    "/fault/hang": (("GET", "POST"), fault_hang),
+    "/fault/leak": (("GET", "POST"), fault_leak),
+    "/fault/raise": (("GET", "POST"), fault_raise),
+    "/_lab/kill": (("POST",), lab_kill),
+}
+
+
+def handle(req: Request, rt: Runtime) -> Generator[Any, Any, Response]:
+    """Route REQ; a generator so effect-yielding routes and plain ones look the same to the drivers."""
+    entry = ROUTES.get(req.path)
+    if entry is None and rt.config.faults:
+        entry = FAULT_ROUTES.get(req.path)
+    if entry is None:
+        return json_response(404, {"error": f"no route {req.path}"})
+    methods, fn = entry
+    if req.method not in methods:
+        return json_response(405, {"error": f"{req.method} not allowed on {req.path}"},
+                             headers=[("Allow", ", ".join(methods))])
+    try:
+        result = fn(req, rt)
+        if isinstance(result, Generator):
+            result = yield from result
+    except BadParam as exc:
+        return json_response(400, {"error": str(exc), "param": exc.param})
+    return result
+
+
+def _internal_error(req: Request) -> Response:
+    log.error("500 on %s %s:\n%s", req.method, req.target, traceback.format_exc().rstrip())
+    return json_response(500, {"error": "internal server error"})
+
+
+def _log_access(req: Request, resp: Response, t0: float) -> None:
+    access.info("%s %s %d %d %.1fms", req.method, req.target, resp.status, len(resp.body),
+                (time.monotonic() - t0) * 1000)
+
+
+def dispatch_sync(req: Request, rt: Runtime) -> Response:
+    """Run the handler on the calling thread, blocking on its effects."""
+    t0 = time.monotonic()
+    rt.request_started()
+    resp = None
+    try:
+        resp = run_sync(handle(req, rt))
+    except Exception:
+        resp = _internal_error(req)
+    finally:
+        rt.request_finished(resp.status if resp is not None else 500)
+    if access.isEnabledFor(20):
+        _log_access(req, resp, t0)
+    return resp
+
+
+async def dispatch_async(req: Request, rt: Runtime) -> Response:
+    """Run the handler as part of the current task, awaiting its effects."""
+    t0 = time.monotonic()
+    rt.request_started()
+    resp = None
+    try:
+        resp = await run_async(handle(req, rt))
+    except Exception:
+        resp = _internal_error(req)
+    finally:
+        rt.request_finished(resp.status if resp is not None else 500)
+    if access.isEnabledFor(20):
+        _log_access(req, resp, t0)
+    return resp

@@ -1,0 +1,277 @@
+"""Sans-IO HTTP/1.1 codec on httptools: bytes in, `Request`s or one `HttpError` out, response bytes back.
+
+This module imports neither `socket` nor `asyncio`: the three servers feed it whatever they read, however
+they read it, so the same input gets the same answer from every model. It is the only code that touches
+httptools (llhttp). llhttp already rejects most malformed framing (Content-Length with Transfer-Encoding,
+duplicate Content-Length, bad chunk sizes, bare CR, control characters in values); the rules it leaves to
+the server are enforced here: Host on HTTP/1.1, the version (505), and the size limits, each mapped to a
+status — 400 malformed, 408 too slow (the server's timer), 413 body too large, 431 head too large.
+
+After an `HttpError` the connection is unusable (we may be in the middle of a body we did not read): the
+server sends `error_response(err)` and closes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+MAX_HEAD = 8 * 1024
+MAX_HEADERS = 100
+MAX_BODY = 1024 * 1024
+
+REASONS = {
+    200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
+}
+
+
+@dataclass
+class Request:
+    method: str
+    target: str  # the raw request-target, e.g. /io?ms=5
+    path: str
+    query: dict[str, str]
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    version: str  # "1.0" or "1.1"
+    keep_alive: bool
+
+    def header(self, name: bytes) -> bytes | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False  # close the connection after sending
+    after: Callable[[], None] | None = None  # run after the bytes are sent (e.g. kill this process)
+
+
+@dataclass
+class HttpError:
+    status: int
+    reason: str
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class RequestParser:
+    """Turn a byte stream into complete `Request`s (pipelining in order) or one `HttpError`."""
+
+    def __init__(self, max_head: int = MAX_HEAD, max_headers: int = MAX_HEADERS, max_body: int = MAX_BODY):
+        self.max_head, self.max_headers, self.max_body = max_head, max_headers, max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._done: list[Request | HttpError] = []
+        self._failed = False
+        self._upgrade = False
+        self._reset()
+        self._in_message = False
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._head_raw = 0  # raw bytes fed since the message began and before its head completed
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._headers_done = False
+
+    # -- state the servers use for their timers ------------------------------------------------------
+    @property
+    def in_head(self) -> bool:
+        """True while a request has begun but its head is incomplete (the header timeout runs)."""
+        return self._in_message and not self._headers_done
+
+    @property
+    def idle(self) -> bool:
+        """True when no partial request is buffered (the keep-alive idle timeout runs)."""
+        return not self._in_message
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    # -- feeding ----------------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> list[Request | HttpError]:
+        """Parse DATA; return the requests it completed (in order), ending with an HttpError if any."""
+        if self._failed or not data:
+            return []
+        if not self._headers_done:
+            # Guard for a head streamed in one endless header line: llhttp reports a header only when
+            # it is complete, so count raw bytes too (generously: a chunk can also hold the next request).
+            self._head_raw += len(data)
+            if self._in_message and self._head_raw > 2 * self.max_head + 4096:
+                return self._fail(431, "request head too large")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # We speak no other protocol: answer what was asked, then close (bytes after it are not ours).
+            self._upgrade = True
+            for ev in self._done:
+                if isinstance(ev, Request):
+                    ev.keep_alive = False
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                return self._fail(cause.status, cause.reason)
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            return self._fail(400, "invalid method")
+        except httptools.HttpParserError as exc:
+            msg = str(exc)
+            if "HTTP version" in msg:
+                return self._fail(505, "unsupported HTTP version")
+            if "Content-Length overflow" in msg:
+                return self._fail(413, "Content-Length too large")
+            return self._fail(400, msg or "malformed request")
+        out, self._done = self._done, []
+        if self._upgrade:
+            self._failed = True  # nothing more will be parsed on this connection
+        return out
+
+    def eof(self) -> HttpError | None:
+        """The peer closed: a half-received request is an error worth counting (no one gets a reply)."""
+        if self._in_message and not self._failed:
+            self._failed = True
+            return HttpError(400, "connection closed mid-request")
+        return None
+
+    def _fail(self, status: int, reason: str) -> list[Request | HttpError]:
+        self._failed = True
+        out, self._done = self._done, []
+        out.append(HttpError(status, reason))
+        return out
+
+    # -- httptools callbacks ------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset()
+        self._in_message = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.max_head:
+            raise _Reject(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head:
+            raise _Reject(431, "request head too large")
+        if len(self._headers) >= self.max_headers:
+            raise _Reject(431, f"more than {self.max_headers} header fields")
+        # llhttp rejects most control characters; NUL and DEL still need an explicit check (RFC 9110 5.5)
+        if b"\x00" in value or b"\x7f" in value or b"\r" in value or b"\n" in value:
+            raise _Reject(400, "invalid character in header value")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        version = self._parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise _Reject(505, f"HTTP/{version} is not supported")
+        hosts = [v for k, v in self._headers if k.lower() == b"host"]
+        if version == "1.1" and len(hosts) != 1:
+            raise _Reject(400, "missing Host header" if not hosts else "more than one Host header")
+        for k, v in self._headers:
+            if k.lower() == b"content-length":
+                # llhttp validated the digits; refuse a large body before reading a byte of it
+                if int(v) > self.max_body:
+                    raise _Reject(413, f"body larger than {self.max_body} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self.max_body:
+            raise _Reject(413, f"body larger than {self.max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        version = self._parser.get_http_version()
+        target = self._url.decode("latin-1")
+        url = httptools.parse_url(self._url) if self._url[:1] == b"/" else None
+        if url is None:
+            if target != "*" and not target.startswith(("http://", "https://")):
+                raise _Reject(400, "invalid request target")
+            url = httptools.parse_url(self._url) if target != "*" else None
+        path = unquote(url.path.decode("latin-1")) if url is not None and url.path else "/"
+        query: dict[str, str] = {}
+        if url is not None and url.query:
+            query = dict(parse_qsl(url.query.decode("latin-1"), keep_blank_values=True))
+        self._done.append(Request(
+            method=self._parser.get_method().decode("ascii"), target=target, path=path, query=query,
+            headers=self._headers, body=b"".join(self._body), version=version,
+            keep_alive=_keep_alive(version, self._headers)))
+        self._in_message = False
+        self._reset()
+        self._head_raw = 0
+
+
+def _keep_alive(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    tokens: set[bytes] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in v.split(b","))
+    if version == "1.0":
+        return b"keep-alive" in tokens
+    return b"close" not in tokens
+
+
+# -- responses ---------------------------------------------------------------------------------------------
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    # Formatting a date per response is measurable at 50k rps; it changes once a second.
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode())
+    return _date_cache[1]
+
+
+def render(resp: Response, keep_alive: bool) -> bytes:
+    """Serialize RESP; keep_alive=False adds `Connection: close` (the caller then closes)."""
+    reason = REASONS.get(resp.status, "Unknown")
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (resp.status, reason.encode()),
+        b"Server: webmodels\r\nDate: " + _date() + b"\r\n",
+        b"Content-Type: " + resp.content_type.encode() + b"\r\n",
+        b"Content-Length: %d\r\n" % len(resp.body),
+    ]
+    for k, v in resp.headers:
+        head.append(f"{k}: {v}\r\n".encode("latin-1"))
+    if not keep_alive:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + resp.body
+
+
+def json_response(status: int, payload: object, **kw: object) -> Response:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(status, body, "application/json", **kw)  # type: ignore[arg-type]
+
+
+def error_response(err: HttpError) -> Response:
+    """The reply to a protocol error: always closes the connection."""
+    return json_response(err.status, {"error": err.reason}, close=True)
+
+
+TIMEOUT_408 = HttpError(408, "request head not received in time")
+BUSY_503 = HttpError(503, "every thread is busy and the queue is full")

@@ -1,0 +1,59 @@
+"""The pieces of a server's life that must read the same in every model: the socket, the log lines."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+
+from .config import Config
+from .log import log
+
+# Errors that mean "the client went away": expected under load and under chaos, never worth a traceback.
+EXPECTED_NET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN,
+                       errno.EBADF, errno.ESHUTDOWN)
+
+
+class PortInUse(OSError):
+    pass
+
+
+def make_listener(config: Config) -> socket.socket:
+    """Bind and listen on config.bind; a busy port is an error that names the port."""
+    host, port = config.host, config.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(exc.errno, f"port {port} on {host} is already in use") from None
+        raise
+    sock.listen(config.backlog)
+    return sock
+
+
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def log_startup(config: Config, sock: socket.socket, detail: str = "") -> None:
+    """The one start-up line: model, pid, bound address, effective config."""
+    log.info("webmodels %s pid=%d listening on http://%s%s config=%s", config.model, os.getpid(),
+             address(sock), f" {detail}" if detail else "", json.dumps(config.effective(), sort_keys=True))
+
+
+def log_shutdown_begin(signame: str, in_flight: int, graceful_timeout: float) -> None:
+    log.info("shutdown (%s): stop accepting; %d in flight, waiting up to %gs", signame, in_flight,
+             graceful_timeout)
+
+
+def log_shutdown_end(drained: bool, in_flight: int, elapsed: float) -> None:
+    if drained:
+        log.info("shutdown: drained in %.3fs; bye", elapsed)
+    else:
+        log.warning("shutdown: graceful timeout after %.3fs; forcing %d in flight", elapsed, in_flight)

@@ -1,0 +1,105 @@
+"""Start real servers as subprocesses on free loopback ports, and stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+import httpx
+
+LISTEN_RE = re.compile(r"listening on http://(\S+)")
+MODELS = ("threadpool", "prefork", "eventloop")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> object:
+    """Poll PREDICATE until it returns something truthy; fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last error on timeout
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" +
+                         (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+class Server:
+    """One `webmodels serve` subprocess on 127.0.0.1:<free port>."""
+
+    def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, faults: bool = True) -> None:
+        self.model = model
+        cmd = [sys.executable, "-m", "webmodels.cli", "serve", model, "--bind", "127.0.0.1:0", *args]
+        if faults:
+            cmd.append("--faults")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+                                     text=True, bufsize=1)
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+        self.address = ""
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._listening.wait(20):
+            self.kill()
+            raise AssertionError(f"{model} did not start:\n{self.log}")
+        self.url = f"http://{self.address}"
+        self.host, self.port = self.address.rsplit(":", 1)[0], int(self.address.rsplit(":", 1)[1])
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            m = LISTEN_RE.search(line)
+            if m and not self._listening.is_set():
+                self.address = m.group(1)
+                self._listening.set()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def client(self, **kw: object) -> httpx.Client:
+        kw.setdefault("timeout", 10.0)
+        return httpx.Client(base_url=self.url, **kw)  # type: ignore[arg-type]
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        with self.client() as c:
+            return c.get(path, **kw)  # type: ignore[arg-type]
+
+    def stats(self) -> dict:
+        return self.get("/_lab/stats").json()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
