@@ -82,6 +82,7 @@ class RequestParser:
         self._done: list[Request | HttpError] = []
         self._failed = False
         self._upgrade = False
+        self._head_raw = 0  # raw bytes fed since the previous message completed, while no head was complete
         self._reset()
         self._in_message = False
 
@@ -89,7 +90,6 @@ class RequestParser:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._head_raw = 0  # raw bytes fed since the message began and before its head completed
         self._body: list[bytes] = []
         self._body_len = 0
         self._headers_done = False
@@ -118,8 +118,6 @@ class RequestParser:
             # Guard for a head streamed in one endless header line: llhttp reports a header only when
             # it is complete, so count raw bytes too (generously: a chunk can also hold the next request).
             self._head_raw += len(data)
-            if self._in_message and self._head_raw > 2 * self.max_head + 4096:
-                return self._fail(431, "request head too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -142,6 +140,9 @@ class RequestParser:
             if "Content-Length overflow" in msg:
                 return self._fail(413, "Content-Length too large")
             return self._fail(400, msg or "malformed request")
+        if self.in_head and self._head_raw > 2 * self.max_head + 4096:
+            # checked after feeding, so one big read and the same bytes one at a time get the same answer
+            return self._fail(431, "request head too large")
         out, self._done = self._done, []
         if self._upgrade:
             self._failed = True  # nothing more will be parsed on this connection
