@@ -52,7 +52,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve]
+def _add_up(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run the whole lab natively: three servers + Locust UI, with restarts",
+                       description="Start the three servers on 127.0.0.1:8001-8003 with the settings in lab/*.env "
+                       "and the Locust web UI on 127.0.0.1:8089; restart a crashed server as Docker's restart "
+                       "policy would. Ctrl-C stops everything.")
+    p.add_argument("--no-locust", dest="locust", action="store_false", help="servers only")
+    p.add_argument("--locust-processes", type=int, default=0, metavar="N",
+                   help="run Locust with --processes N (more load than one core can generate)")
+    p.add_argument("--port-offset", type=int, default=int(os.environ.get("WEBMODELS_PORT_OFFSET", "0")),
+                   metavar="N", help="shift every lab port by N (e.g. 10000 → 18001-18003, 18089)")
+    p.set_defaults(func=cmd_up)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .log import log, setup
+    from .supervisor import PortBusy, up
+
+    setup()
+    extra = ["--processes", str(args.locust_processes)] if args.locust_processes else []
+    try:
+        return up(locust=args.locust, locust_args=extra, offset=args.port_offset)
+    except PortBusy as exc:
+        log.error("cannot start the lab: %s", exc)
+        return EXIT_CONFIG
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="table of the three lab servers (native or compose)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).print_status(a.json))
+
+
+def _add_kill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("kill", help="SIGKILL a prefork worker or a whole lab server",
+                       description="Kill through the server's own POST /_lab/kill route (needs faults on, as in "
+                       "the lab). Default: --worker for prefork, --process for the others.")
+    p.add_argument("model", choices=MODELS)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--worker", dest="target", action="store_const", const="worker",
+                   help="one worker (prefork only)")
+    g.add_argument("--process", dest="target", action="store_const", const="process", help="the whole server")
+    p.add_argument("--pid", type=int, help="with --worker: this worker")
+    p.set_defaults(func=cmd_kill)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from .labctl import kill
+
+    target = args.target or ("worker" if args.model == "prefork" else "process")
+    if target == "worker" and args.model != "prefork":
+        print(f"webmodels kill: error: the {args.model} model has no worker processes; use --process",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    return kill(args.model, target, args.pid)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill]
 
 
 def main(argv: list[str] | None = None) -> int:

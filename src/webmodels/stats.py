@@ -75,4 +75,7 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
         "processes": procs,
         "totals": totals,
         "counters": runtime.counters(),
+        # set by the native lab supervisor (`webmodels up`) when it restarts a crashed server
+        "restarts": int(os.environ["WEBMODELS_RESTARTS"]) if os.environ.get("WEBMODELS_RESTARTS", "").isdigit()
+        else None,
     }
