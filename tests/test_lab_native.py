@@ -122,15 +122,12 @@ def test_up_serves_four_urls_restarts_a_crash_and_stops_clean(lab) -> None:
 
 def test_busy_port_is_a_clear_error(lab) -> None:
     lab_ = lab("--no-locust")
-    blocker = socket.socket()
-    try:
-        # race the lab for its prefork port? no: start a second lab on the same offset instead
-        wait_for(lambda: _answers(lab_.url(8002)), timeout=45, interval=0.2, what="first lab up")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
-        second = subprocess.run([sys.executable, "-m", "webmodels.cli", "up", "--no-locust", "--port-offset",
-                                 str(lab_.offset)], capture_output=True, text=True, timeout=30, env=env)
-        assert second.returncode == 2
-        assert f"port {8001 + lab_.offset} (threadpool)" in second.stderr
-        assert "already in use" in second.stderr
-    finally:
-        blocker.close()
+    wait_for(lambda: _answers(lab_.url(8001)), timeout=45, interval=0.2, what="first lab up")
+    # a second lab on the same ports must refuse to start, naming the port, and start nothing
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+    second = subprocess.run([sys.executable, "-m", "webmodels.cli", "up", "--no-locust", "--port-offset",
+                             str(lab_.offset)], capture_output=True, text=True, timeout=30, env=env)
+    assert second.returncode == 2
+    assert f"port {8001 + lab_.offset} (threadpool)" in second.stderr
+    assert "already in use" in second.stderr
+    assert "listening" not in second.stderr
