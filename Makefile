@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test up bench clean
+.PHONY: install test test-compose up bench clean
 
 install: $(STAMP)
 
@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Everything but the Docker end-to-end test (that one needs an engine: `make test-compose`, run by .ci/run).
 test: install
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -m 'not compose' $(PYTEST_ARGS)
+
+test-compose: install
+	$(BIN)/pytest -q -p no:cacheprovider -m compose -s $(PYTEST_ARGS)
 
 up: install
 	$(BIN)/webmodels up
