@@ -1,0 +1,301 @@
+"""What only prefork does, against real `webmodels serve prefork` processes: crashes, hangs, kills, signals.
+
+Every figure comes from outside: `/_lab/stats` (answered by any worker from the shared-memory board), the
+server's exit status and log, and psutil on the pids it reported.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from webmodels.faults import EXIT_BOOT
+
+from .rawhttp import Conn
+from .support import Server, wait_for
+
+
+def start(start_server, *args: str, **kw: object) -> Server:
+    return start_server("prefork", *args, **kw)
+
+
+def worker_pids(srv: Server) -> set[int]:
+    return {p["pid"] for p in srv.stats()["processes"] if p["role"] == "worker"}
+
+
+def counters(srv: Server) -> dict:
+    return srv.stats()["counters"]
+
+
+def workers_become(srv: Server, n: int, timeout: float = 10.0, exclude: set[int] = frozenset()) -> set[int]:
+    """Wait until the server has exactly N live workers, none of them in EXCLUDE; return their pids."""
+    def ready() -> set[int] | None:
+        pids = worker_pids(srv)
+        return pids if len(pids) == n and not pids & exclude and counters(srv)["workers"] == n else None
+    return wait_for(ready, timeout=timeout, interval=0.05, what=f"{n} workers (excluding {sorted(exclude)})")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Background:
+    """Run GET TARGET in a thread; remember the status code or the exception."""
+
+    def __init__(self, srv: Server, target: str, timeout: float = 15.0) -> None:
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(srv.url, target, timeout), daemon=True)
+        self.thread.start()
+
+    def _run(self, url: str, target: str, timeout: float) -> None:
+        try:
+            with httpx.Client(base_url=url, timeout=timeout) as c:
+                self.status = c.get(target).status_code
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def result(self, timeout: float = 15.0) -> int | None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "background request did not finish"
+        return self.status
+
+
+def log_time(srv: Server, text: str) -> float:
+    """The timestamp (epoch seconds) of the server's first log line containing TEXT."""
+    line = wait_for(lambda: next((ln for ln in srv.lines if text in ln), None), timeout=5, what=repr(text))
+    stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)  # type: ignore[arg-type]
+    assert stamp, line
+    return time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
+
+
+def in_flight_becomes(srv: Server, n: int) -> None:
+    # the stats request itself is one more in flight
+    wait_for(lambda: counters(srv)["in_flight"] - 1 >= n, timeout=10, what=f"{n} requests in flight")
+
+
+# -- defaults ---------------------------------------------------------------------------------------------------
+def test_four_workers_by_default_and_close_after_each_response(start_server) -> None:
+    srv = start(start_server)
+    assert len(workers_become(srv, 4)) == 4
+    with Conn(srv.host, srv.port) as c:
+        c.get("/")
+        reply = c.read_reply()
+        assert reply.status == 200 and reply.headers.get("connection") == "close"
+        assert c.read_eof()  # --keepalive 0: a sync worker must not wait on an idle connection
+
+
+# -- crashes -----------------------------------------------------------------------------------------------------
+def test_crash_costs_only_its_own_request(start_server) -> None:
+    srv = start(start_server)
+    before = workers_become(srv, 4)
+    slow = [Background(srv, "/io?ms=1500") for _ in range(3)]  # one on each of three workers
+    in_flight_becomes(srv, 3)
+    t0 = time.monotonic()
+    with pytest.raises(httpx.TransportError):  # the crashing worker takes its connection with it
+        srv.get("/fault/crash")  # only one worker is free to take it
+    wait_for(lambda: counters(srv)["respawns"] == 1, timeout=5, what="the respawn")
+    print(f"prefork: crashed worker replaced within {time.monotonic() - t0:.3f}s (polling included)")
+    assert [b.result() for b in slow] == [200, 200, 200], [b.error for b in slow]
+    assert srv.alive()
+    after = workers_become(srv, 4)
+    assert len(after) == 4 and len(before - after) == 1 and len(after - before) == 1
+    c = counters(srv)
+    assert c["worker_exits"]["crash"] == 1 and c["respawns"] == 1
+    assert sum(c["worker_exits"].values()) == 1
+    assert "injected crash" in srv.log
+
+
+def test_segfault_is_counted_as_a_signal(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    before = workers_become(srv, 2)
+    with pytest.raises(httpx.TransportError):
+        srv.get("/fault/segfault")
+    wait_for(lambda: counters(srv)["worker_exits"]["signal"] == 1, timeout=10, what="exits.signal == 1")
+    after = workers_become(srv, 2)
+    assert len(after - before) == 1
+    c = counters(srv)
+    assert c["worker_exits"]["crash"] == 0 and c["respawns"] == 1
+    assert "SIGSEGV" in srv.log
+    assert srv.get("/").status_code == 200
+
+
+def test_hung_worker_is_killed_and_replaced_within_timeout(start_server) -> None:
+    srv = start(start_server, "--workers", "2", "--timeout", "2")
+    before = workers_become(srv, 2)
+    hang = Background(srv, "/fault/hang?s=60", timeout=20)
+    t0 = time.monotonic()
+    in_flight_becomes(srv, 1)
+    assert srv.get("/").status_code == 200  # the other worker still answers meanwhile
+    wait_for(lambda: counters(srv)["worker_exits"]["timeout"] == 1, timeout=10, interval=0.02,
+             what="exits.timeout == 1")
+    after = workers_become(srv, 2, timeout=5)
+    elapsed = time.monotonic() - t0
+    # the same interval by the server's own clock: the worker's "hang" line to the replacement's "spawned"
+    hung_at = log_time(srv, "fault: /fault/hang")
+    replaced_at = max(log_time(srv, f"spawned (pid {pid})") for pid in after - before)
+    print(f"prefork: hung worker killed and replaced {replaced_at - hung_at:.3f}s after the hang by the "
+          f"server's log, {elapsed:.3f}s seen from outside (--timeout 2; target 2.25s)")
+    assert replaced_at - hung_at < 3.0
+    assert elapsed < 4.0
+    assert len(after - before) == 1
+    hang.result()
+    assert hang.status is None and isinstance(hang.error, httpx.TransportError)
+    assert srv.get("/").status_code == 200
+    c = counters(srv)
+    assert c["worker_exits"]["timeout"] == 1 and c["respawns"] == 1
+
+
+# -- /_lab/kill ----------------------------------------------------------------------------------------------------------
+def test_kill_a_worker_and_it_is_replaced(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    before = workers_become(srv, 2)
+    with srv.client() as c:
+        r = c.post("/_lab/kill?target=worker")
+    assert r.status_code == 202
+    victim = r.json()["pid"]
+    assert victim in before
+    after = workers_become(srv, 2, exclude={victim})
+    assert len(after - before) == 1
+    wait_for(lambda: gone(victim), timeout=5, what=f"worker {victim} to be gone")
+    c = counters(srv)
+    assert c["worker_exits"]["signal"] == 1 and c["respawns"] == 1
+
+
+def test_kill_a_given_worker(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    victim = sorted(workers_become(srv, 2))[0]
+    with srv.client() as c:
+        r = c.post(f"/_lab/kill?target=worker&pid={victim}")
+    assert r.status_code == 202 and r.json()["pid"] == victim
+    workers_become(srv, 2, exclude={victim})
+
+
+@pytest.mark.parametrize("pid", ["master", "1", "abc", "99999999"])
+def test_kill_with_a_pid_that_is_not_a_worker_is_400(start_server, pid: str) -> None:
+    srv = start(start_server, "--workers", "2")
+    before = workers_become(srv, 2)
+    pid = str(srv.pid) if pid == "master" else pid
+    with srv.client() as c:
+        r = c.post(f"/_lab/kill?target=worker&pid={pid}")
+    assert r.status_code == 400 and r.json()["param"] == "pid"
+    assert worker_pids(srv) == before and srv.alive()
+
+
+def test_kill_process_takes_the_whole_server(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    pids = workers_become(srv, 2)
+    with srv.client() as c:
+        r = c.post("/_lab/kill?target=process")
+    assert r.status_code == 202 and r.json()["pid"] == srv.pid
+    assert srv.wait_exit(5) == -signal.SIGKILL
+    wait_for(lambda: all(gone(p) for p in pids), timeout=5, what="every worker to be gone")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(srv.url + "/", timeout=2)
+
+
+# -- signals to the master ------------------------------------------------------------------------------------------------
+def test_sigterm_drains_in_flight_then_exits_0(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    workers_become(srv, 2)
+    slow = Background(srv, "/io?ms=1000")
+    in_flight_becomes(srv, 1)
+    srv.signal(signal.SIGTERM)
+    assert slow.result() == 200, slow.error
+    assert srv.wait_exit(10) == 0
+    assert "drained" in srv.log
+
+
+def master_said(srv: Server, text: str) -> None:
+    wait_for(lambda: text in srv.log, timeout=5, what=f"the log line {text!r}")
+
+
+def test_ttin_ttou_change_the_worker_count(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    workers_become(srv, 2)
+    # Two TTINs in quick succession: the second arrives before the first new worker is up. (Not two
+    # back-to-back kill() calls: the kernel keeps one pending instance of a standard signal, so two sent
+    # before the master runs are one delivery; we wait until the master has taken the first.)
+    srv.signal(signal.SIGTTIN)
+    master_said(srv, "SIGTTIN: workers → 3")
+    srv.signal(signal.SIGTTIN)
+    master_said(srv, "SIGTTIN: workers → 4")
+    workers_become(srv, 4)
+    assert counters(srv)["target_workers"] == 4
+    srv.signal(signal.SIGTTOU)
+    workers_become(srv, 3)
+    c = counters(srv)
+    assert c["target_workers"] == 3
+    assert c["respawns"] == 0  # growing and shrinking on request is not a respawn
+
+
+def test_hup_replaces_every_worker(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    before = workers_become(srv, 2)
+    srv.signal(signal.SIGHUP)
+    after = workers_become(srv, 2, exclude=before)
+    assert not after & before
+    assert counters(srv)["worker_exits"]["clean"] == 2
+    assert srv.get("/").status_code == 200
+
+
+def test_max_requests_recycles_workers_without_failing_a_request(start_server) -> None:
+    srv = start(start_server, "--workers", "2", "--max-requests", "5")
+    workers_become(srv, 2)
+    statuses = []
+    for _ in range(20):
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            statuses.append(c.get("/").status_code)
+    assert statuses == [200] * 20
+    wait_for(lambda: counters(srv)["worker_exits"]["recycled"] >= 1, timeout=10, what="a recycled worker")
+    c = counters(srv)
+    assert c["worker_exits"]["crash"] == c["worker_exits"]["signal"] == 0
+    assert c["requests"] >= 20
+
+
+def test_a_worker_that_cannot_boot_stops_the_server(start_server) -> None:
+    srv = start(start_server, "--workers", "2", env={"WEBMODELS_FAULT_BOOT": "1"})
+    assert srv.wait_exit(10) == EXIT_BOOT
+    wait_for(  # the log reader thread may still be draining the pipe
+        lambda: "failed to boot" in srv.log, timeout=5, what="the boot-failure log line")
+    assert "respawning forever" in srv.log
+    assert srv.log.count("spawned (pid") <= 2  # no respawn loop
+
+
+# -- memory is per process -------------------------------------------------------------------------------------------------
+def test_each_worker_has_its_own_counter(start_server) -> None:
+    srv = start(start_server, "--workers", "2")
+    workers_become(srv, 2)
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            data = c.get("/counter?mode=unsafe&window_ms=150").json()
+        with lock:
+            results.append(data)
+
+    for _ in range(3):  # two at a time: while one worker waits in its window, the other must take the next
+        pair = [threading.Thread(target=one) for _ in range(2)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join(10)
+    assert len(results) == 6
+    by_pid: dict[int, list[int]] = {}
+    for data in results:
+        by_pid.setdefault(data["pid"], []).append(data["value"])
+    assert len(by_pid) == 2, by_pid
+    for pid, values in by_pid.items():
+        # one request at a time per worker, so no update is lost inside a worker; but each counts only its own
+        assert sorted(values) == list(range(1, len(values) + 1)), (pid, values)
+    assert max(max(v) for v in by_pid.values()) < 6
