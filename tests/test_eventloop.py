@@ -1,0 +1,335 @@
+"""The event loop's own behaviour, against a real `webmodels serve eventloop` on 127.0.0.1.
+
+What every model shares (routes, limits, error statuses) is the conformance suite's job; these tests are
+about what one thread and one loop imply: in-order pipelining, timers swept by the loop, flow control,
+a hung handler blocking everyone, the watchdog, shared-fate crashes, and the shutdown story.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from webmodels import app
+from webmodels.codec import Request, RequestParser, Response
+from webmodels.config import build_config
+from webmodels.faults import EXIT_CRASH, EXIT_WATCHDOG
+from webmodels.runtime import Runtime
+
+from .support import Server, wait_for
+
+LOOPS = ("uvloop", "asyncio")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class Conn:
+    """A raw keep-alive HTTP/1.1 connection: exactly the bytes we choose, responses read one by one."""
+
+    def __init__(self, srv: Server, timeout: float = 10.0, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((srv.host, srv.port))
+        self.buf = b""
+
+    @staticmethod
+    def request(path: str, extra: str = "") -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def get(self, path: str, extra: str = "") -> Reply:
+        self.send(self.request(path, extra))
+        return self.read_reply()
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(256 * 1024)
+        if not chunk:
+            raise ConnectionError(f"closed by the server; unread: {self.buf[:200]!r}")
+        self.buf += chunk
+
+    def read_reply(self) -> Reply:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers["content-length"])
+        chunks, have = [self.buf], len(self.buf)
+        while have < length:  # large bodies: collect chunks, do not re-concatenate the whole buffer
+            chunk = self.sock.recv(256 * 1024)
+            if not chunk:
+                raise ConnectionError(f"closed mid-body after {have} of {length} bytes")
+            chunks.append(chunk)
+            have += len(chunk)
+        data = b"".join(chunks)
+        body, self.buf = data[:length], data[length:]
+        return Reply(status, headers, body)
+
+    def closed_by_server(self, timeout: float) -> bytes | None:
+        """Wait up to TIMEOUT for EOF; return the bytes received before it, or None if still open."""
+        self.sock.settimeout(timeout)
+        data = self.buf
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return data
+                data += chunk
+        except socket.timeout:
+            return None
+        except ConnectionResetError:
+            return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def conns():
+    opened: list[Conn] = []
+
+    def open_conn(srv: Server, **kw: object) -> Conn:
+        conn = Conn(srv, **kw)  # type: ignore[arg-type]
+        opened.append(conn)
+        return conn
+
+    yield open_conn
+    for conn in opened:
+        conn.close()
+
+
+def in_flight(srv: Server) -> int:
+    return srv.stats()["counters"]["in_flight"] - 1  # the stats request counts itself
+
+
+# -- the fast path, without sockets ----------------------------------------------------------------------------
+def _request(target: str) -> Request:
+    (req,) = RequestParser().feed(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert isinstance(req, Request)
+    return req
+
+
+def test_dispatch_fast_answers_plain_routes_inline_and_resumes_waiting_ones_once() -> None:
+    import asyncio
+
+    rt = Runtime(build_config("eventloop", {}, environ={}))
+    resp = app.dispatch_fast(_request("/"), rt)
+    assert isinstance(resp, Response) and resp.body == b"Hello, world!"
+    assert (rt.requests, rt.in_flight) == (1, 0)
+    assert isinstance(app.dispatch_fast(_request("/nope"), rt), Response)
+    assert rt.errors_4xx == 1
+
+    app.COUNTERS["locked"] = 0
+    pending = app.dispatch_fast(_request("/counter?mode=locked&window_ms=0"), rt)  # yields Acquire first
+    assert not isinstance(pending, Response) and rt.in_flight == 1
+    resp = asyncio.run(pending)  # type: ignore[arg-type]
+    assert json.loads(resp.body)["value"] == 1  # resumed where it stopped, not run a second time
+    assert (rt.requests, rt.in_flight, rt.errors_5xx) == (3, 0, 0)
+
+
+# -- the connection: pipelining, keep-alive, flow control ---------------------------------------------------------
+@pytest.mark.parametrize("loop", LOOPS)
+def test_pipelined_requests_are_answered_in_order(start_server, conns, loop: str) -> None:
+    srv = start_server("eventloop", "--loop", loop)
+    assert f"loop={loop}" in srv.log
+    conn = conns(srv)
+    # The first one waits on an effect (a task), the others are answered inline: order must still hold.
+    conn.send(Conn.request("/io?ms=150") + Conn.request("/") + Conn.request("/bytes?kb=2"))
+    first, second, third = conn.read_reply(), conn.read_reply(), conn.read_reply()
+    assert (first.status, first.json()) == (200, {"waited_ms": 150})
+    assert (second.status, second.body) == (200, b"Hello, world!")
+    assert (third.status, len(third.body)) == (200, 2048)
+    assert conn.get("/").status == 200  # and the connection is still usable
+
+
+def test_deep_pipeline_pauses_reading_and_loses_nothing(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    conn = conns(srv)
+    n = 60  # several times the queue limit: reading is paused and resumed along the way
+    conn.send(b"".join(Conn.request(f"/io?ms={i % 3}") for i in range(n)))
+    waited = [conn.read_reply().json()["waited_ms"] for _ in range(n)]
+    assert waited == [i % 3 for i in range(n)]
+
+
+def test_keep_alive_connection_is_reused(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    conn = conns(srv)
+    pids = {conn.get("/whoami").json()["pid"] for _ in range(5)}
+    assert pids == {srv.pid}
+    counters = conn.get("/_lab/stats").json()["counters"]
+    assert counters["connections"] == 1 and counters["requests"] == 5
+    reply = conn.get("/", "Connection: close\r\n")
+    assert reply.headers.get("connection") == "close"
+    assert conn.closed_by_server(5) == b""
+
+
+def test_keepalive_zero_closes_after_each_response(start_server, conns) -> None:
+    srv = start_server("eventloop", "--keepalive", "0")
+    conn = conns(srv)
+    reply = conn.get("/")
+    assert reply.status == 200 and reply.headers.get("connection") == "close"
+    assert conn.closed_by_server(5) == b""
+
+
+def test_idle_keep_alive_connection_is_closed_after_keepalive(start_server, conns) -> None:
+    srv = start_server("eventloop", "--keepalive", "0.5")
+    conn = conns(srv)
+    assert conn.get("/").status == 200
+    t0 = time.monotonic()
+    assert conn.closed_by_server(5) == b""  # closed without a word
+    assert 0.4 <= time.monotonic() - t0 < 3
+
+
+def test_large_response_to_a_slow_reader_arrives_whole(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    slow = conns(srv, rcvbuf=16 * 1024)
+    slow.send(Conn.request("/bytes?kb=10240") * 2 + Conn.request("/"))
+    # While SLOW reads nothing its transport is paused for writing; the loop keeps serving others.
+    wait_for(lambda: srv.stats()["counters"]["requests"] >= 1, what="the first 10 MiB response to start")
+    t0 = time.monotonic()
+    assert srv.get("/").status_code == 200
+    assert time.monotonic() - t0 < 2
+    for _ in range(2):
+        reply = slow.read_reply()
+        assert reply.status == 200 and len(reply.body) == 10240 * 1024 and reply.body.count(b"x") == len(reply.body)
+    assert slow.read_reply().body == b"Hello, world!"
+
+
+# -- timers ------------------------------------------------------------------------------------------------------
+def test_incomplete_head_gets_408_and_close(start_server, conns) -> None:
+    srv = start_server("eventloop", "--header-timeout", "0.5")
+    conn = conns(srv)
+    conn.send(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+    t0 = time.monotonic()
+    data = conn.closed_by_server(5)
+    assert data is not None and data.startswith(b"HTTP/1.1 408 ")
+    assert 0.4 <= time.monotonic() - t0 < 3
+
+
+def test_silent_connection_is_closed_without_a_reply(start_server, conns) -> None:
+    srv = start_server("eventloop", "--header-timeout", "0.5")
+    conn = conns(srv)
+    t0 = time.monotonic()
+    assert conn.closed_by_server(5) == b""
+    assert 0.4 <= time.monotonic() - t0 < 3
+    assert srv.stats()["counters"]["errors_4xx"] == 0  # nothing was asked, so nothing failed
+
+
+# -- a blocked loop blocks everyone; the watchdog notices -----------------------------------------------------------
+def test_hung_handler_blocks_every_other_request(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    hang = conns(srv)
+    hang.send(Conn.request("/fault/hang?s=2"))
+    wait_for(lambda: "fault: /fault/hang" in srv.log, what="the hang to start")
+    latencies: list[float] = []
+
+    def hello() -> None:
+        t0 = time.monotonic()
+        if srv.get("/").status_code == 200:
+            latencies.append(time.monotonic() - t0)
+
+    clients = [threading.Thread(target=hello) for _ in range(3)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(15)
+    assert len(latencies) == 3 and min(latencies) >= 1.0, latencies  # all waited for the one hung handler
+    assert hang.read_reply().json() == {"hung_s": 2}
+    counters = srv.stats()["counters"]
+    assert counters["loop_lag_max_ms"] >= 1800, counters
+    # "now" recovers on the next tick; the recent max keeps the evidence
+    wait_for(lambda: srv.stats()["counters"]["loop_lag_ms"] < 500, what="the loop lag to recover")
+    assert srv.stats()["counters"]["loop_lag_max_ms"] >= 1800
+
+
+def test_watchdog_exits_when_the_loop_stalls(start_server, conns) -> None:
+    srv = start_server("eventloop", "--watchdog", "1")
+    assert srv.get("/").status_code == 200
+    hang = conns(srv)
+    t0 = time.monotonic()
+    hang.send(Conn.request("/fault/hang?s=30"))
+    assert srv.wait_exit(timeout=10) == EXIT_WATCHDOG
+    assert time.monotonic() - t0 < 5
+    wait_for(lambda: "watchdog: the event loop has not ticked" in srv.log, timeout=5, what="watchdog log line")
+
+
+def test_watchdog_leaves_a_busy_but_healthy_loop_alone(start_server) -> None:
+    srv = start_server("eventloop", "--watchdog", "1")
+    with srv.client() as c:
+        for _ in range(3):
+            assert c.get("/io?ms=400").status_code == 200  # waiting is not stalling: the loop keeps ticking
+    assert srv.alive()
+
+
+# -- shared fate and shutdown ----------------------------------------------------------------------------------------
+def test_crash_takes_every_in_flight_request_with_it(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    victim = conns(srv)
+    victim.send(Conn.request("/io?ms=2000"))
+    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    crasher = conns(srv)
+    crasher.send(Conn.request("/fault/crash"))
+    assert srv.wait_exit(timeout=10) == EXIT_CRASH
+    assert victim.closed_by_server(5) == b""  # no reply, ever
+    assert crasher.closed_by_server(5) == b""
+
+
+def test_sigterm_drains_in_flight_then_exits_0(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    idle = conns(srv)
+    assert idle.get("/").status == 200  # an idle keep-alive connection: closed at once on SIGTERM
+    busy = conns(srv)
+    busy.send(Conn.request("/io?ms=1000"))
+    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    srv.signal(signal.SIGTERM)
+    assert idle.closed_by_server(0.8) == b""  # well before the in-flight request is done
+    reply = busy.read_reply()
+    assert (reply.status, reply.json()) == (200, {"waited_ms": 1000})
+    assert reply.headers.get("connection") == "close"
+    assert srv.wait_exit(timeout=10) == 0
+    assert "shutdown (SIGTERM): stop accepting; 1 in flight" in srv.log
+    assert "shutdown: drained in" in srv.log
+
+
+def test_sigterm_forces_what_outlives_the_graceful_timeout(start_server, conns) -> None:
+    srv = start_server("eventloop", "--graceful-timeout", "0.5")
+    busy = conns(srv)
+    busy.send(Conn.request("/io?ms=20000"))
+    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit(timeout=10) == 0
+    assert time.monotonic() - t0 < 3
+    assert busy.closed_by_server(5) == b""
+    assert "graceful timeout after" in srv.log
+
+
+def test_sigint_stops_at_once(start_server, conns) -> None:
+    srv = start_server("eventloop")
+    busy = conns(srv)
+    busy.send(Conn.request("/io?ms=20000"))
+    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    t0 = time.monotonic()
+    srv.signal(signal.SIGINT)
+    assert srv.wait_exit(timeout=10) == 0
+    assert time.monotonic() - t0 < 2
+    assert busy.closed_by_server(5) == b""
