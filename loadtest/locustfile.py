@@ -1,0 +1,346 @@
+"""Locust for the lab: load the three servers side by side, inject faults, and account for every request.
+
+  locust -f loadtest/locustfile.py --class-picker                       # web UI on :8089
+  locust -f loadtest/locustfile.py --headless -u 30 -r 30 -t 20s --fault crash --fault-every 5
+  locust -f loadtest/locustfile.py --headless --processes 2 -u 60 -r 60 -t 20s PreforkUser
+
+One FastHttpUser class per server (ThreadpoolUser, PreforkUser, EventloopUser), each with its own host from
+WEBMODELS_<MODEL>_URL (default 127.0.0.1:8001/8002/8003). Request names carry the server ("prefork /io")
+and so does each request's context (User.context), which is how the `request` listener here files every
+request under its server: ok / expected (the injected fault) / collateral — see accounting.py.
+
+Who runs what, in every mode (local, --processes N, --master + --worker):
+  every process      counts its own requests into an outbox and sends it once a second and at test stop
+                     with runner.send_message("webmodels_tally") (a local runner delivers that to itself);
+                     --timeline DIR writes its own JSONL file;
+  master / local     adds the outboxes up, injects the faults (chaos.py: exactly one injector per server,
+                     reported through the `request` event, so fault requests are counted too), polls the
+                     servers for the Servers tab (servers_tab.py), and at test stop prints the per-server
+                     table and writes --accounting-json after the last worker's final outbox arrived.
+Locust's Host field overrides every class's host and the override used to stick to later runs; at each test
+start every class gets back its own host unless a host was typed (or given with --host).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # import loadtest.* however Locust is started
+
+import gevent  # noqa: E402
+from locust import FastHttpUser, constant, events, task  # noqa: E402
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner  # noqa: E402
+
+from loadtest import workloads  # noqa: E402
+from loadtest.accounting import OK, RecoveryWatch, Tally, format_table, injection_key, write_json  # noqa: E402
+from loadtest.chaos import FAULTS, Injector  # noqa: E402
+from loadtest.servers_tab import ServersPanel  # noqa: E402
+from loadtest.timeline import Timeline  # noqa: E402
+
+log = logging.getLogger("loadtest")
+
+SERVERS = ("threadpool", "prefork", "eventloop")
+DEFAULT_URLS = {"threadpool": "http://127.0.0.1:8001", "prefork": "http://127.0.0.1:8002",
+                "eventloop": "http://127.0.0.1:8003"}
+FAIL_BACKOFF_S = 0.1  # a user whose request failed pauses, so a dead server isn't hammered at full CPU
+FLUSH_EVERY_S = 1.0
+FINAL_WAIT_S = 5.0  # how long the master waits for the workers' final outboxes before writing the table
+
+
+def own_host(server: str) -> str:
+    return os.environ.get(f"WEBMODELS_{server.upper()}_URL", DEFAULT_URLS[server]).rstrip("/")
+
+
+@functools.lru_cache(maxsize=64)
+def _calls(workload: str, io_ms: int, cpu_ms: int, kb: int) -> list[workloads.Call]:
+    return workloads.calls(workload, io_ms, cpu_ms, kb)
+
+
+# -- users -------------------------------------------------------------------------------------------------------
+class LabUser(FastHttpUser):
+    abstract = True
+    server = ""
+    wait_time = constant(0)
+    connection_timeout = 5.0
+    network_timeout = 10.0  # --request-timeout sets it at test start
+
+    def context(self) -> dict[str, Any]:
+        return {"server": self.server}
+
+    @task
+    def work(self) -> None:
+        o = self.environment.parsed_options
+        call = workloads.pick(_calls(o.workload, o.io_ms, o.cpu_ms, o.kb))
+        resp = self.client.get(call.path, name=f"{self.server} {call.name}")
+        if not resp.status_code or resp.status_code >= 400:
+            gevent.sleep(FAIL_BACKOFF_S)
+
+
+class ThreadpoolUser(LabUser):
+    server = "threadpool"
+    host = own_host("threadpool")
+
+
+class PreforkUser(LabUser):
+    server = "prefork"
+    host = own_host("prefork")
+
+
+class EventloopUser(LabUser):
+    server = "eventloop"
+    host = own_host("eventloop")
+
+
+USER_CLASSES = (ThreadpoolUser, PreforkUser, EventloopUser)
+
+
+# -- options -----------------------------------------------------------------------------------------------------
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument("--workload", choices=workloads.WORKLOADS, default="hello",
+                        help="What each user requests: hello (/), io (/io?ms=), cpu (/cpu?ms=), bytes (/bytes?kb=), "
+                             "mixed, counter (the race). Hosts: each server keeps its own host unless you type "
+                             "one in Host (then every server class uses it; clear it to go back).")
+    parser.add_argument("--io-ms", type=int, default=50, help="Milliseconds each /io request waits")
+    parser.add_argument("--cpu-ms", type=int, default=10, help="Milliseconds of CPU each /cpu request burns")
+    parser.add_argument("--kb", type=int, default=16, help="KiB per /bytes response")
+    parser.add_argument("--fault", choices=FAULTS, default="none",
+                        help="Fault the injector fires at every loaded server (servers need --faults)")
+    parser.add_argument("--fault-every", type=float, default=5.0, help="Seconds between injected faults, per server")
+    parser.add_argument("--hang-s", type=int, default=5, help="Seconds a 'hang' fault blocks")
+    parser.add_argument("--leak-mb", type=int, default=16, help="MiB a 'leak' fault keeps")
+    parser.add_argument("--request-timeout", type=float, default=10.0,
+                        help="Seconds before a user request without an answer counts as failed")
+    parser.add_argument("--timeline", default="", help="Directory for per-request JSONL, one file per process")
+    parser.add_argument("--accounting-json", default="accounting.json",
+                        help="Where the master/local process writes the per-server accounting at test stop")
+
+
+# -- per-process state -------------------------------------------------------------------------------------------
+class Lab:
+    """Everything this Locust process keeps for the accounting, the injector and the tab."""
+
+    def __init__(self) -> None:
+        self.environment = None
+        self.outbox = Tally()  # this process's requests since its last report
+        self.watch = RecoveryWatch()
+        self.timeline = Timeline()
+        self.flusher: gevent.Greenlet | None = None
+        # master / local only
+        self.total = Tally()
+        self.finals: set[str] = set()
+        self.injector: Injector | None = None
+        self.panel: ServersPanel | None = None
+        self.started_at = self.stopped_at = 0.0
+        self.pending_final: gevent.Greenlet | None = None
+        self.finalized = True
+        self.last_document: dict[str, Any] | None = None
+
+    @property
+    def runner(self):
+        return self.environment.runner
+
+    @property
+    def is_worker(self) -> bool:
+        return isinstance(self.runner, WorkerRunner)
+
+    @property
+    def is_master(self) -> bool:
+        return isinstance(self.runner, MasterRunner)
+
+    def role(self) -> str:
+        if self.is_worker:
+            return f"worker{getattr(self.runner, 'worker_index', '')}"
+        return "master" if self.is_master else "local"
+
+    def targets(self) -> dict[str, str]:
+        """Map each loaded server (the classes picked for this run) to its URL."""
+        env = self.environment
+        classes = env.user_classes or USER_CLASSES
+        return {c.server: (env.host or own_host(c.server)).rstrip("/") for c in classes if issubclass(c, LabUser)}
+
+    # -- counting (every process) --
+    def flush(self, final: bool = False) -> None:
+        if not self.outbox and not final:
+            return
+        data = {"tally": self.outbox.to_dict(), "final": final}
+        self.outbox = Tally()
+        if self.is_master:  # the master's own requests (the injector's) never leave it
+            self.total.merge(Tally.from_dict(data["tally"]))
+        else:  # a worker → the master; a local runner → its own handler below
+            self.runner.send_message("webmodels_tally", data)
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_EVERY_S)
+            self.flush()
+
+    # -- master / local --
+    def on_tally(self, environment, msg, **_kw) -> None:
+        self.total.merge(Tally.from_dict(msg.data["tally"]))
+        if msg.data.get("final"):
+            self.finals.add(msg.node_id)
+
+    def on_injected(self, server: str, fault: str, t: float) -> None:
+        self.total.add_injection(server, fault, t)
+        if self.is_master:
+            self.runner.send_message("webmodels_injected", {"server": server, "t": t})
+        else:
+            self._note_injection(server, t)
+
+    def _note_injection(self, server: str, t: float) -> None:
+        first = self.watch.on_injected(server, t)
+        if first is not None:
+            self.outbox.add_recovery(server, injection_key(t), first)
+
+    def on_injected_msg(self, environment, msg, **_kw) -> None:  # on workers
+        self._note_injection(msg.data["server"], msg.data["t"])
+
+    def live_summary(self) -> dict[str, dict[str, Any]]:
+        return self.total.summary(SERVERS)
+
+    def wait_and_finalize(self, expected: set[str]) -> None:
+        deadline = time.monotonic() + FINAL_WAIT_S
+        while not expected <= self.finals and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if not expected <= self.finals:
+            log.warning("accounting: no final report from %d worker(s); the table may be short",
+                        len(expected - self.finals))
+        self.finalize()
+
+    def finalize(self) -> None:
+        if self.finalized:
+            return
+        self.finalized = True
+        o = self.environment.parsed_options
+        summary = self.total.summary(SERVERS)
+        server_view = {r["name"]: {k: r[k] for k in ("up", "state", "model", "pid", "pid_list", "restarts",
+                                                       "served", "rss_bytes", "uss_bytes", "pss_bytes", "error")}
+                       for r in (self.panel.rows() if self.panel else [])}
+        for name, s in summary.items():
+            s["server_view"] = server_view.get(name)
+        self.last_document = {
+            "run": {"started_at": self.started_at, "stopped_at": self.stopped_at, "role": self.role(),
+                    "workers": len(self.finals - {"local"}), "workload": o.workload, "fault": o.fault,
+                    "fault_every": o.fault_every, "user_classes": sorted(c.__name__ for c in
+                                                                          self.environment.user_classes)},
+            "servers": summary,
+        }
+        table = format_table(summary)
+        print(f"\nFault accounting (per server; faults = injected fault requests, expected)\n{table}\n", flush=True)
+        if o.accounting_json:
+            try:
+                if d := os.path.dirname(o.accounting_json):
+                    os.makedirs(d, exist_ok=True)
+                write_json(o.accounting_json, self.last_document)
+                log.info("accounting written to %s", o.accounting_json)
+            except OSError as exc:
+                log.error("could not write %s: %s", o.accounting_json, exc)
+
+
+lab = Lab()
+
+
+# -- wiring ------------------------------------------------------------------------------------------------------
+@events.init.add_listener
+def _init(environment, runner=None, web_ui=None, **_kw) -> None:
+    lab.environment = environment
+    if runner is None:
+        return
+    if isinstance(runner, WorkerRunner):
+        runner.register_message("webmodels_injected", lab.on_injected_msg)
+        return
+    runner.register_message("webmodels_tally", lab.on_tally)
+    lab.injector = Injector(environment, lab.on_injected)
+    lab.panel = ServersPanel(lab.targets, lab.live_summary, order=SERVERS)
+    if web_ui is not None:
+        lab.panel.install(web_ui)
+
+        @web_ui.app.route("/accounting.json", endpoint="webmodels_accounting_json")
+        @web_ui.auth_required_if_enabled
+        def accounting_json():
+            from flask import jsonify
+            return jsonify(lab.last_document if lab.finalized and lab.last_document else
+                           {"run": {"live": True}, "servers": lab.live_summary()})
+    gevent.spawn(lab.panel.poll_once)  # so the tab has rows before the first run
+
+
+@events.test_start.add_listener
+def _test_start(environment, **_kw) -> None:
+    o = environment.parsed_options
+    for cls in USER_CLASSES:  # undo a Host override left by an earlier run, unless one is set now
+        cls.host = (environment.host or own_host(cls.server)).rstrip("/")
+        cls.network_timeout = o.request_timeout
+    lab.outbox, lab.watch = Tally(), RecoveryWatch()
+    lab.timeline.open(o.timeline, lab.role())
+    if lab.flusher is not None:
+        lab.flusher.kill(block=False)
+    lab.flusher = gevent.spawn(lab._flush_loop)
+    if lab.is_worker:
+        return
+    if lab.pending_final is not None:
+        lab.pending_final.kill(block=False)
+    lab.total, lab.finals, lab.finalized = Tally(), set(), False
+    lab.started_at, lab.stopped_at = time.time(), 0.0
+    lab.panel.start()
+    lab.injector.start(lab.targets(), o.fault, o.fault_every, hang_s=o.hang_s, leak_mb=o.leak_mb,
+                       timeout=o.request_timeout)
+
+
+@events.request.add_listener
+def _request(request_type, name, response_time, response_length, exception=None, context=None, start_time=None,
+             response=None, **_kw) -> None:
+    server = (context or {}).get("server")
+    if not server:
+        return
+    fault = bool(context.get("fault"))
+    start = start_time if start_time is not None else time.time() - response_time / 1000
+    end = start + response_time / 1000
+    error = None
+    if exception is not None:
+        status = getattr(response, "status_code", 0) or 0
+        error = f"HTTP {status}" if status >= 400 else type(exception).__name__
+    kind = lab.outbox.record(server, exception is None, fault, end, error)
+    if kind == OK:
+        for key, first in lab.watch.on_success(server, end):
+            lab.outbox.add_recovery(server, key, first)
+    lab.timeline.write(start, server, name, exception is None, kind, error, response_time)
+
+
+@events.test_stop.add_listener
+def _test_stop(environment, **_kw) -> None:
+    if lab.flusher is not None:
+        lab.flusher.kill(block=False)
+        lab.flusher = None
+    if not lab.is_worker:
+        lab.injector.stop()
+    lab.flush(final=True)  # users are stopped: nothing more will be counted in this process
+    lab.timeline.close()
+    if lab.is_worker:
+        return
+    lab.stopped_at = time.time()
+    lab.panel.stop()
+    lab.panel.poll_once()  # the servers' state at the end, for the JSON
+    if lab.is_master:
+        # the quit path fires this before the workers have stopped: wait (briefly) for their final outboxes
+        expected = {c.id for c in lab.runner.clients.all}
+        lab.pending_final = gevent.spawn(lab.wait_and_finalize, expected)
+    else:
+        lab.finalize()
+
+
+@events.quitting.add_listener
+def _quitting(environment, **_kw) -> None:
+    if lab.environment is not None and lab.runner is not None and not lab.is_worker and not lab.finalized:
+        if lab.runner.state in (STATE_SPAWNING, STATE_RUNNING):
+            lab.runner.stop()  # SIGTERM / Ctrl-C mid-run: stop first, so the table counts every request
+        if lab.pending_final is not None and not lab.pending_final.dead:
+            lab.pending_final.join(timeout=FINAL_WAIT_S)
+        lab.finalize()
+    lab.timeline.close()

@@ -1,0 +1,201 @@
+"""The "Servers" tab: poll each loaded server's /_lab/stats once a second and show one row per server.
+
+Runs on the master (or the single local process), never on a worker: workers fire requests, the tab lives
+where the web UI is. The poller is a greenlet using geventhttpclient (gevent-friendly; no asyncio inside
+Locust), started and stopped with the test; a server that refuses or doesn't answer within the timeout is a
+"down" / "no answer" row, not an exception. It also polls once at start-up so the tab isn't empty before
+the first run, and keeps the last rows after a run ends.
+
+Locust 2.47's own extension points, read from its source (web.py, webui bundle): the React UI takes
+`extended_tabs` / `extended_tables` / `extended_csv_files` from `web_ui.template_args` and reads a tab's rows
+only from `extended_stats` ([{"key": tab key, "data": rows}]) in the /stats/requests JSON, which we add
+with an `after_request` hook. The UI camel-cases keys, so the displayed row keys are single lowercase words.
+The same rows are served at /servers.json and /servers.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import gevent
+from geventhttpclient import HTTPClient
+
+log = logging.getLogger("loadtest.servers_tab")
+
+TAB_KEY = "servers"
+# (row key, column title); keys are single words because the UI camel-cases them
+COLUMNS = (
+    ("name", "Server"), ("state", "State"), ("pids", "PIDs (master · workers)"), ("threads", "Threads"),
+    ("rss", "RSS MB"), ("uss", "USS MB"), ("pss", "PSS MB"), ("restarts", "Respawns / restarts"),
+    ("busy", "Busy / loop lag"), ("served", "Served"), ("faults", "Faults injected"),
+    ("collateral", "Collateral"), ("downtime", "Downtime ms"),
+)
+MB = 1024 * 1024
+
+
+def _mb(n: Any) -> float | str:
+    return round(n / MB, 1) if isinstance(n, (int, float)) else ""
+
+
+def busy_text(stats: dict[str, Any]) -> str:
+    """Summarise what each model is busy with (workers, threads, loop lag); tolerate missing keys."""
+    c = stats.get("counters", {})
+    model = stats.get("model")
+    if model == "prefork":
+        return f"{c.get('busy_workers', '?')}/{c.get('workers', '?')} workers"
+    if model == "threadpool":
+        text = f"{c.get('busy_threads', '?')}/{c.get('pool_size', '?')} threads"
+        return text + (f", {c['queued']} queued" if c.get("queued") else "")
+    if model == "eventloop":
+        lag, top = c.get("loop_lag_ms"), c.get("loop_lag_max_ms")
+        if isinstance(lag, (int, float)):
+            return f"lag {lag:.1f} ms" + (f" (max {top:.1f})" if isinstance(top, (int, float)) else "")
+    return ""
+
+
+class ServersPanel:
+    """Poll the servers, remember the last answer of each, and render rows for the tab, JSON and CSV."""
+
+    def __init__(self, targets: Callable[[], dict[str, str]],
+                 accounting: Callable[[], dict[str, dict[str, Any]]], order: tuple[str, ...] = (),
+                 interval: float = 1.0, timeout: float = 1.5) -> None:
+        self.targets = targets  # server name → base URL (only the servers of the current run)
+        self.accounting = accounting  # server name → live accounting summary
+        self.order = order  # row order: the servers' own order, unknown names last
+        self.interval = interval
+        self.timeout = timeout
+        self.last: dict[str, dict[str, Any]] = {}  # server → {"url", "state", "stats", "at", "down_since"}
+        self.restarts: dict[str, int] = {}  # pid changes seen by the poller (a supervisor restarted it)
+        self.greenlet: gevent.Greenlet | None = None
+
+    # -- polling ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.stop()
+        self.restarts.clear()
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self.greenlet is not None:
+            gevent.killall([self.greenlet], block=False)
+            self.greenlet = None
+
+    def _run(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            self.poll_once()
+            gevent.sleep(max(0.05, self.interval - (time.monotonic() - t0)))
+
+    def poll_once(self) -> None:
+        targets = self.targets()
+        for name in [n for n in self.last if n not in targets]:
+            del self.last[name]
+        jobs = [gevent.spawn(self._poll, name, url) for name, url in targets.items()]
+        gevent.joinall(jobs, timeout=self.timeout + 1)
+
+    def _poll(self, name: str, url: str) -> None:
+        prev = self.last.get(name, {})
+        now = time.time()
+        try:
+            client = HTTPClient.from_url(url, connection_timeout=self.timeout, network_timeout=self.timeout,
+                                         concurrency=1)
+            try:
+                resp = client.get("/_lab/stats")
+                body = resp.read()
+            finally:
+                client.close()
+            if resp.status_code != 200:
+                raise RuntimeError(f"HTTP {resp.status_code}")
+            stats = json.loads(body)
+            old_pid = (prev.get("stats") or {}).get("pid")
+            if old_pid and stats.get("pid") and stats["pid"] != old_pid:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+            self.last[name] = {"url": url, "state": "up", "stats": stats, "at": now, "down_since": None}
+        except Exception as exc:  # noqa: BLE001 - a dead server is a row, not an exception
+            timed_out = "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower()
+            self.last[name] = {"url": url, "state": "no answer" if timed_out else "down", "stats": None,
+                               "at": now, "error": f"{type(exc).__name__}: {exc}",
+                               "down_since": prev.get("down_since") or now, "last_stats": prev.get("stats")}
+
+    # -- rows ------------------------------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        acc = {}
+        try:
+            acc = self.accounting()
+        except Exception:  # noqa: BLE001 - never break /stats/requests because of the tab
+            log.exception("accounting summary failed")
+        rank = {name: i for i, name in enumerate(self.order)}
+        names = sorted(self.last, key=lambda n: (rank.get(n, len(rank)), n))
+        return [self._row(name, self.last[name], acc.get(name, {})) for name in names]
+
+    def _row(self, name: str, entry: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
+        stats = entry.get("stats") or {}
+        procs = stats.get("processes", [])
+        totals = stats.get("totals", {})
+        counters = stats.get("counters", {})
+        workers = [p["pid"] for p in procs if p.get("role") == "worker"]
+        master = stats.get("pid")
+        state = entry["state"]
+        if entry.get("down_since"):
+            state = f"{state} {time.time() - entry['down_since']:.0f}s"
+        if workers:
+            pids = f"{master} · {' '.join(map(str, workers))}"
+        else:
+            pids = str(master) if master else ""
+        restarts = counters.get("respawns") if stats.get("model") == "prefork" else self.restarts.get(name, 0)
+        return {
+            # displayed (single-word keys)
+            "name": name, "state": state, "pids": pids,
+            "threads": totals.get("threads", sum(p.get("threads", 0) for p in procs)) if stats else "",
+            "rss": _mb(totals.get("rss")), "uss": _mb(totals.get("uss")), "pss": _mb(totals.get("pss")),
+            "restarts": restarts if restarts is not None else "", "busy": busy_text(stats) if stats else "",
+            "served": counters.get("requests", ""), "faults": acc.get("injected", 0),
+            "collateral": acc.get("collateral", 0), "downtime": acc.get("downtime_ms", 0.0),
+            # machine-readable extras for /servers.json
+            "url": entry["url"], "up": entry["state"] == "up", "model": stats.get("model"), "pid": master,
+            "pid_list": [p["pid"] for p in procs], "pss_bytes": totals.get("pss"), "rss_bytes": totals.get("rss"),
+            "uss_bytes": totals.get("uss"), "counters": counters, "polled_at": entry["at"],
+            "error": entry.get("error"),
+        }
+
+    def csv_text(self) -> str:
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow([title for _, title in COLUMNS])
+        for row in self.rows():
+            w.writerow([row.get(key, "") for key, _ in COLUMNS])
+        return out.getvalue()
+
+    # -- web UI ----------------------------------------------------------------------------------------------
+    def install(self, web_ui) -> None:
+        """Add the tab, its table and CSV link to the UI, /servers.json and /servers.csv to its app."""
+        from flask import Response, jsonify, request
+
+        web_ui.template_args["extended_tabs"] = [{"title": "Servers", "key": TAB_KEY}]
+        web_ui.template_args["extended_tables"] = [
+            {"key": TAB_KEY, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}]
+        web_ui.template_args["extended_csv_files"] = [{"href": "./servers.csv", "title": "Download servers CSV"}]
+        app = web_ui.app
+
+        @app.after_request
+        def add_servers_to_stats(response):  # the tab reads only /stats/requests' extended_stats
+            if request.path.endswith("/stats/requests") and response.status_code == 200 and response.is_json:
+                data = json.loads(response.get_data())
+                data["extended_stats"] = [{"key": TAB_KEY, "data": self.rows()}]
+                response.set_data(json.dumps(data))
+            return response
+
+        @app.route("/servers.json", endpoint="webmodels_servers_json")
+        @web_ui.auth_required_if_enabled
+        def servers_json():
+            return jsonify({"servers": self.rows(), "at": time.time()})
+
+        @app.route("/servers.csv", endpoint="webmodels_servers_csv")
+        @web_ui.auth_required_if_enabled
+        def servers_csv():
+            return Response(self.csv_text(), mimetype="text/csv", headers={
+                "Content-Disposition": f"attachment;filename=servers_{int(time.time())}.csv"})
