@@ -375,9 +375,11 @@ class Master:
             self.manage_workers()
 
     def _queue_signal(self, signum: int, frame: object) -> None:
-        # No work here (no logging, no reaping). Python calls this once even when two signals of the same
-        # kind arrived before it ran, so the queue is filled from the wakeup pipe instead: the C-level
-        # handler writes one byte (the signal number) per delivery. Two quick TTINs mean two workers.
+        # No work here (no logging, no reaping). Python may call this once for two signals of the same
+        # kind that arrived before it ran, so the queue is filled from the wakeup pipe instead: the C-level
+        # handler writes one byte (the signal number) per delivery. The kernel itself still merges two
+        # identical standard signals sent before the first was delivered — `kill -TTIN` twice in a row
+        # may add one worker; send the second after the log line of the first.
         pass
 
     def _sleep_time(self) -> float:

@@ -340,3 +340,13 @@ def test_error_response_closes_and_says_why() -> None:
     status, headers, _, _ = split_response(codec.render(resp, keep_alive=False))
     assert status == "HTTP/1.1 431 Request Header Fields Too Large"
     assert headers["content-type"] == "application/json"
+
+
+def test_invalid_host_value_is_400() -> None:
+    from webmodels.codec import HttpError, RequestParser
+
+    for bad in (b"a b", b"a/b", b"user@host", b"a\\b"):
+        out = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: " + bad + b"\r\n\r\n")
+        assert len(out) == 1 and isinstance(out[0], HttpError) and out[0].status == 400, bad
+    ok = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n")
+    assert ok and not isinstance(ok[0], HttpError)

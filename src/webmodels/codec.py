@@ -67,6 +67,9 @@ class HttpError:
     reason: str
 
 
+_HOST_FORBIDDEN = frozenset(b" \t/\\?#@")
+
+
 class _Reject(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -191,6 +194,8 @@ class RequestParser:
         hosts = [v for k, v in self._headers if k.lower() == b"host"]
         if version == "1.1" and len(hosts) != 1:
             raise _Reject(400, "missing Host header" if not hosts else "more than one Host header")
+        if hosts and any(c in _HOST_FORBIDDEN for c in hosts[0]):
+            raise _Reject(400, "invalid Host header")  # RFC 9112 3.2: Host is uri-host [":" port], no more
         for k, v in self._headers:
             if k.lower() == b"content-length":
                 # llhttp validated the digits; refuse a large body before reading a byte of it
