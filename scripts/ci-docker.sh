@@ -13,7 +13,7 @@
 # For CMD, `run` exports:
 #   PYTHON_IMAGE=webmodels-base:bookworm            the base image for `--build`
 #   COMPOSE_FILE=docker-compose.yml:docker-compose.ci.yml   host networking, all on 127.0.0.1
-#   WEBMODELS_COMPOSE="docker compose" or "docker-compose"  whichever works (v2 preferred)
+#   WEBMODELS_COMPOSE="docker compose" or "docker-compose"  whichever works (v2 preferred), unless set
 # `setup` prints the same as `export` lines on stdout (eval "$(scripts/ci-docker.sh setup)").
 #
 # Environment: BASE_IMAGE (default webmodels-base:bookworm), WEBMODELS_DOCKERD_PIDFILE (default
@@ -76,7 +76,7 @@ setup() {
         : >"$pidfile"   # an engine we did not start: teardown leaves it alone
     fi
     "$here/build-base-image.sh" --name "$base_image" || die "building the base image $base_image failed"
-    log "ready in $((SECONDS - start))s: engine $(docker version --format '{{.Server.Version}}'), compose: $(compose_cmd), base image $base_image"
+    log "ready in $((SECONDS - start))s: engine $(docker version --format '{{.Server.Version}}'), compose: ${WEBMODELS_COMPOSE:-$(compose_cmd)}, base image $base_image"
 }
 
 teardown() {
@@ -89,7 +89,7 @@ teardown() {
 exports() {
     printf 'export PYTHON_IMAGE=%q\n' "$base_image"
     printf 'export COMPOSE_FILE=%q\n' "docker-compose.yml:docker-compose.ci.yml"
-    printf 'export WEBMODELS_COMPOSE=%q\n' "$(compose_cmd)"
+    printf 'export WEBMODELS_COMPOSE=%q\n' "${WEBMODELS_COMPOSE:-$(compose_cmd)}"
 }
 
 case ${1:-} in
