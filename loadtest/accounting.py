@@ -8,7 +8,8 @@ The words, per server:
               down, timed out behind a hang, got a 503 from a full pool;
   downtime    the longest stretch in which the server's user requests all failed, from the first failure of
               the streak to its last (so to the end of the run when the server never answers again);
-  recovery    from an injected fault (the fault request's start) to the next user success, from any process.
+  recovery    from an injected fault taking effect (crash/segfault: when the fault request ended, i.e. the
+              process died; hang/leak/raise: when it was sent) to the next user success, from any process.
 Every request lands in exactly one of ok / expected / collateral, so ok + expected + collateral = requests.
 
 Built to be merged: a ServerTally holds counts and 100 ms bins of (ok, fail, first/last fail, first/last ok)

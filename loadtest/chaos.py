@@ -8,7 +8,9 @@ per server by construction and a period that does not drift with response times.
 
 The fault request is still a request of the run: it is reported through Locust's `request` event, so it
 appears in Locust's statistics ("prefork /fault/crash") and in the accounting as *expected*, and the
-injection time is handed to `on_injected` (which tells the workers, so they can time the recovery).
+injection time is handed to `on_injected` (which tells the workers, so they can time the recovery). That
+time is when the fault took effect: for crash and segfault the end of the fault request (the process died
+then; a user response finishing in between is not a recovery), for hang, leak and raise its start.
 A fault request still in flight when the test stops (a long hang) is abandoned unreported, as Locust does
 with its users' in-flight requests.
 """
@@ -25,6 +27,7 @@ from geventhttpclient import HTTPClient
 log = logging.getLogger("loadtest.chaos")
 
 FAULTS = ("none", "crash", "segfault", "hang", "leak", "raise")
+FATAL = ("crash", "segfault")  # kill the serving process; the others start hurting when they are sent
 
 
 class HTTPStatusError(Exception):
@@ -69,7 +72,8 @@ class Injector:
 
     def _fire(self, server: str, url: str, fault: str, path: str, timeout: float) -> None:
         start = time.time()
-        self.on_injected(server, fault, start)
+        if fault not in FATAL:
+            self.on_injected(server, fault, start)
         t0 = time.perf_counter()
         exc: BaseException | None = None
         length = 0
@@ -83,6 +87,8 @@ class Injector:
             exc = e
         finally:
             client.close()
+        if fault in FATAL:  # the process died when the fault request ended: recovery counts from there
+            self.on_injected(server, fault, time.time())
         self.environment.events.request.fire(
             request_type="GET", name=f"{server} /fault/{fault}", response_time=(time.perf_counter() - t0) * 1000,
             response_length=length, response=None, exception=exc, start_time=start, url=url + path,

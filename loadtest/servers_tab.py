@@ -28,9 +28,10 @@ from geventhttpclient import HTTPClient
 log = logging.getLogger("loadtest.servers_tab")
 
 TAB_KEY = "servers"
-# (row key, column title); keys are single words because the UI camel-cases them
+# (row key, column title); keys are single words because the UI camel-cases them. Not "name": the UI sorts a
+# table by its rows' "name" field, so in the tab's copy of the rows "name" carries our row order instead.
 COLUMNS = (
-    ("name", "Server"), ("state", "State"), ("pids", "PIDs (master · workers)"), ("threads", "Threads"),
+    ("server", "Server"), ("state", "State"), ("pids", "PIDs (master · workers)"), ("threads", "Threads"),
     ("rss", "RSS MB"), ("uss", "USS MB"), ("pss", "PSS MB"), ("restarts", "Respawns / restarts"),
     ("busy", "Busy / loop lag"), ("served", "Served"), ("faults", "Faults injected"),
     ("collateral", "Collateral"), ("downtime", "Downtime ms"),
@@ -119,7 +120,8 @@ class ServersPanel:
             timed_out = "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower()
             self.last[name] = {"url": url, "state": "no answer" if timed_out else "down", "stats": None,
                                "at": now, "error": f"{type(exc).__name__}: {exc}",
-                               "down_since": prev.get("down_since") or now, "last_stats": prev.get("stats")}
+                               "down_since": prev.get("down_since") or now,
+                               "last_stats": prev.get("stats") or prev.get("last_stats")}
 
     # -- rows ------------------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
@@ -134,6 +136,7 @@ class ServersPanel:
 
     def _row(self, name: str, entry: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
         stats = entry.get("stats") or {}
+        gone = entry.get("last_stats") or {}  # what a server that is down looked like when it was last up
         procs = stats.get("processes", [])
         totals = stats.get("totals", {})
         counters = stats.get("counters", {})
@@ -146,17 +149,21 @@ class ServersPanel:
             pids = f"{master} · {' '.join(map(str, workers))}"
         else:
             pids = str(master) if master else ""
+        if not stats and gone.get("pid"):
+            pids = f"({gone['pid']} gone)"
+        dash = "" if stats else "—"
         restarts = counters.get("respawns") if stats.get("model") == "prefork" else self.restarts.get(name, 0)
         return {
             # displayed (single-word keys)
-            "name": name, "state": state, "pids": pids,
-            "threads": totals.get("threads", sum(p.get("threads", 0) for p in procs)) if stats else "",
-            "rss": _mb(totals.get("rss")), "uss": _mb(totals.get("uss")), "pss": _mb(totals.get("pss")),
-            "restarts": restarts if restarts is not None else "", "busy": busy_text(stats) if stats else "",
-            "served": counters.get("requests", ""), "faults": acc.get("injected", 0),
-            "collateral": acc.get("collateral", 0), "downtime": acc.get("downtime_ms", 0.0),
+            "server": name, "state": state, "pids": pids,
+            "threads": totals.get("threads", sum(p.get("threads", 0) for p in procs)) if stats else dash,
+            "rss": _mb(totals.get("rss")) or dash, "uss": _mb(totals.get("uss")) or dash,
+            "pss": _mb(totals.get("pss")) or dash, "restarts": restarts if restarts is not None else dash,
+            "busy": busy_text(stats) if stats else dash, "served": counters.get("requests", dash),
+            "faults": acc.get("injected", 0), "collateral": acc.get("collateral", 0),
+            "downtime": round(acc.get("downtime_ms") or 0.0),
             # machine-readable extras for /servers.json
-            "url": entry["url"], "up": entry["state"] == "up", "model": stats.get("model"), "pid": master,
+            "name": name, "url": entry["url"], "up": entry["state"] == "up", "model": stats.get("model"), "pid": master,
             "pid_list": [p["pid"] for p in procs], "pss_bytes": totals.get("pss"), "rss_bytes": totals.get("rss"),
             "uss_bytes": totals.get("uss"), "counters": counters, "polled_at": entry["at"],
             "error": entry.get("error"),
@@ -185,7 +192,8 @@ class ServersPanel:
         def add_servers_to_stats(response):  # the tab reads only /stats/requests' extended_stats
             if request.path.endswith("/stats/requests") and response.status_code == 200 and response.is_json:
                 data = json.loads(response.get_data())
-                data["extended_stats"] = [{"key": TAB_KEY, "data": self.rows()}]
+                rows = [{**row, "name": i} for i, row in enumerate(self.rows())]  # "name" = sort order
+                data["extended_stats"] = [{"key": TAB_KEY, "data": rows}]
                 response.set_data(json.dumps(data))
             return response
 

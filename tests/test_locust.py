@@ -165,7 +165,7 @@ def test_web_ui_servers_tab(three, tmp_path):
                     os.kill(pid, 0)
             assert len(rows[1]["pid_list"]) == 5  # prefork: master + 4 workers
             ext = wait_for(lambda: c.get("/stats/requests").json().get("extended_stats"), 5, 0.2, "extended_stats")
-            assert ext[0]["key"] == "servers" and [r["name"] for r in ext[0]["data"]] == list(SERVERS)
+            assert ext[0]["key"] == "servers" and [r["server"] for r in ext[0]["data"]] == list(SERVERS)
             assert c.get("/servers.csv").text.startswith("Server,State,PIDs")
             c.post("/stop")
             wait_for(lambda: c.get("/stats/requests").json()["state"] == "stopped", 10, 0.2, "stop")
