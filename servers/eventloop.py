@@ -4,8 +4,8 @@
 Everything. One thread runs one loop (uvloop by default, `--loop asyncio` for the standard one), created
 in `serve()` and nowhere earlier. The loop owns the listening socket, every connection (an
 `asyncio.Protocol` with its own sans-IO `RequestParser`), the timers, and the handler while it runs. There
-are no locks on the hot path because nothing runs concurrently with anything else: a request is handled
-between two returns to the loop. The only other thread is the optional watchdog, which reads one
+is nothing to lock in the model itself because nothing runs concurrently with anything else: a request
+is handled between two returns to the loop. The only other thread is the optional watchdog, which reads one
 timestamp and never touches a connection.
 
 # How a request flows
