@@ -1,0 +1,372 @@
+"""The bench's machinery: servers pinned to cores, a restart-on-exit supervisor, a stats sampler, progress.
+
+Pinning: on a machine with at least two cores the servers get the first core and Locust the others
+(`taskset`), so a server never competes with its load generator for CPU; the multi-core scenario lets the
+server use every core instead (it is the one that asks "does it scale with cores?"). Every process the bench
+starts runs in its own process group and is stopped through that group, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import httpx
+
+LISTEN_RE = re.compile(r"listening on http://(\S+)")
+STATS_TIMEOUT = 1.0  # a stalled event loop must not stall the sampler
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which cores the servers and the load generator may use."""
+
+    server: tuple[int, ...]
+    locust: tuple[int, ...]
+    all: tuple[int, ...]
+
+    @classmethod
+    def detect(cls) -> "Pinning":
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+        if len(cpus) >= 2 and shutil.which("taskset"):
+            return cls(server=cpus[:1], locust=cpus[1:], all=cpus)
+        return cls(server=cpus, locust=cpus, all=cpus)  # one core: nothing to separate; the report says so
+
+    def describe(self) -> str:
+        if self.server == self.all:
+            return f"no pinning possible (cores {_cpulist(self.all)}): servers and Locust share them"
+        return (f"servers on core {_cpulist(self.server)}, Locust on core {_cpulist(self.locust)} "
+                f"(multi-core scenario: server on cores {_cpulist(self.all)})")
+
+
+def _cpulist(cpus: tuple[int, ...]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def taskset(cpus: tuple[int, ...], argv: list[str]) -> list[str]:
+    if shutil.which("taskset") and tuple(sorted(os.sched_getaffinity(0))) != tuple(cpus):
+        return ["taskset", "-c", _cpulist(cpus), *argv]
+    return argv
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict[str, str]:
+    """Our environment without WEBMODELS_* settings, so only the bench's flags configure a server."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+
+
+class BenchServer:
+    """One `webmodels serve` subprocess on a fixed loopback port, optionally restarted when it dies.
+
+    The restart stands in for Docker's `restart:` policy (the lab's supervisor does the same with back-off);
+    here it restarts at once, so the measured downtime is the model's own: process start + import + bind.
+    """
+
+    def __init__(self, model: str, flags: list[str] | None = None, *, cpus: tuple[int, ...],
+                 restart: bool = False, port: int = 0) -> None:
+        self.model = model
+        self.flags = list(flags or [])
+        self.cpus = cpus
+        self.restart = restart
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.deaths: list[dict[str, Any]] = []  # when and how the server process died, and when it was back
+        self.lines: list[str] = []
+        self._stopping = False
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._watch: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self, timeout: float = 20.0) -> "BenchServer":
+        self._spawn()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"{self.model} did not start:\n" + "\n".join(self.lines[-20:]))
+        if self.restart:
+            self._watch = threading.Thread(target=self._supervise, name=f"supervise-{self.model}", daemon=True)
+            self._watch.start()
+        return self
+
+    def _spawn(self) -> None:
+        argv = [sys.executable, "-m", "webmodels.cli", "serve", self.model, "--bind", f"127.0.0.1:{self.port}",
+                "--faults", *self.flags]
+        self._ready.clear()
+        self.proc = subprocess.Popen(taskset(self.cpus, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1, env=clean_env(), start_new_session=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if len(self.lines) < 5000:
+                self.lines.append(line)
+            if LISTEN_RE.search(line):
+                self._ready.set()
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            proc = self.proc
+            assert proc is not None
+            status = proc.poll()
+            if status is None:
+                time.sleep(0.005)
+                continue
+            died = time.time()
+            with self._lock:
+                if self._stopping:
+                    return
+                _killpg(proc, signal.SIGKILL)  # leftovers of the dead server's group (none expected)
+                self._spawn()
+            back = time.time() if self._ready.wait(20) else None
+            self.deaths.append({"died_at": died, "status": status, "back_at": back,
+                                "restart_ms": round((back - died) * 1000, 1) if back else None})
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self) -> None:
+        """Fast stop (SIGINT: no drain, the bench is done with it), then SIGKILL the whole group."""
+        self._stopping = True
+        with self._lock:
+            proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _killpg(proc, signal.SIGINT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        _killpg(proc, signal.SIGKILL)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def __enter__(self) -> "BenchServer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RemoteServer:
+    """A server we did not start (compose ports): we can load and observe it, not reconfigure or signal it."""
+
+    restart = False
+
+    def __init__(self, model: str, url: str) -> None:
+        self.model, self.url = model, url
+        self.deaths: list[dict[str, Any]] = []
+
+    def start(self) -> "RemoteServer":
+        get_stats(self.url)  # fail early and clearly if it is not there
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return get_stats(self.url) is not None
+
+    def __enter__(self) -> "RemoteServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _killpg(proc: subprocess.Popen[str], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session=True: the group id is the child's pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def get_stats(url: str, timeout: float = STATS_TIMEOUT) -> dict[str, Any] | None:
+    try:
+        r = httpx.get(f"{url}/_lab/stats", timeout=timeout)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def compact(stats: dict[str, Any]) -> dict[str, Any]:
+    """The part of a /_lab/stats document the bench keeps for every sample."""
+    return {"pid": stats.get("pid"), "totals": stats.get("totals", {}), "counters": stats.get("counters", {}),
+            "pids": [p["pid"] for p in stats.get("processes", [])],
+            "threads": [p["threads"] for p in stats.get("processes", [])]}
+
+
+class StatsSampler:
+    """Poll /_lab/stats of several servers in the background; a server that does not answer is recorded down."""
+
+    def __init__(self, servers: dict[str, str], interval: float = 0.25) -> None:
+        self.servers = servers
+        self.interval = interval
+        self.samples: dict[str, list[dict[str, Any]]] = {m: [] for m in servers}
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(m, u), daemon=True) for m, u in servers.items()]
+        self.t0 = time.time()
+
+    def _loop(self, model: str, url: str) -> None:
+        with httpx.Client(timeout=STATS_TIMEOUT) as client:
+            while not self._stop.is_set():
+                t = time.time()
+                try:
+                    r = client.get(f"{url}/_lab/stats")
+                    doc = compact(r.json()) if r.status_code == 200 else None
+                except (httpx.HTTPError, ValueError):
+                    doc = None
+                sample = {"t": round(t - self.t0, 3), "ms": round((time.time() - t) * 1000, 2), "up": doc is not None}
+                if doc:
+                    sample.update(doc)
+                self.samples[model].append(sample)
+                self._stop.wait(max(0.0, self.interval - (time.time() - t)))
+
+    def __enter__(self) -> "StatsSampler":
+        self.t0 = time.time()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(STATS_TIMEOUT + 1)
+
+
+class Progress:
+    """One updating line on stderr: bar, percent, scenario, model, time left (estimated from the plan)."""
+
+    def __init__(self, total_s: float, enabled: bool | None = None, stream: Any = None) -> None:
+        self.total = max(total_s, 1.0)
+        self.done = 0.0  # planned seconds of finished steps
+        self.step_s = 0.0
+        self.step_t0 = time.monotonic()
+        self.label = ""
+        self.t0 = time.monotonic()
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._last_plain = ""
+
+    def start(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def step(self, label: str, planned_s: float) -> None:
+        """Begin a step expected to take PLANNED_S seconds."""
+        self.done += self.step_s
+        self.step_s, self.step_t0, self.label = planned_s, time.monotonic(), label
+        self._draw()
+
+    def _fraction(self) -> float:
+        in_step = min(time.monotonic() - self.step_t0, self.step_s)
+        return min((self.done + in_step) / self.total, 1.0)
+
+    def _draw(self) -> None:
+        frac = self._fraction()
+        elapsed = time.monotonic() - self.t0
+        left = max(self.total - (self.done + min(time.monotonic() - self.step_t0, self.step_s)), 0)
+        # scale the planned remainder by how far the plan has been off so far
+        if frac > 0.05:
+            left = max(elapsed / frac - elapsed, 0)
+        bar = "#" * int(frac * 30)
+        line = f"[{bar:<30}] {frac * 100:3.0f}%  {self.label}  ~{_mmss(left)} left"
+        if self.enabled:
+            self.stream.write("\r\x1b[2K" + line[:150])
+            self.stream.flush()
+        elif self.label != self._last_plain:  # not a terminal (CI, a log file): one line per step
+            self._last_plain = self.label
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._draw()
+
+    def close(self, message: str = "") -> None:
+        self._stop.set()
+        if self.enabled:
+            self.stream.write("\r\x1b[2K")
+        if message:
+            self.stream.write(message + "\n")
+        self.stream.flush()
+
+
+def _mmss(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+PACKAGES = ("webmodels", "locust", "psutil", "uvloop", "httptools", "httpx", "matplotlib", "gevent")
+
+
+def machine_facts() -> dict[str, Any]:
+    """What a reader needs to judge the numbers: cores, CPU, Python, package versions, load, commit."""
+    cpu_model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    wrk = shutil.which("wrk")
+    if wrk:
+        out = subprocess.run([wrk, "-v"], capture_output=True, text=True)
+        versions["wrk"] = (out.stdout + out.stderr).split("\n")[0].strip()
+    commit = ""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    import psutil
+    return {
+        "cores_online": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "cpu_model": cpu_model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "python_impl": platform.python_implementation(), "versions": versions,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "commit": commit,
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=False, default=str)
