@@ -108,7 +108,39 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return kill(args.model, target, args.pid)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import SCENARIO_NAMES
+    p = sub.add_parser("bench", help="measure the processes-vs-threads table; write results.json + a report",
+                       description="Start the servers (pinned with taskset), load them with Locust as a subprocess, "
+                       "sample /_lab/stats, and write DIR/results.json, report.md, report.html and PNG charts.")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all three)")
+    p.add_argument("--scenarios", default=",".join(SCENARIO_NAMES),
+                   help=f"comma-separated from: {', '.join(SCENARIO_NAMES)}")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="seconds per load step (default 6; 2 with --quick)")
+    p.add_argument("--quick", action="store_true", help="the whole matrix in about a minute (CI)")
+    p.add_argument("--out", default="bench-report", metavar="DIR", help="output directory (default bench-report)")
+    p.add_argument("--targets", choices=("native", "compose"), default="native",
+                   help="native: start the servers here; compose: load the running lab on 127.0.0.1:8001-8003")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench.main import run_bench
+    return run_bench(models=[m for m in args.models.split(",") if m], duration=args.duration, quick=args.quick,
+                     scenarios=[s for s in args.scenarios.split(",") if s], out=Path(args.out), targets=args.targets)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild report.md/.html and the charts from DIR/results.json")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=lambda a: __import__("webmodels.bench.main", fromlist=["x"]).run_report(
+        __import__("pathlib").Path(a.dir)))
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill,
+                                                                _add_bench, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:
