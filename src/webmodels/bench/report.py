@@ -637,11 +637,13 @@ def sec_creation(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any])
 def sec_context(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
     s = sc["summary"]
     d.p(f"Each model alone on the server core, {s['users']} Locust users on `GET /` (hello) for one load step. Context "
-        "switches are `/_lab/stats` deltas (psutil, whole tree) divided by the requests the server counted.")
-    d.table(["model", "rps", "p50 ms", "p99 ms", "voluntary / req", "involuntary / req", "server CPU ms / req",
-             "Locust core share", "generator-bound"],
+        "switches: deltas over every thread of every process (`/proc/PID/task/*/status`) divided by the requests the "
+        "server counted. (`/_lab/stats` reports psutil's per-process figure, which the kernel keeps for the main "
+        "thread only — a pool's threads are invisible there; it is shown as `main thread / req`.)")
+    d.table(["model", "rps", "p50 ms", "p99 ms", "voluntary / req", "involuntary / req", "main thread / req",
+             "server CPU ms / req", "Locust core share", "generator-bound"],
             [[m, e.get("rps"), e.get("p50_ms"), e.get("p99_ms"), e.get("voluntary_per_request"),
-              e.get("involuntary_per_request"), e.get("server_cpu_ms_per_request"), e.get("locust_cpu_cores"),
+              e.get("involuntary_per_request"), e.get("main_thread_ctx_per_request"), e.get("server_cpu_ms_per_request"), e.get("locust_cpu_cores"),
               "**yes**" if e.get("generator_bound") else "no"] for m, e in s.items() if isinstance(e, dict)])
     w = _sc(results, "wrk")
     if w:

@@ -177,6 +177,33 @@ def series(samples: list[dict[str, Any]], key: str, *path: str) -> list[list[flo
     return out
 
 
+def tree_ctx(stats: dict[str, Any] | None) -> dict[str, int] | None:
+    """Context switches of every thread of every process in the tree, from /proc/PID/task/*/status.
+
+    psutil's num_ctx_switches() (and so /_lab/stats) reads /proc/PID/status, which counts the main thread
+    only: a thread pool's workers would be invisible. Same kernel only (native targets).
+    """
+    if not stats:
+        return None
+    vol = invol = 0
+    for proc in stats.get("processes", []):
+        try:
+            tasks = os.listdir(f"/proc/{proc['pid']}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{proc['pid']}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            invol += int(line.split()[1])
+            except OSError:
+                continue
+    return {"voluntary": vol, "involuntary": invol}
+
+
 def native_only(bench: Bench, name: str) -> dict[str, Any] | None:
     if bench.native:
         return None
@@ -205,11 +232,11 @@ def memory(bench: Bench) -> dict[str, Any]:
     if "eventloop" in p.models:
         configs.append(("eventloop", "eventloop", [], {}))
     rows = []
-    reps = p.pick(3, 5)
+    reps = p.pick(2, 5)
     for model, label, flags, params in configs:
         bench.progress.step(f"memory · {label} (idle)", SERVER_START_S + 0.6)
         with bench.server(model, flags) as srv:
-            time.sleep(0.4)  # let workers finish booting and threads reach their first wait
+            time.sleep(0.3)  # let workers finish booting and threads reach their first wait
             samples = []
             for _ in range(reps):
                 samples.append(memory_of(get_stats(srv.url)))
@@ -280,8 +307,8 @@ def faults(bench: Bench) -> dict[str, Any]:
     """Crash and segfault under steady /io load, repeated; servers restarted on exit like Docker would."""
     p = bench.plan
     users = p.pick(8, 12)
-    duration = p.pick(5.0, max(3 * p.step, 10.0))
-    every = p.pick(1.6, 2.5)
+    duration = p.pick(4.0, max(3 * p.step, 10.0))
+    every = p.pick(1.3, 2.5)
     reps = {"crash": p.pick(1, 3), "segfault": p.pick(1, 2)}
     runs: dict[str, list[dict[str, Any]]] = {}
     for fault, n in reps.items():
@@ -316,8 +343,8 @@ def hang(bench: Bench) -> dict[str, Any]:
     """/fault/hang under /io load: prefork kills after --timeout, the pool leaks a thread, the loop stalls."""
     p = bench.plan
     users = p.pick(6, 10)
-    duration = p.pick(5.0, max(2 * p.step, 12.0))
-    every = p.pick(1.5, 2.0)
+    duration = p.pick(4.0, max(2 * p.step, 12.0))
+    every = p.pick(1.2, 2.0)
     timeout = p.pick(1.0, 2.0)
     hang_s = int(duration + 30)  # longer than the run: a hang that never ends by itself
     flags = {"prefork": ["--timeout", str(timeout)], "threadpool": ["--threads", "8", "--queue", "64"]}
@@ -391,8 +418,8 @@ def leak(bench: Bench) -> dict[str, Any]:
     """A /fault/leak stream: memory over time per model; prefork --max-requests bounds it."""
     p = bench.plan
     users = p.pick(4, 6)
-    duration = p.pick(4.0, max(2 * p.step, 12.0))
-    every = p.pick(0.25, 0.4)
+    duration = p.pick(3.0, max(2 * p.step, 12.0))
+    every = p.pick(0.2, 0.4)
     mb = p.pick(4, 8)
     runs = {"plain": side_by_side(bench, "leak · all models", {}, users, duration, "io", io_ms=5,
                                   fault="leak", fault_every=every, leak_mb=mb)}
@@ -572,6 +599,7 @@ def alone(bench: Bench, model: str, flags: list[str], label: str, users: int, du
                     pass
     try:
         before = get_stats(srv.url)
+        ctx_before = tree_ctx(before) if bench.native else None
         th = threading.Thread(target=prober, daemon=True)
         if probe:
             th.start()
@@ -581,12 +609,14 @@ def alone(bench: Bench, model: str, flags: list[str], label: str, users: int, du
         if probe:
             th.join(12)
         after = get_stats(srv.url)
+        ctx_after = tree_ctx(after) if bench.native else None
     finally:
         stop.set()
         srv.stop()
     result["samples"] = sampler.samples
-    result["before"] = before and {"totals": before["totals"], "counters": before["counters"]}
-    result["after"] = after and {"totals": after["totals"], "counters": after["counters"]}
+    result["before"] = before and {"totals": before["totals"], "counters": before["counters"],
+                                   "threads_ctx": ctx_before}
+    result["after"] = after and {"totals": after["totals"], "counters": after["counters"], "threads_ctx": ctx_after}
     result["probe_ms"] = [round(x, 2) for x in probe_ms]
     result["server_flags"] = flags
     result["accounting_rows"] = accounting_rows(result)
@@ -608,9 +638,18 @@ def context(bench: Bench) -> dict[str, Any]:
                  "server_requests": reqs, "locust_cpu_cores": r["locust_cpu"]["max_process_core_share"],
                  "generator_bound": r["generator_bound"], "rss_peak_mb": _mb(peak(r["samples"][m], "rss")),
                  "uss_peak_mb": _mb(peak(r["samples"][m], "uss")), "pss_peak_mb": _mb(peak(r["samples"][m], "pss"))}
-        if a and b and reqs > 0:
+        tb, ta = (r["before"] or {}).get("threads_ctx"), (r["after"] or {}).get("threads_ctx")
+        if tb and ta and reqs > 0:  # every thread (see tree_ctx); /_lab/stats' main-thread figure kept beside it
+            entry["voluntary_per_request"] = round((ta["voluntary"] - tb["voluntary"]) / reqs, 3)
+            entry["involuntary_per_request"] = round((ta["involuntary"] - tb["involuntary"]) / reqs, 3)
+            entry["ctx_source"] = "/proc/PID/task/*/status (all threads)"
+        elif a and b and reqs > 0:
             entry["voluntary_per_request"] = round((a["ctx_voluntary"] - b["ctx_voluntary"]) / reqs, 3)
             entry["involuntary_per_request"] = round((a["ctx_involuntary"] - b["ctx_involuntary"]) / reqs, 3)
+            entry["ctx_source"] = "/_lab/stats (main threads only)"
+        if a and b and reqs > 0:
+            entry["main_thread_ctx_per_request"] = round(
+                (a["ctx_voluntary"] + a["ctx_involuntary"] - b["ctx_voluntary"] - b["ctx_involuntary"]) / reqs, 3)
             entry["server_cpu_ms_per_request"] = round((a["cpu_seconds"] - b["cpu_seconds"]) * 1000 / reqs, 4)
         summary[m] = entry
     return {"raw": {"runs": runs}, "summary": summary}
@@ -707,6 +746,11 @@ def io(bench: Bench) -> dict[str, Any]:
 
 
 # -- over-threading ------------------------------------------------------------------------------------------
+def _ctx_per_req(r: dict[str, Any], reqs: int, kind: str) -> float | None:
+    tb, ta = (r["before"] or {}).get("threads_ctx"), (r["after"] or {}).get("threads_ctx")
+    return round((ta[kind] - tb[kind]) / reqs, 3) if ta and tb and reqs else None
+
+
 def overthreading(bench: Bench) -> dict[str, Any]:
     """Thread-pool size sweep on a mixed load: where more threads stop helping."""
     if "threadpool" not in bench.plan.models:
@@ -726,8 +770,8 @@ def overthreading(bench: Bench) -> dict[str, Any]:
                 - (r["before"] or {}).get("counters", {}).get("requests", 0))
         rows.append({"threads": t, "rps": agg.get("rps"), "p50_ms": agg.get("p50_ms"), "p99_ms": agg.get("p99_ms"),
                      "failures": agg.get("failures"), "generator_bound": r["generator_bound"],
-                     "involuntary_per_request": round((a["ctx_involuntary"] - b["ctx_involuntary"]) / reqs, 3)
-                     if a and b and reqs else None,
+                     "involuntary_per_request": _ctx_per_req(r, reqs, "involuntary"),
+                     "voluntary_per_request": _ctx_per_req(r, reqs, "voluntary"),
                      "rss_mb": _mb(peak(r["samples"]["threadpool"], "rss"))})
         runs[str(t)] = r
     best = max(rows, key=lambda r: r["rps"] or 0)
