@@ -55,8 +55,10 @@ class Doc:
     def note(self, text: str) -> None:
         self.blocks.append(("note", text))
 
-    def table(self, head: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(("table", (head, [[fmt(c) if not isinstance(c, str) else c for c in r] for r in rows])))
+    def table(self, head: list[str], rows: list[list[Any]], text: bool = False) -> None:
+        """Add a table; TEXT: cells are sentences (left-aligned), not numbers."""
+        self.blocks.append(("table", (head, [[fmt(c) if not isinstance(c, str) else c for c in r] for r in rows],
+                                      text)))
 
     def img(self, path: str, alt: str) -> None:
         self.blocks.append(("img", (path, alt)))
@@ -71,7 +73,7 @@ class Doc:
             elif kind == "note":
                 out.append("> " + val)
             elif kind == "table":
-                head, rows = val
+                head, rows, _ = val
                 out.append("| " + " | ".join(head) + " |")
                 out.append("|" + "|".join("---" for _ in head) + "|")
                 out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -95,8 +97,8 @@ class Doc:
             elif kind == "note":
                 body.append(f'<p class="note">{inline(val)}</p>')
             elif kind == "table":
-                head, rows = val
-                body.append("<table><thead><tr>" + "".join(f"<th>{inline(h)}</th>" for h in head) + "</tr></thead><tbody>")
+                head, rows, text = val
+                body.append(f"<table{' class=text' if text else ''}><thead><tr>" + "".join(f"<th>{inline(h)}</th>" for h in head) + "</tr></thead><tbody>")
                 for r in rows:
                     body.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>")
                 body.append("</tbody></table>")
@@ -115,6 +117,7 @@ table{border-collapse:collapse;margin:10px 0 14px;font-size:13.5px}
 th,td{border:1px solid #d6d6d6;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f1f3f6;text-align:center}td:first-child,th:first-child{text-align:left}
 tbody tr:nth-child(even){background:#fbfbfc}
+table.text td{text-align:left}table.text td:first-child{font-weight:600;white-space:nowrap}
 code{background:#f2f2f2;padding:1px 4px;border-radius:3px;font-size:90%}
 .note{color:#555;border-left:3px solid #c9d3e0;padding-left:10px}
 figure{margin:12px 0}img{max-width:100%;border:1px solid #e4e4e4}
@@ -437,7 +440,7 @@ def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
 
     d.h(2, "The table, measured")
     head = ["row"] + [x for x in MODELS if x in st["models"]] + ["conditions"]
-    d.table(head, headline(results))
+    d.table(head, headline(results), text=True)
     acc_rows, totals, balanced = accounting_table(results)
     d.p(f"**Every request accounted**: {fmt(totals['requests'])} requests sent by Locust in "
         f"{len({r[0] for r in acc_rows})} runs = {fmt(totals['ok'])} ok + {fmt(totals['expected'])} expected "

@@ -351,7 +351,7 @@ def machine_facts() -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk:
         out = subprocess.run([wrk, "-v"], capture_output=True, text=True)
-        versions["wrk"] = (out.stdout + out.stderr).split("\n")[0].strip()
+        versions["wrk"] = (out.stdout + out.stderr).split("\n")[0].split(" Copyright")[0].strip()
     commit = ""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
