@@ -112,8 +112,9 @@ class ServersPanel:
             if resp.status_code != 200:
                 raise RuntimeError(f"HTTP {resp.status_code}")
             stats = json.loads(body)
-            old_pid = (prev.get("stats") or {}).get("pid")
-            if old_pid and stats.get("pid") and stats["pid"] != old_pid:
+            # A restart shows as a new start time (in a container the pid is often the same every time).
+            old = prev.get("stats") or prev.get("last_stats") or {}
+            if old.get("started_at") and stats.get("started_at") and stats["started_at"] != old["started_at"]:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
             self.last[name] = {"url": url, "state": "up", "stats": stats, "at": now, "down_since": None}
         except Exception as exc:  # noqa: BLE001 - a dead server is a row, not an exception
@@ -152,7 +153,12 @@ class ServersPanel:
         if not stats and gone.get("pid"):
             pids = f"({gone['pid']} gone)"
         dash = "" if stats else "—"
-        restarts = counters.get("respawns") if stats.get("model") == "prefork" else self.restarts.get(name, 0)
+        if stats.get("model") == "prefork":
+            restarts = counters.get("respawns")  # worker respawns by the master
+        elif stats.get("restarts") is not None:
+            restarts = stats["restarts"]  # counted by the native supervisor (`webmodels up`)
+        else:
+            restarts = self.restarts.get(name, 0)  # restarts this poller saw (Docker's policy)
         return {
             # displayed (single-word keys)
             "server": name, "state": state, "pids": pids,

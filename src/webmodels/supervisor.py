@@ -212,6 +212,7 @@ def lab_children(locust: bool = True, locust_args: list[str] | None = None, offs
         locust_bin = os.path.join(os.path.dirname(py), "locust")
         argv = [locust_bin if os.path.exists(locust_bin) else "locust", "-f",
                 str(project_root() / "loadtest" / "locustfile.py"), "--class-picker",
+                "--users", "30", "--spawn-rate", "10",  # form defaults: a multiple of 3, one third each
                 "--web-host", "127.0.0.1", "--web-port", str(LOCUST_PORT + offset), *(locust_args or [])]
         env = {URL_ENV[m]: server_url(m, offset=offset) for m in LAB_PORTS}
         children.append(Child("locust", argv, env, port=LOCUST_PORT + offset))
