@@ -159,6 +159,24 @@ class PreforkRuntime(Runtime):
     def worker_pids(self) -> list[int]:
         return [int(s.pid) for s in self.live_slots()]
 
+    def scale(self, delta: int) -> int:
+        """Ask the master for DELTA workers more (or fewer) with SIGTTIN/SIGTTOU, one at a time.
+
+        One at a time because the kernel merges two identical signals sent before the first is handled;
+        we wait (briefly) to see the master's target move before sending the next. The master stays the
+        only writer of the board's target.
+        """
+        sig = signal.SIGTTIN if delta > 0 else signal.SIGTTOU
+        for _ in range(abs(delta)):
+            before = self.board.target_workers
+            os.kill(self.server_pid(), sig)
+            deadline = time.monotonic() + 1.0
+            while self.board.target_workers == before and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if self.board.target_workers == before:
+                break  # at the limit (1 or MAX_WORKERS), or the master is busy: stop asking
+        return int(self.board.target_workers)
+
     def kill_process(self) -> None:
         # The master first: with it gone nothing respawns; its death also SIGKILLs every worker (pdeathsig).
         for pid in [self.server_pid(), *self.worker_pids()]:

@@ -299,3 +299,25 @@ def test_each_worker_has_its_own_counter(start_server) -> None:
         # one request at a time per worker, so no update is lost inside a worker; but each counts only its own
         assert sorted(values) == list(range(1, len(values) + 1)), (pid, values)
     assert max(max(v) for v in by_pid.values()) < 6
+
+
+def _live_workers(srv: Server) -> int:
+    return sum(1 for p in srv.stats()["processes"] if p["role"] == "worker")
+
+
+def test_lab_scale_route_adds_and_removes_workers(start_server) -> None:
+    srv = start_server("prefork", "--workers", "2")
+    r = httpx.post(srv.url + "/_lab/scale?delta=3", timeout=10)
+    assert r.status_code == 200 and r.json()["target_workers"] == 5
+    wait_for(lambda: _live_workers(srv) == 5, timeout=10, what="5 live workers")
+    r = httpx.post(srv.url + "/_lab/scale?delta=-2", timeout=10)
+    assert r.json()["target_workers"] == 3
+    wait_for(lambda: _live_workers(srv) == 3, timeout=10, what="3 live workers")
+    assert httpx.post(srv.url + "/_lab/scale?delta=99", timeout=5).json()["param"] == "delta"
+
+
+def test_lab_scale_is_409_without_workers_and_404_without_faults(start_server) -> None:
+    tp = start_server("threadpool")
+    assert httpx.post(tp.url + "/_lab/scale?delta=1", timeout=5).status_code == 409
+    quiet = start_server("prefork", "--workers", "1", faults=False)
+    assert httpx.post(quiet.url + "/_lab/scale?delta=1", timeout=5).status_code == 404

@@ -197,6 +197,15 @@ def lab_kill(req: Request, rt: Runtime) -> Response:
     return json_response(202, {"killed": "worker", "pid": pid}, close=pid == os.getpid(), after=kill)
 
 
+def lab_scale(req: Request, rt: Runtime) -> Response:
+    delta = _int(req, "delta", 1, -16, 16)
+    target = rt.scale(delta)
+    if target is None:
+        return json_response(409, {"error": f"the {rt.model} model has no worker processes to scale",
+                                    "param": "delta"})
+    return json_response(200, {"target_workers": target, "delta": delta})
+
+
 def _sigkill(pid: int) -> None:
     import signal
     try:
@@ -227,6 +236,7 @@ FAULT_ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "/fault/leak": (("GET", "POST"), fault_leak),
     "/fault/raise": (("GET", "POST"), fault_raise),
     "/_lab/kill": (("POST",), lab_kill),
+    "/_lab/scale": (("POST",), lab_scale),
 }
 
 

@@ -139,7 +139,16 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         __import__("pathlib").Path(a.dir)))
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill,
+def _add_scale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scale", help="add or remove prefork workers (SIGTTIN/SIGTTOU to the master)",
+                       description="Works natively and in Docker alike (docker-init does not forward SIGTTIN): the "
+                       "server's POST /_lab/scale route signals its own master.")
+    p.add_argument("model", choices=MODELS)
+    p.add_argument("delta", type=int, help="workers to add (+N) or remove (-N), at most 16 at a time")
+    p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).scale(a.model, a.delta))
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill, _add_scale,
                                                                 _add_bench, _add_report]
 
 

@@ -118,3 +118,20 @@ def kill(model: str, target: str, pid: int | None = None) -> int:
         return 1
     print(f"{model}: killed {body['killed']} pid {body['pid']}")
     return 0
+
+
+def scale(model: str, delta: int) -> int:
+    try:
+        r = httpx.post(f"{server_url(model)}/_lab/scale?delta={delta}", timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"{model}: cannot reach the server: {exc}")
+        return 1
+    if r.status_code == 404:
+        print(f"{model}: lab controls are disabled on this server (start it with --faults / WEBMODELS_FAULTS=1)")
+        return 1
+    body = r.json()
+    if r.status_code >= 400:
+        print(f"{model}: {body.get('error')}")
+        return 1
+    print(f"{model}: workers → {body['target_workers']}")
+    return 0

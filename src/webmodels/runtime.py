@@ -66,6 +66,10 @@ class Runtime:
     def worker_pids(self) -> list[int]:
         return []
 
+    def scale(self, delta: int) -> int | None:
+        """Change the number of workers by DELTA; return the new target (None: the model has no workers)."""
+        return None
+
     def kill_process(self) -> None:
         """Kill the whole server at once, as `kill -9` would."""
         os.kill(os.getpid(), signal.SIGKILL)
