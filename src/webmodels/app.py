@@ -265,9 +265,12 @@ def _internal_error(req: Request) -> Response:
     return json_response(500, {"error": "internal server error"})
 
 
-def _log_access(req: Request, resp: Response, t0: float) -> None:
-    access.info("%s %s %d %d %.1fms", req.method, req.target, resp.status, len(resp.body),
-                (time.monotonic() - t0) * 1000)
+def _account(req: Request, rt: Runtime, resp: Response | None, t0: float) -> None:
+    """Count the finished request (no response = a 500) and write its access-log line."""
+    rt.request_finished(resp.status if resp is not None else 500)
+    if resp is not None and access.isEnabledFor(20):
+        access.info("%s %s %d %d %.1fms", req.method, req.target, resp.status, len(resp.body),
+                    (time.monotonic() - t0) * 1000)
 
 
 def dispatch_sync(req: Request, rt: Runtime) -> Response:
@@ -280,9 +283,7 @@ def dispatch_sync(req: Request, rt: Runtime) -> Response:
     except Exception:
         resp = _internal_error(req)
     finally:
-        rt.request_finished(resp.status if resp is not None else 500)
-    if access.isEnabledFor(20):
-        _log_access(req, resp, t0)
+        _account(req, rt, resp, t0)
     return resp
 
 
@@ -296,9 +297,7 @@ async def dispatch_async(req: Request, rt: Runtime) -> Response:
     except Exception:
         resp = _internal_error(req)
     finally:
-        rt.request_finished(resp.status if resp is not None else 500)
-    if access.isEnabledFor(20):
-        _log_access(req, resp, t0)
+        _account(req, rt, resp, t0)
     return resp
 
 
@@ -323,9 +322,7 @@ def dispatch_fast(req: Request, rt: Runtime) -> Response | Coroutine[Any, Any, R
         raise
     else:
         return _resume_async(req, rt, _resumed(effect, gen), t0)
-    rt.request_finished(resp.status)
-    if access.isEnabledFor(20):
-        _log_access(req, resp, t0)
+    _account(req, rt, resp, t0)
     return resp
 
 
@@ -342,7 +339,5 @@ async def _resume_async(req: Request, rt: Runtime, gen: Generator[Any, Any, Resp
     except Exception:
         resp = _internal_error(req)
     finally:
-        rt.request_finished(resp.status if resp is not None else 500)
-    if access.isEnabledFor(20):
-        _log_access(req, resp, t0)
+        _account(req, rt, resp, t0)
     return resp
