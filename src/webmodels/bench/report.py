@@ -248,6 +248,8 @@ def chart_sweep(c: Charts, name: str, title: str, rows: list[dict[str, Any]], x:
             ax.set_xscale("log", base=2)
         if i < len(logy) and logy[i]:
             ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)  # a throughput axis that starts at 0 does not exaggerate small differences
         ax.grid(alpha=0.3)
         if series_key:
             ax.legend(fontsize=8)
@@ -679,8 +681,8 @@ def sec_multicore(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]
     d.table(["model", "users", "rps", "p50 ms", "p99 ms", "`/` probe p50 ms", "`/` probe p99 ms", "generator-bound"],
             [[r["model"], r["users"], r["rps"], r["p50_ms"], r["p99_ms"], r["probe_p50_ms"], r["probe_p99_ms"],
               "**yes**" if r["generator_bound"] else "no"] for r in rows])
-    if (img := chart_sweep(c, "multicore.png", f"/cpu?ms={s['cpu_ms']}: throughput and the latency of `/` beside it",
-                           rows, "users", [("rps", "requests / s (/cpu)"), ("probe_p99_ms", "p99 of / (ms, log)")],
+    if (img := chart_sweep(c, "multicore.png", f"/cpu?ms={s['cpu_ms']}: throughput, and the latency of GET / beside it",
+                           rows, "users", [("rps", "requests / s (/cpu)"), ("probe_p99_ms", "p99 of GET / (ms, log)")],
                            f"one run of {results['settings']['step_s']} s per point", logy=(False, True))):
         d.img(img, "multi-core")
 
