@@ -330,12 +330,25 @@ def faults(bench: Bench) -> dict[str, Any]:
                 "downtime_ms_range": rng([r["downtime_ms"] for r in rows]),
                 "recovery_ms_median": med(recov), "recovery_ms_range": rng(recov),
                 "process_restart_ms_median": med(restart_ms), "server_restarts": len(restart_ms),
-                "runs": len(rows),
+                "runs": len(rows), "deaths_seen_by_server": _deaths(rs, m),
             }
     summary["theory"] = {"prefork": 0, "threadpool": f"≈ in flight at the crash (≈ {users} users) + refused "
                          "while restarting", "eventloop": f"≈ in flight at the crash (≈ {users} users) + refused "
                          "while restarting"}
     return {"raw": {"runs": runs, "repetitions": reps}, "summary": summary}
+
+
+def _deaths(runs: list[dict[str, Any]], model: str) -> int:
+    """Processes that died, as the servers saw it: prefork's master counts its workers' exits; for the
+    single-process models, the bench's restarts. Compared with `injected`, it shows whether every injected
+    fault hit exactly once."""
+    if model == "prefork":
+        total = 0
+        for r in runs:
+            exits = ((r["final_stats"].get(model) or {}).get("counters") or {}).get("worker_exits") or {}
+            total += sum(v for k, v in exits.items() if k in ("crash", "signal"))
+        return total
+    return sum(len(r["restarts"].get(model, [])) for r in runs)
 
 
 # -- hung work ---------------------------------------------------------------------------------------------
