@@ -14,7 +14,6 @@ Two ways of sharing the machine, stated in the report:
 
 from __future__ import annotations
 
-import asyncio  # noqa: F401 - used by the creation snippet's text, imported here so a typo fails early
 import os
 import signal
 import statistics
