@@ -79,7 +79,9 @@ class Injector:
         length = 0
         client = HTTPClient.from_url(url, connection_timeout=timeout, network_timeout=timeout, concurrency=1)
         try:
-            resp = client.get(path)
+            # POST, not GET: an HTTP client may re-send an idempotent GET after the connection drops
+            # (geventhttpclient does, up to twice), and a re-sent /fault/crash kills a second worker.
+            resp = client.post(path, body=b"")
             length = len(resp.read())
             if resp.status_code >= 400:
                 exc = HTTPStatusError(f"HTTP {resp.status_code}")
@@ -90,6 +92,6 @@ class Injector:
         if fault in FATAL:  # the process died when the fault request ended: recovery counts from there
             self.on_injected(server, fault, time.time())
         self.environment.events.request.fire(
-            request_type="GET", name=f"{server} /fault/{fault}", response_time=(time.perf_counter() - t0) * 1000,
+            request_type="POST", name=f"{server} /fault/{fault}", response_time=(time.perf_counter() - t0) * 1000,
             response_length=length, response=None, exception=exc, start_time=start, url=url + path,
             context={"server": server, "fault": fault})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -45,13 +45,42 @@ def _open_sockets(pid: int) -> int:
     return n
 
 
+class CtxSwitches(NamedTuple):
+    voluntary: int
+    involuntary: int
+
+
+def _ctx_switches(pid: int) -> CtxSwitches | None:
+    """Sum context switches over every thread of PID.
+
+    psutil reads /proc/PID/status, whose counters belong to the main thread only: a thread pool's
+    switches would be invisible there. /proc/PID/task/*/status has one set per thread.
+    """
+    vol = invol = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith(b"nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended while we read
+    return CtxSwitches(vol, invol)
+
+
 def process_info(pid: int, role: str) -> dict[str, Any] | None:
     """Return one process's figures, or None if it is gone."""
     try:
         proc = _process(pid)
         with proc.oneshot():
             mem = proc.memory_full_info()
-            ctx = proc.num_ctx_switches()
+            ctx = _ctx_switches(pid) or proc.num_ctx_switches()
             conns = _open_sockets(pid)
             return {
                 "pid": pid, "ppid": proc.ppid(), "role": role, "threads": proc.num_threads(),

@@ -535,9 +535,9 @@ def sec_faults(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -
     d.table(["fault", "model", "injected", "processes died", "collateral", "per fault (median)", "range", "downtime ms (median)", "range",
              "recovery ms (median)", "range", "process restart ms", "theory"], rows)
     d.note("`processes died` is the servers' own count (prefork: worker exits seen by the master; the others: "
-           "restarts by the bench). Above `injected` for prefork means a fault request hit more than one worker: the "
-           "injector's HTTP client (geventhttpclient) re-sends an idempotent GET after the connection closes, so a "
-           "crash can be delivered up to 3 times. Collateral is unaffected (still only the fault requests fail).")
+           "restarts by the bench); it should equal `injected`. The injector sends each fault once, as a POST: an "
+           "HTTP client may re-send an idempotent GET after the connection drops (geventhttpclient does, up to twice), "
+           "and a re-sent crash would kill a second worker. More deaths than injections means exactly that happened.")
     if (img := chart_faults(c, sc)):
         d.img(img, "fault isolation")
 
