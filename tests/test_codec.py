@@ -350,3 +350,20 @@ def test_invalid_host_value_is_400() -> None:
         assert len(out) == 1 and isinstance(out[0], HttpError) and out[0].status == 400, bad
     ok = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n")
     assert ok and not isinstance(ok[0], HttpError)
+
+
+def test_unparseable_absolute_target_is_400_not_an_exception() -> None:
+    from webmodels.codec import HttpError, RequestParser
+
+    for target in (b"http://[::1", b"http://a:99999999/x"):
+        out = RequestParser().feed(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert len(out) == 1 and isinstance(out[0], HttpError) and out[0].status == 400, target
+
+
+def test_repeated_targets_parse_the_same_and_queries_are_not_shared() -> None:
+    from webmodels.codec import RequestParser
+
+    a, b = RequestParser().feed(b"GET /io?ms=5 HTTP/1.1\r\nHost: a\r\n\r\nGET /io?ms=5 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (a.path, a.query) == (b.path, b.query) == ("/io", {"ms": "5"})
+    a.query["ms"] = "changed"
+    assert b.query["ms"] == "5"
