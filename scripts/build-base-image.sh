@@ -62,7 +62,10 @@ host_mirror() {
 }
 if [ -z "$mirror" ]; then
     mirror=$(host_mirror | grep -E '/debian/?$' | grep -v -e security -e backports | head -n 1 || true)
-    mirror=${mirror:-http://deb.debian.org/debian}
+    if [ -z "$mirror" ]; then
+        echo "build-base-image: error: no Debian mirror found in this host's apt sources; pass --mirror URL" >&2
+        exit 2
+    fi
 fi
 
 rootfs=$(mktemp -d /var/tmp/webmodels-rootfs.XXXXXX)
