@@ -9,8 +9,8 @@ The words, per server:
   downtime    the longest stretch in which the server's user requests all failed, from the first failure of
               the streak to its last (so to the end of the run when the server never answers again);
   recovery    from an injected fault taking effect (crash/segfault: when the fault request ended, i.e. the
-              process died; hang/leak/raise: when it was sent) to the end of the first user request sent after it
-              that succeeded, from any process.
+              process died; hang/leak/raise: when it was sent) to the sending of the first user request
+              after it that succeeded, from any process ("from then on, users are served again").
 Every request lands in exactly one of ok / expected / collateral, so ok + expected + collateral = requests.
 
 Built to be merged: a ServerTally holds counts and 100 ms bins of (ok, fail, first/last fail, first/last ok)
@@ -19,7 +19,7 @@ them; the answer doesn't depend on how the users were spread over processes. Ins
 successes and failures the streak edges are taken from those min/max times, so an edge is exact when the
 streak starts or ends on a bin boundary and within one bin (100 ms) otherwise. Recovery needs "the first
 success sent after time t" and a bin can't say that, so each process keeps a short ring of its recent
-successes' start and end times (RecoveryWatch) and answers for itself; the master keeps the earliest answer.
+successes' send times (RecoveryWatch) and answers for itself; the master keeps the earliest answer.
 
 No Locust or gevent here: plain data, so it is unit-tested without Locust's monkey-patching.
 """
@@ -227,24 +227,27 @@ class RecoveryWatch:
         self.recent: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=ring))
         self.pending: dict[str, list[float]] = defaultdict(list)
 
-    def on_success(self, server: str, start: float, end: float) -> list[tuple[str, float]]:
-        """Note a success; return (injection key, END) for each pending injection it answers.
+    def on_success(self, server: str, start: float) -> list[tuple[str, float]]:
+        """Note a success sent at START; return (injection key, START) for each pending injection it answers.
 
-        Only a request *sent* after the injection answers it: one already answered by the server before
-        it died can finish a moment after the injection time and would fake a sub-millisecond recovery.
+        The recovery point is when the first request that went on to succeed was *sent*: from then on a
+        user is served again. Not when a success ended: a response the server sent just before it died
+        can end a moment after the injection time and fake a sub-millisecond recovery; and not the end of
+        the first request sent afterwards either, which would add that request's own latency (50 ms of
+        /io plus queueing) to a prefork server that never stopped serving.
         """
-        self.recent[server].append((start, end))
+        self.recent[server].append(start)
         pend = self.pending.get(server)
         if not pend:
             return []
         done = [t for t in pend if t <= start]
         if done:
             self.pending[server] = [t for t in pend if t > start]
-        return [(injection_key(t), end) for t in done]
+        return [(injection_key(t), start) for t in done]
 
     def on_injected(self, server: str, t: float) -> float | None:
         """Note an injection at T; return the first success sent after it already seen, else wait for one."""
-        first = min((e for s, e in self.recent[server] if s >= t), default=None)
+        first = min((s for s in self.recent[server] if s >= t), default=None)
         if first is None:
             self.pending[server].append(t)
         return first

@@ -308,7 +308,7 @@ def _request(request_type, name, response_time, response_length, exception=None,
         error = f"HTTP {status}" if status >= 400 else type(exception).__name__
     kind = lab.outbox.record(server, exception is None, fault, end, error)
     if kind == OK:
-        for key, first in lab.watch.on_success(server, start, end):
+        for key, first in lab.watch.on_success(server, start):
             lab.outbox.add_recovery(server, key, first)
     lab.timeline.write(start, server, name, exception is None, kind, error, response_time)
 

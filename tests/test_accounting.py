@@ -50,12 +50,12 @@ def test_fault_requests_are_expected_and_do_not_count_as_downtime():
 
 def test_recovery_from_injection_to_next_success():
     w, t = RecoveryWatch(), Tally()
-    w.on_success("p", 9.8, 9.9)
-    w.on_success("p", 9.95, 10.0004)  # sent before the crash, finished just after: not a recovery
+    w.on_success("p", 9.8)
+    w.on_success("p", 9.95)  # sent before the crash (it may end just after): not a recovery
     assert w.on_injected("p", 10.0) is None  # nothing sent after it yet: pending
     t.add_injection("p", "crash", 10.0)
-    assert w.on_success("p", 9.99, 10.005) == []  # still one sent before the injection
-    assert w.on_success("p", 10.002, 10.012) == [(injection_key(10.0), 10.012)]
+    assert w.on_success("p", 9.99) == []  # still one sent before the injection
+    assert w.on_success("p", 10.012) == [(injection_key(10.0), 10.012)]
     t.add_recovery("p", injection_key(10.0), 10.012)
     t.add_recovery("p", injection_key(10.0), 10.5)  # another process saw a later one: the earliest wins
     assert w.on_injected("p", 10.001) == 10.012  # already seen (message arrived late)

@@ -517,8 +517,8 @@ def sec_faults(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -
         f"{s['fault_every_s']} s. When a thread-pool or event-loop process dies, the bench restarts it at once on the "
         "same port (as Docker's restart policy would, without back-off); a prefork worker is replaced by its master. "
         "Collateral = user requests that failed although they were not the fault; downtime = the longest stretch in "
-        "which all of a server's requests failed; recovery = from an injected fault to the next success (median and "
-        "range over every injection).")
+        "which all of a server's requests failed; recovery = from an injected fault to the sending of the first user "
+        "request after it that succeeded (median and range over every injection).")
     rows = []
     for f in ("crash", "segfault"):
         for m in MODELS:
