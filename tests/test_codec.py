@@ -367,3 +367,34 @@ def test_repeated_targets_parse_the_same_and_queries_are_not_shared() -> None:
     assert (a.path, a.query) == (b.path, b.query) == ("/io", {"ms": "5"})
     a.query["ms"] = "changed"
     assert b.query["ms"] == "5"
+
+
+CHUNKED_HEAD = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [None, 1, 5])
+@pytest.mark.parametrize("body", [
+    b"200000\r\n",  # one chunk of 2 MiB, announced: refused before a byte of it
+    b"3;name=value\r\nabc\r\nFFFFF\r\n",  # the second chunk takes the total past 1 MiB
+])
+def test_oversized_chunk_is_413_without_waiting_for_the_body(body: bytes, step: int | None) -> None:
+    from webmodels.codec import HttpError, RequestParser
+
+    parser, out = RequestParser(), []
+    data = CHUNKED_HEAD + body
+    for piece in ([data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]):
+        out += parser.feed(piece)
+    assert len(out) == 1 and isinstance(out[0], HttpError) and out[0].status == 413, out
+
+
+def test_chunk_scanning_keeps_pipelining_and_trailers_intact() -> None:
+    from webmodels.codec import RequestParser
+
+    stream = (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + CHUNKED_HEAD + b"3\r\nabc\r\n80000\r\n" + b"x" * 0x80000
+              + b"\r\n0\r\nX-Trailer: 1\r\n\r\nGET /whoami HTTP/1.1\r\nHost: a\r\n\r\n")
+    for step in (None, 1000, 7):
+        parser, out = RequestParser(), []
+        for piece in ([stream] if step is None else [stream[i:i + step] for i in range(0, len(stream), step)]):
+            out += parser.feed(piece)
+        assert [r.path for r in out] == ["/", "/echo", "/whoami"], step
+        assert out[1].body == b"abc" + b"x" * 0x80000

@@ -406,3 +406,15 @@ def test_kill_process_kills_the_whole_server(start_server, model: str) -> None:
     assert r.status_code == 202 and r.json()["pid"] == srv.pid
     srv.wait_exit(5)
     assert not srv.alive()
+
+
+def test_oversized_chunk_is_refused_at_once(shared: Server) -> None:
+    # 2 MiB announced in one chunk size line, no body sent: the answer must not wait for the body
+    # (or for the header timeout)
+    t0 = time.monotonic()
+    with Conn(shared.host, shared.port, timeout=5) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n")
+        r = c.read_reply()
+        assert r.status == 413
+        assert c.read_eof()
+    assert time.monotonic() - t0 < 3

@@ -86,6 +86,8 @@ class RequestParser:
         self._failed = False
         self._upgrade = False
         self._head_raw = 0  # raw bytes fed since the previous message completed, while no head was complete
+        self._tail = b""  # the last 3 bytes fed, to find a blank line split across two reads
+        self._chunks: _ChunkScan | None = None
         self._reset()
         self._in_message = False
 
@@ -98,6 +100,9 @@ class RequestParser:
         self._headers_done = False
         self._version = "1.1"
         self._keep_alive = True
+        self._chunked = False
+        self._chunk_headers = 0
+        self._chunks = None
 
     # -- state the servers use for their timers ------------------------------------------------------
     @property
@@ -119,6 +124,38 @@ class RequestParser:
         """Parse DATA; return the requests it completed (in order), ending with an HttpError if any."""
         if self._failed or not data:
             return []
+        while data and not self._upgrade:
+            if self._chunks is not None:
+                # We are at a known place in a chunked body: read the chunk sizes before llhttp does, so
+                # an oversized chunk is refused now instead of after a megabyte (httptools hides the size).
+                reason = self._chunks.scan(data)
+                if reason:
+                    return self._fail(413, reason)
+                if self._chunks.done:
+                    self._chunks = None
+                piece, data = data, b""
+            elif not self._headers_done:
+                # Feed the head up to its blank line on its own, so that if a chunked body follows we
+                # know exactly where it starts. Splitting a stream never changes what llhttp parses.
+                at = (self._tail + data).find(b"\r\n\r\n")
+                cut = len(data) if at < 0 else at + 4 - len(self._tail)
+                piece, data = data[:cut], data[cut:]
+            else:
+                piece, data = data, b""
+            self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
+            head_was_done = self._headers_done
+            failed = self._feed_piece(piece)
+            if failed is not None:
+                return failed
+            if (not head_was_done and self._headers_done and self._in_message and self._chunked
+                    and not self._chunk_headers and not self._body_len):
+                self._chunks = _ChunkScan(self.max_body)
+        out, self._done = self._done, []
+        if self._upgrade:
+            self._failed = True  # nothing more will be parsed on this connection
+        return out
+
+    def _feed_piece(self, data: bytes) -> list[Request | HttpError] | None:
         if not self._headers_done:
             # Guard for a head streamed in one endless header line: llhttp reports a header only when
             # it is complete, so count raw bytes too (generously: a chunk can also hold the next request).
@@ -148,10 +185,7 @@ class RequestParser:
         if self.in_head and self._head_raw > 2 * self.max_head + 4096:
             # checked after feeding, so one big read and the same bytes one at a time get the same answer
             return self._fail(431, "request head too large")
-        out, self._done = self._done, []
-        if self._upgrade:
-            self._failed = True  # nothing more will be parsed on this connection
-        return out
+        return None
 
     def eof(self) -> HttpError | None:
         """The peer closed: a half-received request is an error worth counting (no one gets a reply)."""
@@ -201,6 +235,8 @@ class RequestParser:
                 hosts.append(v)
             elif k == b"connection":
                 connection.extend(t.strip().lower() for t in v.split(b","))
+            elif k == b"transfer-encoding":
+                self._chunked = v.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             elif k == b"content-length" and int(v) > self.max_body:
                 # llhttp validated the digits; refuse a large body before reading a byte of it
                 raise _Reject(413, f"body larger than {self.max_body} bytes")
@@ -209,6 +245,9 @@ class RequestParser:
         if hosts and any(c in _HOST_FORBIDDEN for c in hosts[0]):
             raise _Reject(400, "invalid Host header")  # RFC 9112 3.2: Host is uri-host [":" port], no more
         self._keep_alive = (b"keep-alive" in connection) if version == "1.0" else (b"close" not in connection)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_headers += 1
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -228,6 +267,73 @@ class RequestParser:
         self._head_raw = 0
 
 
+class _ChunkScan:
+    """Follow chunked framing just far enough to read each chunk's size (llhttp still validates it all).
+
+    Fed the body from its first byte; refuses as soon as the announced sizes pass LIMIT. On anything it
+    does not expect it simply stops watching (llhttp will reject the input, or the 1 MiB cap on the
+    received body still applies). Stops at the last chunk: trailers are llhttp's business.
+    """
+
+    SIZE, EXT, LF, DATA, DATA_CR, DATA_LF = range(6)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.state = self.SIZE
+        self.size = 0
+        self.total = 0
+        self.left = 0
+        self.done = False
+
+    def scan(self, data: bytes) -> str | None:
+        i, n = 0, len(data)
+        while i < n and not self.done:
+            c = data[i]
+            if self.state == self.SIZE:
+                digit = _HEX.get(c)
+                if digit is not None:
+                    self.size = self.size * 16 + digit
+                    if self.total + self.size > self.limit:
+                        return f"chunked body larger than {self.limit} bytes"
+                elif c == 0x0D:
+                    self.state = self.LF
+                elif c in (0x3B, 0x20, 0x09):  # ';' starts chunk extensions (or whitespace before them)
+                    self.state = self.EXT
+                else:
+                    self.done = True
+                i += 1
+            elif self.state == self.EXT:
+                j = data.find(b"\r", i)
+                if j < 0:
+                    return None
+                self.state, i = self.LF, j + 1
+            elif self.state == self.LF:
+                if c != 0x0A:
+                    self.done = True
+                elif self.size == 0:
+                    self.done = True  # the last chunk
+                else:
+                    self.total += self.size
+                    self.left, self.size, self.state = self.size, 0, self.DATA
+                i += 1
+            elif self.state == self.DATA:
+                take = min(self.left, n - i)
+                self.left -= take
+                i += take
+                if not self.left:
+                    self.state = self.DATA_CR
+            elif self.state == self.DATA_CR:
+                self.state = self.DATA_LF if c == 0x0D else self.state
+                self.done = c != 0x0D
+                i += 1
+            else:  # DATA_LF
+                self.state = self.SIZE
+                self.done = c != 0x0A
+                i += 1
+        return None
+
+
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 _targets: dict[str, tuple[str, dict[str, str]]] = {}  # a load test repeats a handful of targets
 
 
