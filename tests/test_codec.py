@@ -398,3 +398,14 @@ def test_chunk_scanning_keeps_pipelining_and_trailers_intact() -> None:
             out += parser.feed(piece)
         assert [r.path for r in out] == ["/", "/echo", "/whoami"], step
         assert out[1].body == b"abc" + b"x" * 0x80000
+
+
+def test_blank_line_split_across_reads_still_finds_the_body_start() -> None:
+    from webmodels.codec import HttpError, RequestParser
+
+    data = CHUNKED_HEAD + b"200000\r\n"
+    cut = len(CHUNKED_HEAD) - 2  # "...chunked\r\n" | "\r\n200000\r\n"
+    for split in (cut - 1, cut, cut + 1):
+        parser = RequestParser()
+        out = parser.feed(data[:split]) + parser.feed(data[split:])
+        assert len(out) == 1 and isinstance(out[0], HttpError) and out[0].status == 413, split

@@ -137,9 +137,16 @@ class RequestParser:
             elif not self._headers_done:
                 # Feed the head up to its blank line on its own, so that if a chunked body follows we
                 # know exactly where it starts. Splitting a stream never changes what llhttp parses.
-                at = (self._tail + data).find(b"\r\n\r\n")
-                cut = len(data) if at < 0 else at + 4 - len(self._tail)
-                piece, data = data[:cut], data[cut:]
+                if data[0] in (10, 13) and self._tail:  # the blank line may have begun in the last read
+                    at = (self._tail + data).find(b"\r\n\r\n")
+                    end = -1 if at < 0 else at + 4 - len(self._tail)
+                else:
+                    at = data.find(b"\r\n\r\n")
+                    end = -1 if at < 0 else at + 4
+                if end < 0 or end == len(data):  # the common case: the read ends with the head
+                    piece, data = data, b""
+                else:
+                    piece, data = data[:end], data[end:]
             else:
                 piece, data = data, b""
             self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
