@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,7 +12,8 @@ from typing import Callable
 
 import httpx
 
-LISTEN_RE = re.compile(r"listening on http://(\S+)")
+from webmodels.listen import LISTEN_RE
+
 MODELS = ("threadpool", "prefork", "eventloop")
 
 

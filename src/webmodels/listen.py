@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 
 from .config import Config
@@ -39,6 +40,10 @@ def make_listener(config: Config) -> socket.socket:
 def address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# What launchers (tests, the bench) look for in a server's log to learn its bound address (port 0 → real port).
+LISTEN_RE = re.compile(r"listening on http://(\S+)")
 
 
 def log_startup(config: Config, sock: socket.socket, detail: str = "") -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -25,7 +24,8 @@ from typing import Any
 
 import httpx
 
-LISTEN_RE = re.compile(r"listening on http://(\S+)")
+from ..listen import LISTEN_RE
+
 STATS_TIMEOUT = 1.0  # a stalled event loop must not stall the sampler
 
 
