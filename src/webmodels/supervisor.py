@@ -90,19 +90,26 @@ class Child:
                 pass
 
 
+def _accepts(port: int) -> bool:
+    """True if something accepts a TCP connection on 127.0.0.1:PORT."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def _wait_ready(child: Child, died_at: float, deadline: float = 30.0) -> None:
     """Poll the child's port; log the downtime once it accepts a connection again."""
     assert child.port is not None
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", child.port), timeout=0.2):
-                down_ms = (time.monotonic() - died_at) * 1000
-                log.info("%s serving again on :%d after %.0f ms down (restart #%d)", child.name, child.port,
-                         down_ms, child.restarts)
-                return
-        except OSError:
-            time.sleep(0.005)
+        if _accepts(child.port):
+            down_ms = (time.monotonic() - died_at) * 1000
+            log.info("%s serving again on :%d after %.0f ms down (restart #%d)", child.name, child.port,
+                     down_ms, child.restarts)
+            return
+        time.sleep(0.005)
     log.warning("%s did not accept connections within %.0fs of its restart", child.name, deadline)
 
 
@@ -251,12 +258,7 @@ def _announce(sup: Supervisor, locust: bool, offset: int) -> None:
     end = time.monotonic() + 30
     pending = {c.name: c.port for c in sup.children if c.port}
     while pending and time.monotonic() < end and not sup.stopping:
-        for name, port in list(pending.items()):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    pending.pop(name)
-            except OSError:
-                pass
+        pending = {name: port for name, port in pending.items() if not _accepts(port)}
         time.sleep(0.1)
     if pending:
         log.warning("not answering after 30 s: %s", ", ".join(pending))
