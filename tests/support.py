@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,13 @@ import httpx
 from webmodels.listen import LISTEN_RE
 
 MODELS = ("threadpool", "prefork", "eventloop")
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (for tools that cannot bind port 0 and report back)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,

@@ -10,7 +10,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,19 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import Server, wait_for
+from .support import Server, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 SERVERS = ("threadpool", "prefork", "eventloop")
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def locust_env(servers: dict[str, Server]) -> dict[str, str]:
