@@ -71,8 +71,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from webmodels.app import dispatch_fast
-from webmodels.codec import TIMEOUT_408, HttpError, Request, RequestParser, Response, error_response, render
+from webmodels.app import dispatch_fast, refuse
+from webmodels.codec import TIMEOUT_408, HttpError, Request, RequestParser, Response, render
 from webmodels.config import Config
 from webmodels.faults import EXIT_WATCHDOG
 from webmodels.listen import (EXPECTED_NET_ERRORS, log_shutdown_begin, log_shutdown_end, log_startup,
@@ -197,8 +197,7 @@ class HttpProtocol(asyncio.Protocol):
         while queue and not self.write_paused and not self.closing:
             event = queue.popleft()
             if isinstance(event, HttpError):
-                rt.request_finished(event.status, started=False)
-                self.transport.write(render(error_response(event), keep_alive=False))
+                self.transport.write(refuse(event, rt))
                 self._close()
                 return
             result = dispatch_fast(event, rt)
@@ -268,8 +267,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
         elif waited > header_timeout:
             # Mid-head (since its first byte) or mid-body (since the last byte): too slow.
-            self.rt.request_finished(TIMEOUT_408.status, started=False)
-            self.transport.write(render(error_response(TIMEOUT_408), keep_alive=False))
+            self.transport.write(refuse(TIMEOUT_408, self.rt))
             self._close()
 
     def close_if_idle(self) -> None:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webmodels import codec, faults
-from webmodels.app import dispatch_sync
+from webmodels.app import dispatch_sync, refuse
 from webmodels.config import Config
 from webmodels.listen import EXPECTED_NET_ERRORS, log_shutdown_begin, log_shutdown_end, log_startup, make_listener
 from webmodels.log import log
@@ -283,8 +283,7 @@ class Worker:
             was_idle = parser.idle
             for event in parser.feed(data):
                 if isinstance(event, codec.HttpError):
-                    self.rt.request_finished(event.status, started=False)
-                    return self._send(conn, codec.render(codec.error_response(event), False))
+                    return self._send(conn, refuse(event, self.rt))
                 self.busy = True  # from here until the reply is out, SIGTERM waits for us
                 self.slot.busy_since = time.monotonic()
                 try:
@@ -308,8 +307,7 @@ class Worker:
 
     def _timed_out(self, conn: socket.socket, parser: codec.RequestParser) -> None:
         if parser.in_head:
-            self.rt.request_finished(408, started=False)
-            self._send(conn, codec.render(codec.error_response(codec.TIMEOUT_408), False))
+            self._send(conn, refuse(codec.TIMEOUT_408, self.rt))
 
     def _send(self, conn: socket.socket, data: bytes) -> bool:
         try:

@@ -61,7 +61,7 @@ import time
 from collections import deque
 from typing import Any
 
-from webmodels.app import dispatch_sync
+from webmodels.app import dispatch_sync, refuse
 from webmodels.codec import BUSY_503, TIMEOUT_408, HttpError, RequestParser, error_response, render
 from webmodels.config import Config
 from webmodels.listen import EXPECTED_NET_ERRORS, log_shutdown_begin, log_shutdown_end, log_startup, make_listener
@@ -354,8 +354,7 @@ class ThreadPoolServer:
                 continue
             req = events.popleft()
             if isinstance(req, HttpError):
-                rt.request_finished(req.status, started=False)
-                sock.sendall(render(error_response(req), False))
+                sock.sendall(refuse(req, rt))
                 return False
             resp = dispatch_sync(req, rt)
             keep = req.keep_alive and not resp.close and self.config.keepalive > 0 and not self.stopping
@@ -381,8 +380,7 @@ class ThreadPoolServer:
                 return True
             if conn.parser.idle:
                 return False  # silence: close without a word
-            self.runtime.request_finished(TIMEOUT_408.status, started=False)
-            conn.sock.sendall(render(error_response(TIMEOUT_408), False))
+            conn.sock.sendall(refuse(TIMEOUT_408, self.runtime))
             return False
         if not data:
             err = conn.parser.eof()

@@ -18,7 +18,7 @@ from types import GeneratorType
 from typing import Any, Callable, Coroutine, Generator
 
 from . import faults, stats
-from .codec import Request, Response, json_response
+from .codec import HttpError, Request, Response, error_response, json_response, render
 from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
 from .log import access, log
 from .runtime import Runtime
@@ -258,6 +258,12 @@ def handle(req: Request, rt: Runtime) -> Generator[Any, Any, Response]:
     except BadParam as exc:
         return json_response(400, {"error": str(exc), "param": exc.param})
     return result
+
+
+def refuse(err: HttpError, rt: Runtime) -> bytes:
+    """Count a request the codec refused (it never reached the handler); return its reply, which closes."""
+    rt.request_finished(err.status, started=False)
+    return render(error_response(err), False)
 
 
 def _internal_error(req: Request) -> Response:
