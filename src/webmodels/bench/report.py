@@ -469,7 +469,7 @@ def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
                          "", "✓" if balanced else "✗ NO"]])
     d.h(2, "The load generator")
     d.p("Locust's own CPU (psutil over its process tree; the busiest process's share of one core). A run whose "
-        f"Locust process used ≥ 90% of a core is marked **generator-bound**: its throughput is Locust's ceiling, "
+        "Locust process used ≥ 90% of a core is marked **generator-bound**: its throughput is Locust's ceiling, "
         "not the server's. On this machine Locust has one core; adding `--processes` there would not add CPU.")
     d.table(["run", "users", "rps (all servers)", "Locust core share", "generator-bound"], generator_table(results))
     md = d.markdown()

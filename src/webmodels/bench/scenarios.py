@@ -777,7 +777,6 @@ def overthreading(bench: Bench) -> dict[str, Any]:
         r = alone(bench, "threadpool", ["--threads", str(t), "--queue", "1024"],
                   f"over-threading · threadpool --threads {t} · mixed", users, p.step, "mixed", io_ms=50, cpu_ms=2)
         agg = r["stats"].get("Aggregated", {})
-        b, a = (r["before"] or {}).get("totals"), (r["after"] or {}).get("totals")
         reqs = ((r["after"] or {}).get("counters", {}).get("requests", 0)
                 - (r["before"] or {}).get("counters", {}).get("requests", 0))
         rows.append({"threads": t, "rps": agg.get("rps"), "p50_ms": agg.get("p50_ms"), "p99_ms": agg.get("p99_ms"),
