@@ -1,8 +1,12 @@
-"""The event loop: one process, one thread, every connection multiplexed on uvloop.
+"""The loop engine: one thread, one event loop (uvloop), every connection of its process multiplexed on it.
+
+It runs alone as the `eventloop` model (one process, `serve()` below), and inside every worker of
+`prefork --engine loop` / `hybrid-loop` (nginx, uvicorn `--workers N`): the same code, given a listening
+socket and a runtime by whoever hosts it.
 
 # What the one thread owns
 Everything. One thread runs one loop (uvloop by default, `--loop asyncio` for the standard one), created
-in `serve()` and nowhere earlier. The loop owns the listening socket, every connection (an
+in `run()` and nowhere earlier — in a prefork worker that means after the fork, never in the master. The loop owns the listening socket, every connection (an
 `asyncio.Protocol` with its own sans-IO `RequestParser`), the timers, and the handler while it runs. There
 is nothing to lock in the model itself because nothing runs concurrently with anything else: a request
 is handled between two returns to the loop. The only other thread is the optional watchdog, which reads one
@@ -32,7 +36,8 @@ A client that sends fast but reads slowly thus costs us one buffer, not unbounde
   this model, not a bug: the loop is fast only as long as every handler yields quickly. `loop_lag_ms` in
   `/_lab/stats` shows it.
 - **Crash**: shared fate. `/fault/crash` (or a segfault) ends the one process, and with it every
-  connection and every in-flight request.
+  connection and every in-flight request — all of them in the `eventloop` model, one worker's share
+  under a master.
 - **Leak**: shared too. Every request's garbage lives in the one heap; nothing is recycled.
 
 # Keep-alive policy
@@ -54,10 +59,18 @@ restarts the process. The thread is a *reader* of a fact only the loop can produ
 the loop. (It needs the GIL to run, which a blocked loop in Python code or in `time.sleep` gives up every
 few milliseconds; a C extension that holds the GIL forever would defeat it too.)
 
+Under a master there is no watchdog thread at all: the same tick goes to the worker's slot of the board
+(`heartbeat`), and the master — another process, immune to anything this one does — kills a worker whose
+heartbeat is older than `--timeout` (SIGABRT, then SIGKILL) and forks a fresh one. Its other workers keep
+serving meanwhile. Several workers' loops watching one shared listening socket are all woken by each new
+connection (a thundering herd: one accepts, the others find nothing); with `--reuseport` each worker has its
+own listener and the kernel picks one.
+
 # Shutdown
 SIGTERM: stop accepting, close idle connections, let in-flight requests finish (each connection then
 closes after its response) for up to `--graceful-timeout`, then abort the rest. SIGINT/SIGQUIT: abort at
-once. Either way `serve()` returns 0. Signals are handled by the loop (`add_signal_handler`), so a loop
+once. Either way `run()` returns 0. `--max-requests` (in a worker): once the worker has answered that many
+requests over all its connections, the same graceful shutdown, and `run()` returns EXIT_RECYCLED. Signals are handled by the loop (`add_signal_handler`), so a loop
 blocked by a hung handler notices them only when the handler returns — the watchdog exists for that.
 """
 
@@ -67,6 +80,7 @@ import asyncio
 import collections
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -74,51 +88,21 @@ from typing import Any, Callable
 from webmodels.app import dispatch_fast, refuse
 from webmodels.codec import TIMEOUT_408, HttpError, Request, RequestParser, Response, render
 from webmodels.config import Config
-from webmodels.faults import EXIT_WATCHDOG
+from webmodels.exitcodes import EXIT_RECYCLED, EXIT_WATCHDOG
 from webmodels.listen import (EXPECTED_NET_ERRORS, log_shutdown_begin, log_shutdown_end, log_startup,
                               make_listener)
 from webmodels.log import log
-from webmodels.runtime import Runtime
+from webmodels.runtime import LAG_INTERVAL, Runtime, loop_lag_ms
 
-LAG_INTERVAL = 0.05  # how often the loop measures itself; lag = how late that sleep woke up
 LAG_WINDOW = 10.0  # loop_lag_max_ms is the worst lag seen in this many seconds
 MAX_QUEUED = 16  # pipelined requests waiting on one connection before we stop reading it
 AFTER_FLUSH_WAIT = 1.0  # Response.after waits at most this long for the response bytes to leave
 
 
-class EventloopRuntime(Runtime):
-    """Counters of the one process, plus what only the loop can know about itself."""
-
-    model = "eventloop"
-
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        self.connections: set[HttpProtocol] = set()
-        self.tick = time.monotonic()  # written by the loop's lag task, read by the watchdog thread
-        self.lag_ms = 0.0
-        self.lags: collections.deque[tuple[float, float]] = collections.deque()  # (when, lag_ms)
-
-    def record_lag(self, now: float, lag_ms: float) -> None:
-        self.tick, self.lag_ms = now, lag_ms
-        lags = self.lags
-        lags.append((now, lag_ms))
-        while lags[0][0] < now - LAG_WINDOW:
-            lags.popleft()
-
-    def counters(self) -> dict[str, Any]:
-        now = time.monotonic()
-        # If the loop has not ticked for a while, the lag is at least that long, measured or not yet.
-        overdue = max(0.0, (now - self.tick - LAG_INTERVAL) * 1000)
-        recent = [lag for when, lag in self.lags if when >= now - LAG_WINDOW]
-        return {**super().counters(), "connections": len(self.connections),
-                "loop_lag_ms": round(max(self.lag_ms, overdue), 3),
-                "loop_lag_max_ms": round(max(recent + [overdue]), 3)}
-
-
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parse, answer in order, respect flow control and the timers."""
 
-    def __init__(self, server: EventloopServer) -> None:
+    def __init__(self, server: LoopEngine) -> None:
         self.server = server
         self.rt = server.rt
         self.loop = server.loop
@@ -137,7 +121,8 @@ class HttpProtocol(asyncio.Protocol):
     # -- the transport's callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.rt.connections.add(self)
+        self.server.connections.add(self)
+        self.rt.connection_accepted()
         if self.server.stopping:
             transport.close()
 
@@ -168,7 +153,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.closing = True
-        self.rt.connections.discard(self)
+        self.server.connections.discard(self)
         self._count_eof_error()
         # A waiting request is not cancelled: it finishes and its answer is dropped. Cancelling it
         # could leave a lock it holds (/counter?mode=locked) taken forever.
@@ -224,6 +209,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _respond(self, req: Request, resp: Response) -> None:
         self.served += 1
+        server = self.server
+        if server.max_requests and not server.stopping and self.rt.requests_here() >= server.max_requests:
+            server.stop("max-requests")
         keep = (req.keep_alive and not resp.close and self.server.keepalive
                 and not self.server.stopping and not (self.peer_eof and not self.queue))
         self.transport.write(render(resp, keep))
@@ -279,36 +267,41 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.abort()
 
 
-class EventloopServer:
-    """The loop's top level: listen, sweep timers, measure lag, and shut down on a signal."""
+class LoopEngine:
+    """The loop's top level: serve the listener, sweep timers, tick and measure lag, shut down on a signal."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, rt: Runtime, max_requests: int = 0) -> None:
         self.config = config
         self.loop = loop
-        self.rt = EventloopRuntime(config)
+        self.rt = rt
+        self.max_requests = max_requests
+        self.connections: set[HttpProtocol] = set()
         self.keepalive = config.keepalive > 0
         self.stopping = False
         self.force = False  # a second, impatient signal cuts the drain short
         self.stop_signal: asyncio.Future[str] = loop.create_future()
+        self.tick = time.monotonic()  # written by the lag task, read by the watchdog thread
+        self.lags: collections.deque[tuple[float, float]] = collections.deque()  # (when, lag_ms)
+        rt.heartbeat(self.tick, 0.0)
+        rt.engine_stats = self.stats
 
-    async def run(self) -> int:
-        sock = make_listener(self.config)
+    async def run(self, sock: socket.socket) -> int:
+        sock.setblocking(False)
         server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock,
                                                backlog=self.config.backlog)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             self.loop.add_signal_handler(sig, self._on_signal, sig.name)
         helpers = [self.loop.create_task(self._measure_lag()), self.loop.create_task(self._sweep())]
         if self.config.watchdog > 0:
-            watchdog = Watchdog(self.rt, self.config.watchdog)
+            watchdog = Watchdog(self, self.config.watchdog)
             watchdog.start()
         else:
             watchdog = None
-        log_startup(self.config, sock, detail=f"loop={self.config.loop}")
         try:
             signame = await self.stop_signal
             self.stopping = True
             server.close()  # stop accepting; the listening socket is closed now
-            if signame == "SIGTERM":
+            if signame in ("SIGTERM", "max-requests"):
                 await self._drain(signame)
             else:
                 self._force(signame)
@@ -317,7 +310,7 @@ class EventloopServer:
                 watchdog.stop()
             for task in helpers:
                 task.cancel()
-        return 0
+        return EXIT_RECYCLED if signame == "max-requests" else 0
 
     def _on_signal(self, signame: str) -> None:
         if not self.stop_signal.done():
@@ -325,19 +318,24 @@ class EventloopServer:
         elif signame != "SIGTERM":
             self.force = True
 
+    def stop(self, why: str) -> None:
+        """Begin the graceful shutdown for WHY (a signal name or "max-requests")."""
+        if not self.stop_signal.done():
+            self.stop_signal.set_result(why)
+
     async def _drain(self, signame: str) -> None:
         """Close idle connections, let busy ones finish and close, abort what is left at the deadline."""
         t0 = time.monotonic()
         deadline = t0 + self.config.graceful_timeout
         log_shutdown_begin(signame, self.rt.in_flight, self.config.graceful_timeout)
-        for conn in list(self.rt.connections):
+        for conn in list(self.connections):
             conn.close_if_idle()
         # Each busy connection closes after its response (keep-alive is off while stopping): wait for none.
-        while self.rt.connections and time.monotonic() < deadline and not self.force:
+        while self.connections and time.monotonic() < deadline and not self.force:
             await asyncio.sleep(0.02)
-        drained = not self.rt.connections
+        drained = not self.connections
         in_flight = self.rt.in_flight
-        for conn in list(self.rt.connections):
+        for conn in list(self.connections):
             conn.abort()
         log_shutdown_end(drained, in_flight, time.monotonic() - t0)
 
@@ -345,18 +343,35 @@ class EventloopServer:
         t0 = time.monotonic()
         in_flight = self.rt.in_flight
         log_shutdown_begin(signame, in_flight, 0.0)
-        for conn in list(self.rt.connections):
+        for conn in list(self.connections):
             conn.abort()
         log_shutdown_end(in_flight == 0, in_flight, time.monotonic() - t0)
 
     async def _measure_lag(self) -> None:
-        """Sleep LAG_INTERVAL, record how late we woke: the loop measuring itself from the inside."""
-        monotonic, rt = time.monotonic, self.rt
+        """Sleep LAG_INTERVAL, record how late we woke: the loop measuring itself from the inside.
+
+        Each tick is also the loop's heartbeat, pushed to the runtime (a master reads it from the board).
+        """
+        monotonic, rt, lags = time.monotonic, self.rt, self.lags
         while True:
             t0 = monotonic()
             await asyncio.sleep(LAG_INTERVAL)
             now = monotonic()
-            rt.record_lag(now, max(0.0, (now - t0 - LAG_INTERVAL) * 1000))
+            lag_ms = max(0.0, (now - t0 - LAG_INTERVAL) * 1000)
+            self.tick = now
+            rt.heartbeat(now, lag_ms)
+            lags.append((now, lag_ms))
+            while lags[0][0] < now - LAG_WINDOW:
+                lags.popleft()
+
+    def stats(self) -> dict[str, Any]:
+        """The figures only the loop knows (handed to the runtime as its engine_stats)."""
+        now = time.monotonic()
+        # If the loop has not ticked for a while, the lag is at least that long, measured or not yet.
+        lag_now = loop_lag_ms(self.rt.tick, self.rt.lag_ms, now)
+        recent = [lag for when, lag in self.lags if when >= now - LAG_WINDOW]
+        return {"connections": len(self.connections), "loop_lag_ms": lag_now,
+                "loop_lag_max_ms": round(max(recent + [lag_now]), 3)}
 
     async def _sweep(self) -> None:
         """Check every connection's header and keep-alive timers a few times a second."""
@@ -365,22 +380,22 @@ class EventloopServer:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for conn in list(self.rt.connections):
+            for conn in list(self.connections):
                 conn.check_timeouts(now, header_timeout, keepalive)
 
 
 class Watchdog(threading.Thread):
     """Exit the process when the loop's tick is older than LIMIT seconds (a supervisor restarts it)."""
 
-    def __init__(self, rt: EventloopRuntime, limit: float) -> None:
+    def __init__(self, engine: LoopEngine, limit: float) -> None:
         super().__init__(name="watchdog", daemon=True)
-        self.rt, self.limit = rt, limit
+        self.engine, self.limit = engine, limit
         self._stopped = threading.Event()
 
     def run(self) -> None:
         period = min(0.25, self.limit / 4)
         while not self._stopped.wait(period):
-            stalled = time.monotonic() - self.rt.tick
+            stalled = time.monotonic() - self.engine.tick
             if stalled > self.limit:
                 # Logging from this thread is safe enough: the loop thread is blocked, we are about to exit.
                 log.critical("watchdog: the event loop has not ticked for %.2fs (limit %gs); exiting with "
@@ -399,12 +414,12 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def serve(config: Config) -> int:
-    """Run the event-loop server until a signal stops it; return the exit status."""
+def run(config: Config, sock: socket.socket, rt: Runtime, max_requests: int = 0) -> int:
+    """Run the loop engine on SOCK until a stop signal (or --max-requests); return the exit status."""
     loop = new_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(EventloopServer(config, loop).run())
+        return loop.run_until_complete(LoopEngine(config, loop, rt, max_requests).run(sock))
     finally:
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -415,3 +430,10 @@ def serve(config: Config) -> int:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def serve(config: Config) -> int:
+    """Run the eventloop model — the loop engine alone in one process — until a signal stops it."""
+    sock = make_listener(config)
+    log_startup(config, sock, detail=f"loop={config.loop}")
+    return run(config, sock, Runtime(config))

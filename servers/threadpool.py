@@ -1,4 +1,8 @@
-"""The thread-pool model: one process, an acceptor thread, and a fixed pool of threads behind a bounded queue.
+"""The threads engine: an acceptor thread and a fixed pool of threads behind a bounded queue.
+
+It runs alone as the `threadpool` model (one process, `serve()` below), and inside every worker of
+`prefork --engine threads` / `hybrid-threads` (the Apache worker MPM, gunicorn `gthread -w N`): the same
+code, given a listening socket and a runtime by whoever hosts it.
 
 Who owns what. The *acceptor* thread owns the listening socket and a selector (epoll) holding every
 connection that is waiting for its next request: brand-new ones that have not said anything yet and idle
@@ -34,17 +38,31 @@ How it fails.
   the whole pool and everyone else gets 503. Silence alone costs no thread (it waits in the selector).
 - Hung handler: nothing can interrupt a Python thread, so `/fault/hang` keeps its thread for as long as it
   hangs — a thread leak, visible as `busy_threads` that never goes down. Enough hangs and the pool is gone.
-- Crash: there is one process, so `/fault/crash` (or a segfault, or the OOM killer) takes every in-flight
-  request and every open connection with it. Shared fate; a supervisor must restart the server.
+- Crash: the `threadpool` model is one process, so `/fault/crash` (or a segfault, or the OOM killer) takes
+  every in-flight request and every open connection with it. Shared fate; a supervisor must restart the
+  server. Inside a worker the same crash costs that worker's share only, and its master forks a new one.
 - Leak: leaked memory belongs to the one process and is never returned until it restarts.
 - CPU: the GIL lets one thread run Python at a time, so 32 threads burning CPU share one core; `/cpu`
   latency grows with the number of concurrent requests while throughput stays flat.
 - Shared state: threads share memory, so `/counter?mode=unsafe` loses updates; `mode=locked` does not.
 
+When is a threads worker hung? When every pool thread has been busy on its current request for longer than
+`--timeout`: then it serves nobody, and the master kills it (SIGABRT, then SIGKILL) and forks a fresh one.
+One hung thread of 16 does not trip it — the other 15 still serve, as in gunicorn's gthread (which only
+watches its main loop). The runtime publishes the fact in the worker's board slot: `busy_since` is set when
+the last free thread takes a request and cleared as soon as any thread finishes one. `busy_threads` per
+worker in `/_lab/stats` shows how close each worker is. The acceptor is not a liveness signal: it runs on
+while every pool thread hangs, which is exactly the side-thread trap.
+
+Under a master, several workers' acceptors watch one shared listening socket, so a new connection wakes
+every idle acceptor (a thundering herd: one wins `accept()`, the others get EAGAIN and go back to sleep);
+with `--reuseport` each worker has its own listener and the kernel picks one.
+
 Shutdown. SIGTERM: close the listener and every idle connection, let the pool finish what it holds (each
 response then says `Connection: close`) for up to `--graceful-timeout`, then return anyway: pool threads
 are daemon threads, so a hung one does not keep the process alive. SIGINT/SIGQUIT (or a second signal
-during the drain): the same without waiting.
+during the drain): the same without waiting. `--max-requests` (in a worker) starts the same graceful
+shutdown once the worker has answered that many requests over all its connections, and exits EXIT_RECYCLED.
 """
 
 from __future__ import annotations
@@ -64,6 +82,7 @@ from typing import Any
 from webmodels.app import dispatch_sync, refuse
 from webmodels.codec import BUSY_503, TIMEOUT_408, HttpError, RequestParser, error_response, render
 from webmodels.config import Config
+from webmodels.exitcodes import EXIT_RECYCLED
 from webmodels.listen import EXPECTED_NET_ERRORS, log_shutdown_begin, log_shutdown_end, log_startup, make_listener
 from webmodels.log import log
 from webmodels.runtime import Runtime
@@ -77,6 +96,7 @@ LINGER_S = 0.002
 # by the kernel so a normal send stays one syscall).
 SEND_TIMEOUT_S = 30.0
 STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGQUIT: "SIGQUIT"}
+RECYCLE = 255  # a byte on the main thread's wake-up pipe that no signal number can be: --max-requests reached
 _LISTENER, _WAKE = object(), object()  # selector tags; every other tag is a Conn
 
 
@@ -92,40 +112,18 @@ class Conn:
         self.since = time.monotonic()  # when it was parked (the idle timers count from here)
 
 
-class ThreadpoolRuntime(Runtime):
-    model = "threadpool"
-
-    def __init__(self, config: Config, server: ThreadPoolServer) -> None:
-        super().__init__(config)
-        self._server = server
-        self.rejected_503 = 0
-
-    def rejected(self) -> None:
-        with self._lock:
-            self.rejected_503 += 1
-        self.request_finished(503, started=False)
-
-    def counters(self) -> dict[str, Any]:
-        out = super().counters()
-        out.update({
-            "pool_size": self.config.threads,
-            "queue_size": self.config.queue,
-            # One handler per thread, so threads running a handler = requests in flight (hung ones included).
-            "busy_threads": self.in_flight,
-            "queued": self._server.queued(),
-            "idle_keepalive": self._server.parked(),  # parked in the selector (new silent ones included)
-            "rejected_503": self.rejected_503,
-        })
-        return out
-
-
-class ThreadPoolServer:
-    def __init__(self, config: Config, listener: socket.socket) -> None:
+class ThreadsEngine:
+    def __init__(self, config: Config, listener: socket.socket, rt: Runtime, max_requests: int = 0) -> None:
         self.config = config
         self.listener = listener
-        self.runtime = ThreadpoolRuntime(config, self)
+        self.runtime = rt
+        self.max_requests = max_requests
         self.capacity = config.threads + config.queue
         self.stopping = False
+        self.recycling = False
+        self.rejected_503 = 0
+        rt.runners = config.threads  # all of them busy for longer than --timeout = hung (see the essay)
+        rt.engine_stats = self.stats
         self._lock = threading.Lock()  # guards _held, _returned, _wake_pending, stopping
         self._held = 0  # connections in the pool: queued or owned by a pool thread
         self._queue: queue.SimpleQueue[Conn] = queue.SimpleQueue()
@@ -154,11 +152,11 @@ class ThreadPoolServer:
             threading.Thread(target=self._pool_loop, name=f"pool-{i}", daemon=True).start()
         self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
         self._acceptor.start()
-        log_startup(self.config, self.listener, detail=f"threads={self.config.threads}")
         signame = None
         while signame is None:
             signame = self._wait_for_signal(None)
-        return self._shutdown(signame)
+        self._shutdown(signame)
+        return EXIT_RECYCLED if signame == "max-requests" else 0
 
     def _wait_for_signal(self, timeout: float | None) -> str | None:
         """Block until a stop signal (its name), a pool 'drained' note or TIMEOUT (None)."""
@@ -172,11 +170,13 @@ class ThreadPoolServer:
         for signum in data:
             if signum in STOP_SIGNALS:
                 return STOP_SIGNALS[signum]
+            if signum == RECYCLE:
+                return "max-requests"
         return None
 
-    def _shutdown(self, signame: str) -> int:
+    def _shutdown(self, signame: str) -> None:
         t0 = time.monotonic()
-        grace = self.config.graceful_timeout if signame == "SIGTERM" else 0.0
+        grace = self.config.graceful_timeout if signame in ("SIGTERM", "max-requests") else 0.0
         log_shutdown_begin(signame, self.runtime.in_flight, grace)
         with self._lock:
             self.stopping = True
@@ -185,12 +185,12 @@ class ThreadPoolServer:
         self._acceptor.join(2.0)  # it only closes sockets
         deadline = t0 + grace
         while self._held > 0 and (left := deadline - time.monotonic()) > 0:
-            if self._wait_for_signal(left) is not None:
-                break  # a second signal: stop waiting
+            again = self._wait_for_signal(left)
+            if again in ("SIGINT", "SIGQUIT") or again == signame == "SIGTERM":
+                break  # an impatient second signal: stop waiting
         drained = self._held == 0
         log_shutdown_end(drained, self.runtime.in_flight, time.monotonic() - t0)
         # Hung pool threads are daemon threads: returning ends the process without them.
-        return 0
 
     # -- the acceptor thread -------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -234,6 +234,7 @@ class ThreadPoolServer:
                     log.warning("accept failed: %s", exc)
                 time.sleep(0.01)
                 return
+            self.runtime.connection_accepted()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT_S), 0))
             conn = Conn(sock)
@@ -273,7 +274,9 @@ class ThreadPoolServer:
         except OSError:
             pass  # best effort: we are saturated and this client gets nothing better
         sock.close()
-        self.runtime.rejected()
+        with self._lock:
+            self.rejected_503 += 1
+        self.runtime.request_finished(503, started=False)
 
     def _adopt(self, sel: selectors.BaseSelector) -> bool:
         """Park connections the pool handed back; False once the server is stopping."""
@@ -357,7 +360,10 @@ class ThreadPoolServer:
                 sock.sendall(refuse(req, rt))
                 return False
             resp = dispatch_sync(req, rt)
-            keep = req.keep_alive and not resp.close and self.config.keepalive > 0 and not self.stopping
+            if self.max_requests and rt.requests_here() >= self.max_requests and not self.recycling:
+                self._recycle()
+            keep = (req.keep_alive and not resp.close and self.config.keepalive > 0 and not self.stopping
+                    and not self.recycling)
             sock.sendall(render(resp, keep))
             if resp.after is not None:
                 resp.after()
@@ -414,11 +420,22 @@ class ThreadPoolServer:
         except OSError:
             pass  # buffer full: it is awake already
 
-    def queued(self) -> int:
-        return self._queue.qsize()
+    def _recycle(self) -> None:
+        """--max-requests reached: ask the main thread for a graceful shutdown (exit EXIT_RECYCLED)."""
+        self.recycling = True
+        _write_byte(self._sig_w, RECYCLE)
 
-    def parked(self) -> int:
-        return len(self._idle) + len(self._fresh)
+    def stats(self) -> dict[str, Any]:
+        """The figures only this engine knows (handed to the runtime as its engine_stats)."""
+        return {
+            "pool_size": self.config.threads,
+            "queue_size": self.config.queue,
+            # One handler per thread, so threads running a handler = requests in flight (hung ones included).
+            "busy_threads": self.runtime.in_flight,
+            "queued": self._queue.qsize(),
+            "idle_keepalive": len(self._idle) + len(self._fresh),  # parked in the selector (new silent ones too)
+            "rejected_503": self.rejected_503,
+        }
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
@@ -427,13 +444,20 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
-def _write_byte(fd: int) -> None:
+def _write_byte(fd: int, value: int = 0) -> None:
     try:
-        os.write(fd, b"\0")
+        os.write(fd, bytes((value,)))
     except OSError:
         pass
 
 
+def run(config: Config, sock: socket.socket, rt: Runtime, max_requests: int = 0) -> int:
+    """Run the threads engine on SOCK until a stop signal (or --max-requests); return the exit status."""
+    return ThreadsEngine(config, sock, rt, max_requests).run()
+
+
 def serve(config: Config) -> int:
-    """Run the thread-pool server until a stop signal; return the exit code."""
-    return ThreadPoolServer(config, make_listener(config)).run()
+    """Run the threadpool model — the threads engine alone in one process — until a stop signal."""
+    sock = make_listener(config)
+    log_startup(config, sock, detail=f"threads={config.threads}")
+    return run(config, sock, Runtime(config))

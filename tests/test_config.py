@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webmodels.config import MODELS, ConfigError, build_config, split_bind
+from webmodels.config import MASTER_MODELS, MODELS, ConfigError, build_config, split_bind
 
 
 def flags(**kw: object) -> dict[str, object]:
@@ -104,17 +104,71 @@ def test_unknown_model() -> None:
 
 def test_effective_lists_only_what_applies() -> None:
     for model in MODELS:
-        eff = build_config(model, {}, environ={}).effective()
-        assert ("workers" in eff) == (model == "prefork")
-        assert ("threads" in eff) == (model == "threadpool")
-        assert ("loop" in eff) == (model == "eventloop")
+        cfg = build_config(model, {}, environ={})
+        eff = cfg.effective()
+        assert ("workers" in eff) == ("engine" in eff) == (model in MASTER_MODELS)
+        assert ("threads" in eff) == (cfg.engine == "threads")
+        assert ("loop" in eff) == (cfg.engine == "loop")
+        assert ("watchdog" in eff) == (model == "eventloop")
         assert {"bind", "graceful_timeout", "keepalive", "faults"} <= set(eff)
+        assert "restarts" not in eff  # set by the supervisor, not a server setting
 
 
-def test_to_env_round_trips() -> None:
-    cfg = build_config("prefork", flags(workers="3", faults=True, timeout="2"), environ={})
-    again = build_config("prefork", {}, environ=cfg.to_env())
-    assert again.effective() == cfg.effective()
+# -- engines and the hybrid names ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("model, engine, workers, threads, keepalive", [
+    ("threadpool", "threads", None, 32, 5.0), ("eventloop", "loop", None, None, 5.0),
+    ("prefork", "sync", 4, None, 0.0), ("hybrid-threads", "threads", 2, 16, 5.0), ("hybrid-loop", "loop", 2, None, 5.0),
+])
+def test_each_name_runs_its_engine_with_its_defaults(model: str, engine: str, workers: int | None,
+                                                     threads: int | None, keepalive: float) -> None:
+    cfg = build_config(model, {}, environ={})
+    assert cfg.engine == engine and cfg.keepalive == keepalive
+    if workers is not None:
+        assert cfg.workers == workers
+    if threads is not None:
+        assert cfg.threads == threads and cfg.queue == threads
+
+
+@pytest.mark.parametrize("engine, keepalive", [("sync", 0.0), ("threads", 5.0), ("loop", 5.0)])
+def test_prefork_engine_flag_and_its_keepalive_default(engine: str, keepalive: float) -> None:
+    cfg = build_config("prefork", flags(engine=engine), environ={})
+    assert cfg.engine == engine and cfg.keepalive == keepalive
+    assert build_config("prefork", {}, environ={"WEBMODELS_ENGINE": engine}).engine == engine
+
+
+def test_hybrid_flags_still_override_their_defaults() -> None:
+    cfg = build_config("hybrid-threads", flags(workers="3", threads="4", timeout="2", max_requests="100"), environ={})
+    assert (cfg.workers, cfg.threads, cfg.queue, cfg.timeout, cfg.max_requests) == (3, 4, 4, 2.0, 100)
+    assert build_config("hybrid-loop", flags(loop="asyncio", reuseport=True), environ={}).reuseport is True
+
+
+@pytest.mark.parametrize("model, flag_name, value, says", [
+    ("prefork", "threads", "8", "--threads does not apply to the prefork model with --engine sync (it applies "
+                                "to threadpool, or prefork with --engine threads)"),
+    ("hybrid-loop", "queue", "8", "it applies to threadpool, or prefork with --engine threads"),
+    ("prefork", "loop", "asyncio", "it applies to eventloop, or prefork with --engine loop"),
+    ("hybrid-threads", "loop", "asyncio", "--loop does not apply to the hybrid-threads model (engine threads)"),
+    ("hybrid-loop", "watchdog", "1", "--watchdog does not apply to the hybrid-loop model (engine loop) (it "
+                                     "applies to eventloop)"),
+    ("hybrid-threads", "engine", "loop", "its engine is threads"),
+    ("threadpool", "engine", "loop", "--engine does not apply to the threadpool model"),
+    ("eventloop", "reuseport", True, "it applies to prefork, hybrid-threads, hybrid-loop"),
+])
+def test_a_flag_that_does_not_apply_says_where_it_does(model: str, flag_name: str, value: object,
+                                                       says: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build_config(model, {flag_name: value}, environ={})
+    assert says in str(exc.value)
+
+
+def test_engine_choice_is_checked() -> None:
+    with pytest.raises(ConfigError, match="sync, threads, loop"):
+        build_config("prefork", flags(engine="fibers"), environ={})
+
+
+def test_restarts_come_from_the_supervisors_environment_variable() -> None:
+    assert build_config("threadpool", {}, environ={"WEBMODELS_RESTARTS": "3"}).restarts == 3
+    assert build_config("hybrid-loop", {}, environ={}).restarts is None
 
 
 @pytest.mark.parametrize("bind, host, port", [("127.0.0.1:0", "127.0.0.1", 0), ("[::1]:8080", "::1", 8080),

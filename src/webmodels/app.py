@@ -2,9 +2,9 @@
 
 Routes that wait yield an effect (see effects.py); routes that burn CPU or inject a fault do it inline on
 purpose, because holding the GIL, blocking the loop or killing the process *is* the experiment. Call
-`dispatch_sync` from a thread or process, `await dispatch_async` from the event loop: both count the
-request, turn any exception into a logged 500, and never let one request take the server down — except
-the fault routes, whose job is exactly that.
+`dispatch_sync` from a thread or process, `dispatch_fast` from the event loop (its answer, or a coroutine
+to await when the handler must wait): both count the request, turn any exception into a logged 500, and
+never let one request take the server down — except the fault routes, whose job is exactly that.
 """
 
 from __future__ import annotations
@@ -293,26 +293,12 @@ def dispatch_sync(req: Request, rt: Runtime) -> Response:
     return resp
 
 
-async def dispatch_async(req: Request, rt: Runtime) -> Response:
-    """Run the handler as part of the current task, awaiting its effects."""
-    t0 = time.monotonic()
-    rt.request_started()
-    resp = None
-    try:
-        resp = await run_async(handle(req, rt))
-    except Exception:
-        resp = _internal_error(req)
-    finally:
-        _account(req, rt, resp, t0)
-    return resp
-
-
 def dispatch_fast(req: Request, rt: Runtime) -> Response | Coroutine[Any, Any, Response]:
     """Run the handler until it first waits: its Response if it never does, else a coroutine to await.
 
     The event loop's fast path: most routes never yield an effect, and answering them right here saves a
     task per request. Once started, the handler is not restarted: the coroutine resumes it at its first
-    effect. Counting, 500s and the access log are exactly dispatch_async's.
+    effect. Counting, 500s and the access log are exactly dispatch_sync's.
     """
     t0 = time.monotonic()
     rt.request_started()

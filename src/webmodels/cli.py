@@ -8,17 +8,22 @@ import os
 import sys
 from typing import Callable
 
-from .config import MODELS, OPTIONS, ConfigError, build_config
-from .faults import EXIT_CONFIG
+from .config import MASTER_MODELS, MODELS, OPTIONS, ConfigError, build_config
+from .exitcodes import EXIT_CONFIG
+
+# The module that serves each name: the master models are all the prefork master over some engine.
+SERVER_MODULES = {"threadpool": "threadpool", "eventloop": "eventloop",
+                  **{m: "prefork" for m in MASTER_MODELS}}
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run one server model",
                        description="Run one server model. Every flag can also be set with WEBMODELS_<FLAG>.")
-    p.add_argument("model", nargs="?", choices=MODELS, help="threadpool | prefork | eventloop "
-                   "(or WEBMODELS_MODEL)")
+    p.add_argument("model", nargs="?", choices=MODELS, help=f"{' | '.join(MODELS)} (or WEBMODELS_MODEL)")
     for opt in OPTIONS:
-        models = "" if len(opt.models) == len(MODELS) else f" [{', '.join(opt.models)}]"
+        if opt.hidden:
+            continue
+        models = "" if len(opt.models) == len(MODELS) else f" [{opt.where()}]"
         help_text = f"{opt.help}{models} (env {opt.env})"
         if opt.kind is bool:
             p.add_argument(opt.flag, dest=opt.name, action="store_const", const=True, default=None,
@@ -35,13 +40,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = args.model or os.environ.get("WEBMODELS_MODEL")
     try:
         if not model:
-            raise ConfigError("no model given: webmodels serve threadpool|prefork|eventloop")
-        config = build_config(model, {o.name: getattr(args, o.name) for o in OPTIONS})
+            raise ConfigError(f"no model given: webmodels serve {'|'.join(MODELS)}")
+        config = build_config(model, {o.name: getattr(args, o.name, None) for o in OPTIONS})
     except ConfigError as exc:
         print(f"webmodels serve: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup(access_log=config.access_log)
-    server = importlib.import_module(f"servers.{config.model}")
+    server = importlib.import_module(f"webmodels.servers.{SERVER_MODULES[config.model]}")
     try:
         return server.serve(config)
     except OSError as exc:
@@ -85,13 +90,13 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_kill(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kill", help="SIGKILL a prefork worker or a whole lab server",
+    p = sub.add_parser("kill", help="SIGKILL a worker (master models) or a whole lab server",
                        description="Kill through the server's own POST /_lab/kill route (needs faults on, as in "
-                       "the lab). Default: --worker for prefork, --process for the others.")
+                       f"the lab). Default: --worker for {', '.join(MASTER_MODELS)}, --process for the others.")
     p.add_argument("model", choices=MODELS)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--worker", dest="target", action="store_const", const="worker",
-                   help="one worker (prefork only)")
+                   help=f"one worker ({', '.join(MASTER_MODELS)} only)")
     g.add_argument("--process", dest="target", action="store_const", const="process", help="the whole server")
     p.add_argument("--pid", type=int, help="with --worker: this worker")
     p.set_defaults(func=cmd_kill)
@@ -100,8 +105,8 @@ def _add_kill(sub: argparse._SubParsersAction) -> None:
 def cmd_kill(args: argparse.Namespace) -> int:
     from .labctl import kill
 
-    target = args.target or ("worker" if args.model == "prefork" else "process")
-    if target == "worker" and args.model != "prefork":
+    target = args.target or ("worker" if args.model in MASTER_MODELS else "process")
+    if target == "worker" and args.model not in MASTER_MODELS:
         print(f"webmodels kill: error: the {args.model} model has no worker processes; use --process",
               file=sys.stderr)
         return EXIT_CONFIG
@@ -110,10 +115,11 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     from .bench import SCENARIO_NAMES
+    from .bench.scenarios import MODELS as BENCH_MODELS
     p = sub.add_parser("bench", help="measure the processes-vs-threads table; write results.json + a report",
                        description="Start the servers (pinned with taskset), load them with Locust as a subprocess, "
                        "sample /_lab/stats, and write DIR/results.json, report.md, report.html and PNG charts.")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all three)")
+    p.add_argument("--models", default=",".join(BENCH_MODELS), help="comma-separated (default: all it knows)")
     p.add_argument("--scenarios", default=",".join(SCENARIO_NAMES),
                    help=f"comma-separated from: {', '.join(SCENARIO_NAMES)}")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="seconds per load step (default 6; 2 with --quick)")
@@ -140,7 +146,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_scale(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("scale", help="add or remove prefork workers (SIGTTIN/SIGTTOU to the master)",
+    p = sub.add_parser("scale", help="add or remove workers of a master model (SIGTTIN/SIGTTOU to the master)",
                        description="Works natively and in Docker alike (docker-init does not forward SIGTTIN): the "
                        "server's POST /_lab/scale route signals its own master.")
     p.add_argument("model", choices=MODELS)

@@ -4,6 +4,11 @@ Every flag of `webmodels serve` can also come from `WEBMODELS_<FLAG>` (dashes be
 container can be configured without a command line. A flag given for a model it makes no sense for is an
 error, never silently ignored: an attendee who passes `--workers 8` to the event loop must learn that the
 event loop has no workers, not wonder why nothing changed.
+
+Five served names, three ways of waiting ("engines"): `threadpool` is the threads engine alone, `eventloop`
+the loop engine alone; `prefork`, `hybrid-threads` and `hybrid-loop` are a master over workers that each
+run one engine (`--engine sync|threads|loop`; the hybrids are prefork with `threads`/`loop` preset). A
+thread flag applies wherever the threads engine runs, a loop flag wherever the loop engine runs.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-MODELS = ("threadpool", "prefork", "eventloop")
+MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop")
+MASTER_MODELS = ("prefork", "hybrid-threads", "hybrid-loop")  # a master and worker processes
+ENGINES = ("sync", "threads", "loop")
+# The engine each name runs; prefork's is its --engine flag (default sync).
+MODEL_ENGINE = {"threadpool": "threads", "eventloop": "loop", "prefork": "sync", "hybrid-threads": "threads",
+                "hybrid-loop": "loop"}
 ENV_PREFIX = "WEBMODELS_"
 
 
@@ -30,6 +40,20 @@ class Option:
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
+    engines: tuple[str, ...] = ()  # also applies to the master models whose workers run one of these engines
+    hidden: bool = False  # set by tools through the environment only: no flag, not in the effective config
+
+    def applies(self, model: str, engine: str) -> bool:
+        return model in self.models or (model in MASTER_MODELS and engine in self.engines)
+
+    def where(self) -> str:
+        """Say where the option applies, for error messages and --help."""
+        if self.models == MODELS:
+            return "every model"
+        if not self.engines:
+            return ", ".join(self.models)
+        single = [m for m in self.models if m not in MASTER_MODELS]
+        return ", or ".join([*single, f"prefork with --engine {'|'.join(self.engines)}"])
 
     @property
     def flag(self) -> str:
@@ -42,29 +66,36 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("bind", str, "HOST:PORT to listen on (port 0 picks a free port)"),
-    Option("workers", int, "prefork worker processes", ("prefork",), 1, 64),
-    Option("threads", int, "thread-pool size", ("threadpool",), 1, 4096),
+    Option("engine", str, "how each worker waits: sync (one connection at a time), threads (a pool), loop "
+           "(uvloop)", MASTER_MODELS, choices=ENGINES),
+    Option("workers", int, "worker processes", MASTER_MODELS, 1, 64),
+    Option("threads", int, "thread-pool size", ("threadpool",), 1, 4096, engines=("threads",)),
     Option("queue", int, "connections waiting for a free thread before new ones get a fast 503",
-           ("threadpool",), 0, 65536),
-    Option("timeout", float, "kill a worker busy on one request for longer than S seconds (0 = never)",
-           ("prefork",), 0, 86400),
+           ("threadpool",), 0, 65536, engines=("threads",)),
+    Option("timeout", float, "kill a worker that is stuck for longer than S seconds (0 = never): sync busy on one "
+           "request, threads all busy, loop not ticking", MASTER_MODELS, 0, 86400),
     Option("graceful_timeout", float, "on SIGTERM, let in-flight requests finish for up to S seconds",
            MODELS, 0, 3600),
-    Option("max_requests", int, "recycle a worker after N requests (0 = never)", ("prefork",), 0, 10**9),
+    Option("max_requests", int, "recycle a worker after N requests (0 = never)", MASTER_MODELS, 0, 10**9),
     Option("max_requests_jitter", int, "add 0..N to --max-requests per worker so they do not recycle "
-           "together", ("prefork",), 0, 10**9),
+           "together", MASTER_MODELS, 0, 10**9),
     Option("keepalive", float, "idle keep-alive timeout in seconds (0 = close after each response)",
            MODELS, 0, 3600),
     Option("header_timeout", float, "seconds a client may take to send a whole request head (→ 408)",
            MODELS, 0.1, 3600),
     Option("faults", bool, "enable the /fault/* routes and POST /_lab/kill"),
     Option("access_log", bool, "log one line per request"),
-    Option("loop", str, "event loop implementation", ("eventloop",), choices=("uvloop", "asyncio")),
+    Option("loop", str, "event loop implementation", ("eventloop",), choices=("uvloop", "asyncio"),
+           engines=("loop",)),
     Option("watchdog", float, "exit when the loop stalls longer than S seconds so a supervisor restarts "
-           "it (0 = off)", ("eventloop",), 0, 3600),
+           "it (0 = off; under a master, --timeout does this)", ("eventloop",), 0, 3600),
     Option("gc_freeze", bool, "call gc.freeze() in the master before forking (keeps copy-on-write pages "
-           "shared)", ("prefork",)),
+           "shared)", MASTER_MODELS),
+    Option("reuseport", bool, "each worker opens its own SO_REUSEPORT listener (the kernel spreads "
+           "connections) instead of sharing the master's", MASTER_MODELS),
     Option("backlog", int, "listen backlog", MODELS, 1, 65535),
+    # Set by the native lab supervisor (`webmodels up`) each time it restarts the server; shown in /_lab/stats.
+    Option("restarts", int, "restarts so far, as counted by the supervisor", MODELS, 0, 10**9, hidden=True),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -72,6 +103,7 @@ OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 # a sync worker holding an idle keep-alive connection serves nobody else.
 DEFAULTS: dict[str, Any] = {
     "bind": "127.0.0.1:8000",
+    "engine": None,  # None → the model's own (MODEL_ENGINE)
     "workers": 4,
     "threads": 32,
     "queue": None,  # None → same as threads
@@ -86,15 +118,23 @@ DEFAULTS: dict[str, Any] = {
     "loop": "uvloop",
     "watchdog": 0.0,
     "gc_freeze": False,
+    "reuseport": False,
     "backlog": 2048,
+    "restarts": None,
 }
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"prefork": {"keepalive": 0.0}}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hybrid-threads": {"workers": 2, "threads": 16},
+    "hybrid-loop": {"workers": 2},
+}
+# A sync worker holding an idle keep-alive connection serves nobody else (as in gunicorn's sync worker).
+ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {"sync": {"keepalive": 0.0}}
 
 
 @dataclass
 class Config:
     model: str
     bind: str = DEFAULTS["bind"]
+    engine: str = "sync"  # resolved for every model: threadpool → threads, eventloop → loop
     workers: int = 4
     threads: int = 32
     queue: int = 32
@@ -109,7 +149,9 @@ class Config:
     loop: str = "uvloop"
     watchdog: float = 0.0
     gc_freeze: bool = False
+    reuseport: bool = False
     backlog: int = 2048
+    restarts: int | None = None
     explicit: frozenset[str] = field(default_factory=frozenset)  # options the user set
 
     @property
@@ -124,17 +166,9 @@ class Config:
         """Return the options that apply to this model, for the start-up line and /_lab/stats."""
         out: dict[str, Any] = {}
         for opt in OPTIONS:
-            if self.model in opt.models:
+            if opt.applies(self.model, self.engine) and not opt.hidden:
                 out[opt.name] = getattr(self, opt.name)
         return out
-
-    def to_env(self) -> dict[str, str]:
-        """Return WEBMODELS_* variables that reproduce this config (for child processes)."""
-        env = {ENV_PREFIX + "MODEL": self.model}
-        for name, value in self.effective().items():
-            opt = OPTION_BY_NAME[name]
-            env[opt.env] = ("1" if value else "0") if opt.kind is bool else str(value)
-        return env
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -183,20 +217,34 @@ def build_config(model: str, flags: Mapping[str, Any], environ: Mapping[str, str
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
     environ = os.environ if environ is None else environ
+    raws: dict[str, tuple[Any, str]] = {}
+    for opt in OPTIONS:
+        if flags.get(opt.name) is not None:
+            raws[opt.name] = flags[opt.name], opt.flag
+        elif environ.get(opt.env) not in (None, ""):
+            raws[opt.name] = environ[opt.env], f"{opt.env} (environment)"
+    engine = MODEL_ENGINE[model]
+    if "engine" in raws:  # first, because which other options apply depends on it
+        raw, source = raws["engine"]
+        if model != "prefork" and model in MASTER_MODELS:
+            raise ConfigError(f"{source} does not apply to the {model} model (its engine is {engine}; "
+                              f"use prefork --engine ENGINE to choose)")
+        if model in MASTER_MODELS:
+            engine = _parse(OPTION_BY_NAME["engine"], raw, source)
     values: dict[str, Any] = dict(DEFAULTS)
+    if model in MASTER_MODELS:
+        values.update(ENGINE_DEFAULTS.get(engine, {}))
     values.update(MODEL_DEFAULTS.get(model, {}))
+    values["engine"] = engine
     explicit: set[str] = set()
     for opt in OPTIONS:
-        raw, source = None, ""
-        if flags.get(opt.name) is not None:
-            raw, source = flags[opt.name], opt.flag
-        elif environ.get(opt.env) not in (None, ""):
-            raw, source = environ[opt.env], f"{opt.env} (environment)"
-        if raw is None:
+        if opt.name not in raws:
             continue
-        if model not in opt.models:
-            applies = ", ".join(opt.models)
-            raise ConfigError(f"{source} does not apply to the {model} model (only to: {applies})")
+        raw, source = raws[opt.name]
+        if not opt.applies(model, engine):
+            what = f"the {model} model" + (f" with --engine {engine}" if model == "prefork"
+                                           else f" (engine {engine})" if model in MASTER_MODELS else "")
+            raise ConfigError(f"{source} does not apply to {what} (it applies to {opt.where()})")
         values[opt.name] = _parse(opt, raw, source)
         explicit.add(opt.name)
     if values["queue"] is None:

@@ -12,18 +12,12 @@ import faulthandler
 import os
 import time
 
-# Named exit statuses, so a supervisor (the prefork master, Docker, `webmodels up`) can say why.
-EXIT_CONFIG = 2  # bad flags or environment
-EXIT_BOOT = 3  # a prefork worker could not start; the master stops instead of respawning forever
-EXIT_CRASH = 86  # /fault/crash: hard exit, no cleanup
-EXIT_WATCHDOG = 87  # the event loop stalled longer than --watchdog
-EXIT_RECYCLED = 88  # a prefork worker reached --max-requests
-EXIT_TIMEOUT = 89  # a prefork worker got SIGABRT from the master for exceeding --timeout
-EXIT_NAMES = {
-    0: "ok", EXIT_CONFIG: "config error", EXIT_BOOT: "boot error", EXIT_CRASH: "injected crash",
-    EXIT_WATCHDOG: "watchdog", EXIT_RECYCLED: "recycled", EXIT_TIMEOUT: "timeout",
-}
+# The exit statuses live in exitcodes.py; these names stay importable from here for older callers.
+from .exitcodes import (EXIT_BOOT, EXIT_CONFIG, EXIT_CRASH, EXIT_NAMES, EXIT_RECYCLED,
+                        EXIT_TIMEOUT, EXIT_WATCHDOG)
 
+__all__ = ["EXIT_BOOT", "EXIT_CONFIG", "EXIT_CRASH", "EXIT_NAMES", "EXIT_RECYCLED", "EXIT_TIMEOUT", "EXIT_WATCHDOG",
+           "crash", "segfault", "hang", "leak"]
 MIB = 1024 * 1024
 PAGE = 4096
 _leaked: list[bytearray] = []
@@ -51,8 +45,4 @@ def leak(mb: int) -> int:
     block = bytearray(mb * MIB)  # calloc'd: zero pages are not resident until written
     block[::PAGE] = b"\x01" * len(range(0, len(block), PAGE))
     _leaked.append(block)
-    return sum(len(b) for b in _leaked) // MIB
-
-
-def leaked_mb() -> int:
     return sum(len(b) for b in _leaked) // MIB

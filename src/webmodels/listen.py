@@ -20,12 +20,20 @@ class PortInUse(OSError):
     pass
 
 
-def make_listener(config: Config) -> socket.socket:
-    """Bind and listen on config.bind; a busy port is an error that names the port."""
-    host, port = config.host, config.port
+def make_listener(config: Config, *, port: int | None = None, reuseport: bool = False,
+                  listen: bool = True) -> socket.socket:
+    """Bind (and listen on) config.bind, or on PORT instead of its port; a busy port is an error naming it.
+
+    REUSEPORT: set SO_REUSEPORT, so several sockets (one per worker) can listen on the same address and
+    the kernel spreads new connections across them. LISTEN False: bind only — holds the address (and
+    learns the port the kernel picked for port 0) without ever receiving a connection.
+    """
+    host, port = config.host, config.port if port is None else port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -33,7 +41,8 @@ def make_listener(config: Config) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(exc.errno, f"port {port} on {host} is already in use") from None
         raise
-    sock.listen(config.backlog)
+    if listen:
+        sock.listen(config.backlog)
     return sock
 
 

@@ -112,6 +112,7 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
     totals["cpu_seconds"] = round(sum(p["cpu_seconds"] for p in procs), 3)
     return {
         "model": runtime.model,
+        "engine": runtime.engine,
         "config": runtime.config.effective(),
         "pid": runtime.server_pid(),
         "answered_by": os.getpid(),
@@ -120,7 +121,8 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
         "processes": procs,
         "totals": totals,
         "counters": runtime.counters(),
-        # set by the native lab supervisor (`webmodels up`) when it restarts a crashed server
-        "restarts": int(os.environ["WEBMODELS_RESTARTS"]) if os.environ.get("WEBMODELS_RESTARTS", "").isdigit()
-        else None,
+        # one row per serving process (each worker of a master model; the process itself otherwise)
+        "per_worker": runtime.per_worker(),
+        # set by the native lab supervisor (`webmodels up`, through WEBMODELS_RESTARTS) when it restarts the server
+        "restarts": runtime.config.restarts,
     }
