@@ -16,6 +16,17 @@ import httpx
 from webmodels.listen import LISTEN_RE
 
 MODELS = ("threadpool", "prefork", "eventloop")
+# Every configuration the conformance suite runs, by test id: (model, flags). Every engine alone and under a
+# master, and the two hybrid names (the same engines with their own defaults).
+SERVERS: dict[str, tuple[str, ...]] = {
+    "threadpool": ("threadpool",),
+    "prefork": ("prefork", "--workers", "2"),
+    "prefork-threads": ("prefork", "--engine", "threads", "--workers", "2"),
+    "prefork-loop": ("prefork", "--engine", "loop", "--workers", "2"),
+    "eventloop": ("eventloop",),
+    "hybrid-threads": ("hybrid-threads",),
+    "hybrid-loop": ("hybrid-loop",),
+}
 
 
 def free_port() -> int:

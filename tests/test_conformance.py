@@ -1,8 +1,9 @@
-"""One conformance suite for the three servers: same routes, same errors, same limits, real subprocesses.
+"""One conformance suite for every server: same routes, same errors, same limits, real subprocesses.
 
-Read-only tests share one server per model (module scope, started with `--keepalive 5 --faults`, prefork
-with 2 workers) because they cannot change what the others see; tests that need other flags start their
-own. Every server listens on 127.0.0.1 with a port the kernel picked. `--keepalive 5` for all three so
+"Every server" is every engine (sync, threads, loop) alone and under the prefork master, plus the two hybrid
+names (support.SERVERS). Read-only tests share one server per configuration (module scope, started with
+`--keepalive 5 --faults`, master models with 2 workers) because they cannot change what the others see;
+tests that need other flags start their own. Every server listens on 127.0.0.1 with a port the kernel picked. `--keepalive 5` for all three so
 keep-alive and pipelining mean the same thing everywhere (prefork's default, 0, closes after each
 response; that default is tested in test_prefork.py).
 """
@@ -19,21 +20,28 @@ from pathlib import Path
 import httpx
 import pytest
 
+from webmodels.config import MASTER_MODELS
+
 from .rawhttp import Conn
-from .support import MODELS, Server, wait_for
+from .support import SERVERS, Server, wait_for
 
 REQUESTS = Path(__file__).parent / "requests"
+PER_WORKER_KEYS = {"pid", "index", "engine", "accepted", "requests", "in_flight", "busy_threads", "loop_lag_ms"}
 STATS_PROCESS_KEYS = {"pid", "ppid", "role", "threads", "rss", "uss", "pss", "cpu_percent", "ctx_switches",
                       "open_fds", "connections"}
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=list(SERVERS))
 def shared(request: pytest.FixtureRequest):
-    model = request.param
-    extra = ["--workers", "2"] if model == "prefork" else []
-    srv = Server(model, "--keepalive", "5", *extra)
+    model, *flags = SERVERS[request.param]
+    srv = Server(model, "--keepalive", "5", *flags)
+    srv.engine = srv.stats()["engine"]  # type: ignore[attr-defined]
     yield srv
     srv.stop()
+
+
+def has_workers(srv: Server) -> bool:
+    return srv.model in MASTER_MODELS
 
 
 def conn(srv: Server, timeout: float = 5.0) -> Conn:
@@ -82,7 +90,7 @@ def test_whoami(shared: Server) -> None:
     assert {"model", "pid", "ppid", "thread_id", "thread_name", "worker_index", "requests_served"} <= set(data)
     assert data["model"] == shared.model
     assert data["requests_served"] >= 1
-    if shared.model == "prefork":
+    if has_workers(shared):
         assert data["ppid"] == shared.pid and data["pid"] != shared.pid  # a worker answers, not the master
         assert data["worker_index"] in (0, 1)
     else:
@@ -99,7 +107,7 @@ def test_counter_counts_per_process(shared: Server) -> None:
         # one counter per process: within a process each increment adds exactly one
         for pid, values in seen.items():
             assert values == list(range(values[0], values[0] + len(values))), (pid, values)
-        if shared.model != "prefork":
+        if not has_workers(shared):
             assert list(seen) == [shared.pid]
             read = c.get("/counter?mode=locked&op=read").json()["value"]
             assert read == seen[shared.pid][-1]  # read does not increment
@@ -136,7 +144,7 @@ def test_stats_schema(shared: Server) -> None:
         assert set(p["ctx_switches"]) >= {"voluntary", "involuntary"}
         assert p["rss"] > 0 and p["uss"] > 0 and p["pss"] > 0 and p["threads"] >= 1 and p["open_fds"] > 0
     roles = sorted(p["role"] for p in procs)
-    if shared.model == "prefork":
+    if has_workers(shared):
         assert roles == ["master", "worker", "worker"]
         master = next(p for p in procs if p["role"] == "master")
         assert master["pid"] == shared.pid
@@ -148,6 +156,33 @@ def test_stats_schema(shared: Server) -> None:
     counters = data["counters"]
     assert {"requests", "in_flight", "errors_4xx", "errors_5xx"} <= set(counters)
     assert counters["requests"] >= 1 and counters["in_flight"] >= 1  # this very request is in flight
+    assert data["engine"] in ("sync", "threads", "loop")
+    assert data["engine"] == {"threadpool": "threads", "eventloop": "loop", "hybrid-threads": "threads",
+                              "hybrid-loop": "loop"}.get(shared.model, data["engine"])
+    rows = data["per_worker"]
+    assert rows and all(set(r) == PER_WORKER_KEYS for r in rows), rows
+    assert all(r["engine"] == data["engine"] for r in rows)
+    if has_workers(shared):
+        assert sorted(r["pid"] for r in rows) == sorted(p["pid"] for p in procs if p["role"] == "worker")
+        assert sorted(r["index"] for r in rows) == [0, 1]
+        assert {"busy_threads", "loop_lag_ms"} <= set(counters)
+    else:
+        assert [(r["pid"], r["index"]) for r in rows] == [(shared.pid, 0)]
+    for r in rows:
+        assert (r["busy_threads"] is None) == (data["engine"] == "loop")
+        assert (r["loop_lag_ms"] is None) == (data["engine"] != "loop")
+
+
+def test_per_worker_rows_add_up_to_the_counters(shared: Server) -> None:
+    with shared.client() as c:
+        for _ in range(10):
+            assert c.get("/").status_code == 200
+    data = wait_for(lambda: (d := shared.stats()) and sum(r["requests"] for r in d["per_worker"])
+                    == d["counters"]["requests"] and d, timeout=5, what="per_worker requests to add up")
+    rows = data["per_worker"]
+    assert sum(r["in_flight"] for r in rows) == data["counters"]["in_flight"]
+    assert all(r["accepted"] >= 1 for r in rows if r["requests"])
+    assert sum(r["accepted"] for r in rows) >= 1
 
 
 def test_stats_counters_move(shared: Server) -> None:
@@ -193,8 +228,8 @@ def test_fault_raise_is_500_then_the_server_answers(shared: Server) -> None:
 
 def test_kill_worker_without_workers_is_409(shared: Server) -> None:
     with shared.client() as c:
-        if shared.model == "prefork":
-            # prefork has workers; a pid that is not one of them is a bad parameter, and nothing dies
+        if has_workers(shared):
+            # a master model has workers; a pid that is not one of them is a bad parameter, and nothing dies
             r = c.post("/_lab/kill?target=worker&pid=1")
             assert r.status_code == 400 and r.json()["param"] == "pid"
         else:
@@ -343,7 +378,7 @@ def test_bad_input_never_crashes_the_server(shared: Server) -> None:
     assert shared.alive()
     assert shared.get("/").status_code == 200
     after = shared.stats()
-    if shared.model != "prefork":
+    if not has_workers(shared):
         assert after["pid"] == before["pid"] == shared.pid
     else:
         # no worker died of it either
@@ -367,9 +402,9 @@ def test_concurrent_clients(shared: Server) -> None:
 
 
 # -- servers with other flags ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", MODELS)
-def test_faults_off_means_404(start_server, model: str) -> None:
-    srv = start_server(model, faults=False)
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_faults_off_means_404(start_server, name: str) -> None:
+    srv = start_server(*SERVERS[name], faults=False)
     with srv.client() as c:
         for path in ("/fault/crash", "/fault/segfault", "/fault/hang?s=1", "/fault/raise", "/fault/leak?mb=1"):
             assert c.get(path).status_code == 404, path
@@ -380,9 +415,9 @@ def test_faults_off_means_404(start_server, model: str) -> None:
     assert srv.stats()["config"]["faults"] is False
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_slow_head_gets_408_or_close(start_server, model: str) -> None:
-    srv = start_server(model, "--header-timeout", "0.5")
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_slow_head_gets_408_or_close(start_server, name: str) -> None:
+    srv = start_server(*SERVERS[name], "--header-timeout", "0.5")
     with conn(srv) as c:
         t0 = time.monotonic()
         c.send(b"GET / HTTP/1.1\r\nHost: t\r\n")  # and never the blank line
@@ -393,7 +428,7 @@ def test_slow_head_gets_408_or_close(start_server, model: str) -> None:
         except ConnectionError:
             pass  # closing without a word is allowed too
         elapsed = time.monotonic() - t0
-    print(f"{model}: slow head cut after {elapsed:.3f}s")
+    print(f"{name}: slow head cut after {elapsed:.3f}s")
     assert 0.4 <= elapsed < 3.0
     assert srv.get("/").status_code == 200
 
