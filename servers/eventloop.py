@@ -280,6 +280,7 @@ class LoopEngine:
         self.stopping = False
         self.force = False  # a second, impatient signal cuts the drain short
         self.stop_signal: asyncio.Future[str] = loop.create_future()
+        self.listening: asyncio.AbstractServer | None = None
         self.tick = time.monotonic()  # written by the lag task, read by the watchdog thread
         self.lags: collections.deque[tuple[float, float]] = collections.deque()  # (when, lag_ms)
         rt.heartbeat(self.tick, 0.0)
@@ -287,8 +288,8 @@ class LoopEngine:
 
     async def run(self, sock: socket.socket) -> int:
         sock.setblocking(False)
-        server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock,
-                                               backlog=self.config.backlog)
+        server = self.listening = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock,
+                                                                backlog=self.config.backlog)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             self.loop.add_signal_handler(sig, self._on_signal, sig.name)
         helpers = [self.loop.create_task(self._measure_lag()), self.loop.create_task(self._sweep())]
@@ -319,7 +320,14 @@ class LoopEngine:
             self.force = True
 
     def stop(self, why: str) -> None:
-        """Begin the graceful shutdown for WHY (a signal name or "max-requests")."""
+        """Begin the graceful shutdown for WHY ("max-requests"); stop accepting right now.
+
+        Called before the last response is written, so a client that reconnects after reading it finds
+        the listener closed instead of being accepted here and dropped by the drain.
+        """
+        self.stopping = True
+        if self.listening is not None:
+            self.listening.close()
         if not self.stop_signal.done():
             self.stop_signal.set_result(why)
 

@@ -135,6 +135,7 @@ class ThreadsEngine:
         self._idle: dict[Conn, None] = {}  # between keep-alive requests: closed after --keepalive
         self._sig_r, self._sig_w = os.pipe()  # main thread's wake-up: signal numbers, or 0 for "drained"
         self._acceptor: threading.Thread | None = None
+        self._listener_closed = threading.Event()
         self._accept_warned = 0.0
 
     # -- the main thread -----------------------------------------------------------------------------------------
@@ -318,6 +319,7 @@ class ThreadsEngine:
         """Stop accepting and close every idle connection (the first step of every shutdown)."""
         sel.unregister(self.listener)
         self.listener.close()
+        self._listener_closed.set()
         for where in (self._fresh, self._idle):
             for conn in where:
                 sel.unregister(conn.sock)
@@ -421,9 +423,17 @@ class ThreadsEngine:
             pass  # buffer full: it is awake already
 
     def _recycle(self) -> None:
-        """--max-requests reached: ask the main thread for a graceful shutdown (exit EXIT_RECYCLED)."""
-        self.recycling = True
+        """--max-requests reached: stop accepting, then ask the main thread for the graceful shutdown.
+
+        Called before the last response is sent, and waits (briefly) for the acceptor to close the listener:
+        a client that reconnects after reading that response must find the listener gone, not be accepted
+        here and then dropped by the shutdown. Under a shared listener its connection waits for a sibling.
+        """
+        with self._lock:
+            self.recycling = self.stopping = True
+        self._wake_acceptor()
         _write_byte(self._sig_w, RECYCLE)
+        self._listener_closed.wait(0.5)
 
     def stats(self) -> dict[str, Any]:
         """The figures only this engine knows (handed to the runtime as its engine_stats)."""
