@@ -282,6 +282,7 @@ class LoopEngine:
         self.stop_signal: asyncio.Future[str] = loop.create_future()
         self.listening: asyncio.AbstractServer | None = None
         self.tick = time.monotonic()  # written by the lag task, read by the watchdog thread
+        self.lag_ms = 0.0
         self.lags: collections.deque[tuple[float, float]] = collections.deque()  # (when, lag_ms)
         rt.heartbeat(self.tick, 0.0)
         rt.engine_stats = self.stats
@@ -366,7 +367,7 @@ class LoopEngine:
             await asyncio.sleep(LAG_INTERVAL)
             now = monotonic()
             lag_ms = max(0.0, (now - t0 - LAG_INTERVAL) * 1000)
-            self.tick = now
+            self.tick, self.lag_ms = now, lag_ms
             rt.heartbeat(now, lag_ms)
             lags.append((now, lag_ms))
             while lags[0][0] < now - LAG_WINDOW:
@@ -376,7 +377,7 @@ class LoopEngine:
         """The figures only the loop knows (handed to the runtime as its engine_stats)."""
         now = time.monotonic()
         # If the loop has not ticked for a while, the lag is at least that long, measured or not yet.
-        lag_now = loop_lag_ms(self.rt.tick, self.rt.lag_ms, now)
+        lag_now = loop_lag_ms(self.tick, self.lag_ms, now)
         recent = [lag for when, lag in self.lags if when >= now - LAG_WINDOW]
         return {"connections": len(self.connections), "loop_lag_ms": lag_now,
                 "loop_lag_max_ms": round(max(recent + [lag_now]), 3)}

@@ -133,7 +133,6 @@ def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot
 
 
 # -- the master --------------------------------------------------------------------------------------------------
-# -- the master --------------------------------------------------------------------------------------------------
 @dataclass
 class WorkerInfo:
     pid: int
@@ -281,10 +280,10 @@ class Master:
             return "timeout", f"{how} after --timeout {self.config.timeout:g}s"
         if code == EXIT_RECYCLED:
             return "recycled", f"{how}, --max-requests reached"
+        if code == 0:  # (also a worker told to stop while it was still booting)
+            return "clean", how
         if code == EXIT_BOOT or not booted:
             return "boot", how
-        if code == 0:
-            return "clean", how
         return "crash", how
 
     def murder_workers(self) -> None:

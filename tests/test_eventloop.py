@@ -19,7 +19,7 @@ import pytest
 from webmodels import app
 from webmodels.codec import Request, RequestParser, Response
 from webmodels.config import build_config
-from webmodels.faults import EXIT_CRASH, EXIT_WATCHDOG
+from webmodels.exitcodes import EXIT_CRASH, EXIT_WATCHDOG
 from webmodels.runtime import Runtime
 
 from .support import Server, wait_for

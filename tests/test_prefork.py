@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from webmodels.faults import EXIT_BOOT
+from webmodels.exitcodes import EXIT_BOOT
 
 from .rawhttp import Conn
 from .support import Server, wait_for

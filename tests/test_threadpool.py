@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from webmodels.faults import EXIT_CRASH
+from webmodels.exitcodes import EXIT_CRASH
 
 from .support import Server, wait_for
 

@@ -52,8 +52,9 @@ class Option:
             return "every model"
         if not self.engines:
             return ", ".join(self.models)
-        single = [m for m in self.models if m not in MASTER_MODELS]
-        return ", or ".join([*single, f"prefork with --engine {'|'.join(self.engines)}"])
+        names = [m for m in self.models if m not in MASTER_MODELS]
+        names += [m for m in MASTER_MODELS if m != "prefork" and MODEL_ENGINE[m] in self.engines]
+        return f"{', '.join(names)}, or prefork with --engine {'|'.join(self.engines)}"
 
     @property
     def flag(self) -> str:
