@@ -8,8 +8,8 @@ communication, through shared memory, without a message.
 
 What a slot says about its worker: pid and index, what it has accepted and answered, what it holds now, and
 the two facts the master judges liveness by — `busy_since` (all its handler threads busy since then) and
-`heartbeat` (the loop's last tick). Several threads of one worker write the same slot, so the worker's
-runtime updates it under a per-process lock; readers in other processes may see a figure one update old,
+`heartbeat` (the loop's last tick). The threads of a threads worker write the same slot, so its runtime
+updates it under a per-process lock (`Runtime.shared_by_threads`); readers in other processes may see a figure one update old,
 never a torn one (each field is one aligned 8-byte word).
 """
 
@@ -73,29 +73,26 @@ class BoardRuntime(Runtime):
     def attach(self, slot: Slot, index: int) -> None:
         self.slot, self.worker_index = slot, index
 
-    # -- pushed by the handler's dispatch and by the engine (in the worker) --------------------------------
-    def request_started(self) -> None:
+    # -- where the counts are kept: this worker's slot ----------------------------------------------------------
+    def _started(self) -> None:
         slot = self.slot
-        with self._lock:
-            n = slot.in_flight = slot.in_flight + 1  # type: ignore[union-attr]
-            if n == self.runners:
-                slot.busy_since = time.monotonic()  # type: ignore[union-attr]
+        n = slot.in_flight = slot.in_flight + 1  # type: ignore[union-attr]
+        if n == self.runners:
+            slot.busy_since = time.monotonic()  # type: ignore[union-attr]
 
-    def request_finished(self, status: int, started: bool = True) -> None:
+    def _finished(self, status: int, started: bool) -> None:
         slot = self.slot
-        with self._lock:
-            if started:
-                slot.in_flight -= 1  # type: ignore[union-attr]
-                slot.busy_since = 0.0  # type: ignore[union-attr]
-            slot.requests += 1  # type: ignore[union-attr]
-            if 400 <= status < 500:
-                slot.errors_4xx += 1  # type: ignore[union-attr]
-            elif status >= 500:
-                slot.errors_5xx += 1  # type: ignore[union-attr]
+        if started:
+            slot.in_flight -= 1  # type: ignore[union-attr]
+            slot.busy_since = 0.0  # type: ignore[union-attr]
+        slot.requests += 1  # type: ignore[union-attr]
+        if 400 <= status < 500:
+            slot.errors_4xx += 1  # type: ignore[union-attr]
+        elif status >= 500:
+            slot.errors_5xx += 1  # type: ignore[union-attr]
 
-    def connection_accepted(self) -> None:
-        with self._lock:
-            self.slot.accepted += 1  # type: ignore[union-attr]
+    def _accepted(self) -> None:
+        self.slot.accepted += 1  # type: ignore[union-attr]
 
     def heartbeat(self, now: float, lag_ms: float) -> None:
         slot = self.slot

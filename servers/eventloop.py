@@ -6,10 +6,11 @@ socket and a runtime by whoever hosts it.
 
 # What the one thread owns
 Everything. One thread runs one loop (uvloop by default, `--loop asyncio` for the standard one), created
-in `run()` and nowhere earlier — in a prefork worker that means after the fork, never in the master. The loop owns the listening socket, every connection (an
-`asyncio.Protocol` with its own sans-IO `RequestParser`), the timers, and the handler while it runs. There
-is nothing to lock in the model itself because nothing runs concurrently with anything else: a request
-is handled between two returns to the loop. The only other thread is the optional watchdog, which reads one
+in `run()` and nowhere earlier — in a prefork worker that means after the fork, never in the master. The
+loop owns the listening socket, every connection (an `asyncio.Protocol` with its own sans-IO
+`RequestParser`), the timers, and the handler while it runs. There is nothing to lock in the engine itself
+because nothing runs concurrently with anything else: a request is handled between two returns to the
+loop. The only other thread is the optional watchdog (the `eventloop` model only), which reads one
 timestamp and never touches a connection.
 
 # How a request flows
@@ -70,8 +71,10 @@ own listener and the kernel picks one.
 SIGTERM: stop accepting, close idle connections, let in-flight requests finish (each connection then
 closes after its response) for up to `--graceful-timeout`, then abort the rest. SIGINT/SIGQUIT: abort at
 once. Either way `run()` returns 0. `--max-requests` (in a worker): once the worker has answered that many
-requests over all its connections, the same graceful shutdown, and `run()` returns EXIT_RECYCLED. Signals are handled by the loop (`add_signal_handler`), so a loop
-blocked by a hung handler notices them only when the handler returns — the watchdog exists for that.
+requests over all its connections, the same graceful shutdown, and `run()` returns EXIT_RECYCLED.
+Signals are handled by the loop (`add_signal_handler`), so a loop blocked by a hung handler notices them
+only when the handler returns — the watchdog (alone) or the master's `--timeout` (in a worker) exists for
+that.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ stack (effects such as `Sleep` block that thread), writes the response with one 
 crashing — happens on that pool thread.
 
 Accept only what you can serve. The pool holds at most `threads + queue` connections (queued or owned
-by a thread, including the moment a thread spends waiting for a keep-alive client's next request). When a readable connection finds the pool full, the acceptor answers a fast 503 and closes instead
+by a thread, including the moment a thread spends waiting for a keep-alive client's next request). When a
+readable connection finds the pool full, the acceptor answers a fast 503 and closes instead
 of hoarding the socket: the client learns at once that the server is saturated, and the server's memory
 and latency stay bounded. `/_lab/stats` shows `busy_threads`, `queued`, `idle_keepalive`, `rejected_503`.
 
@@ -123,6 +124,7 @@ class ThreadsEngine:
         self.recycling = False
         self.rejected_503 = 0
         rt.runners = config.threads  # all of them busy for longer than --timeout = hung (see the essay)
+        rt.shared_by_threads()
         rt.engine_stats = self.stats
         self._lock = threading.Lock()  # guards _held, _returned, _wake_pending, stopping
         self._held = 0  # connections in the pool: queued or owned by a pool thread

@@ -3,9 +3,9 @@
 "Every server" is every engine (sync, threads, loop) alone and under the prefork master, plus the two hybrid
 names (support.SERVERS). Read-only tests share one server per configuration (module scope, started with
 `--keepalive 5 --faults`, master models with 2 workers) because they cannot change what the others see;
-tests that need other flags start their own. Every server listens on 127.0.0.1 with a port the kernel picked. `--keepalive 5` for all three so
-keep-alive and pipelining mean the same thing everywhere (prefork's default, 0, closes after each
-response; that default is tested in test_prefork.py).
+tests that need other flags start their own. Every server listens on 127.0.0.1 with a port the kernel
+picked. `--keepalive 5` for all of them so keep-alive and pipelining mean the same thing everywhere (the
+sync engine's default, 0, closes after each response; that default is tested in test_prefork.py).
 """
 
 from __future__ import annotations

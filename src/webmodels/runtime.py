@@ -35,8 +35,10 @@ class Runtime:
         self.engine = config.engine
         self.started_at = time.time()
         self.started_mono = time.monotonic()
-        # A lock, not bare `+=`: a pool's threads update these concurrently and the numbers are the product.
-        self._lock = threading.Lock()
+        # Set by an engine whose threads update these concurrently (the pool): then a lock, not bare `+=`, since
+        # the numbers are the product. One thread alone needs none, and an uncontended lock still costs more
+        # than the update it guards.
+        self._lock: threading.Lock | None = None
         self.requests = 0
         self.in_flight = 0
         self.errors_4xx = 0
@@ -48,28 +50,48 @@ class Runtime:
         self.lag_ms = 0.0
         self.engine_stats: Callable[[], dict[str, Any]] = dict
 
+    def shared_by_threads(self) -> None:
+        """Several threads will count here from now on: guard every update with a per-process lock."""
+        self._lock = threading.Lock()
+
     # -- pushed by the handler's dispatch -------------------------------------------------------------------
     def request_started(self) -> None:
+        if self._lock is None:
+            return self._started()
         with self._lock:
-            self.in_flight += 1
-            if self.in_flight == self.runners:
-                self.busy_since = time.monotonic()
+            self._started()
 
     def request_finished(self, status: int, started: bool = True) -> None:
+        if self._lock is None:
+            return self._finished(status, started)
         with self._lock:
-            if started:
-                self.in_flight -= 1
-                self.busy_since = 0.0
-            self.requests += 1
-            if 400 <= status < 500:
-                self.errors_4xx += 1
-            elif status >= 500:
-                self.errors_5xx += 1
+            self._finished(status, started)
 
     # -- pushed by the engine ----------------------------------------------------------------------------------
     def connection_accepted(self) -> None:
+        if self._lock is None:
+            return self._accepted()
         with self._lock:
-            self.accepted += 1
+            self._accepted()
+
+    # -- where the counts are kept (a worker keeps them in its board slot instead) -----------------------------
+    def _started(self) -> None:
+        self.in_flight += 1
+        if self.in_flight == self.runners:
+            self.busy_since = time.monotonic()
+
+    def _finished(self, status: int, started: bool) -> None:
+        if started:
+            self.in_flight -= 1
+            self.busy_since = 0.0
+        self.requests += 1
+        if 400 <= status < 500:
+            self.errors_4xx += 1
+        elif status >= 500:
+            self.errors_5xx += 1
+
+    def _accepted(self) -> None:
+        self.accepted += 1
 
     def heartbeat(self, now: float, lag_ms: float) -> None:
         """The loop ticked at NOW, LAG_MS late (called from the loop itself: proof that it runs)."""
