@@ -2,8 +2,8 @@
 
 One direction only: the engine *pushes* into its `Runtime` (requests through the handler's dispatch,
 connections accepted, the loop's heartbeat) and hands it one callable, `engine_stats`, for the figures only
-the engine can know (queued connections, open connections, worst recent loop lag). The runtime never holds
-the engine. This base class keeps its counters in the process's own memory — enough for `threadpool` and
+the engine can know (queued connections, open connections, worst recent loop lag). The runtime knows no
+engine type and reaches into none: that callable is all it may call. This base class keeps its counters in the process's own memory — enough for `threadpool` and
 `eventloop`, which are one process; a prefork worker's runtime (servers/board.py) keeps the same counters
 in its slot of the shared-memory board, so any worker can report the whole server.
 
