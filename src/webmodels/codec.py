@@ -247,6 +247,8 @@ class RequestParser:
             elif k == b"content-length" and int(v) > self.max_body:
                 # llhttp validated the digits; refuse a large body before reading a byte of it
                 raise _Reject(413, f"body larger than {self.max_body} bytes")
+        if self._url == b"*" and self._parser.get_method() != b"OPTIONS":
+            raise _Reject(400, "the asterisk form is only for OPTIONS")  # RFC 9112 3.2.4
         if version == "1.1" and len(hosts) != 1:
             raise _Reject(400, "missing Host header" if not hosts else "more than one Host header")
         if hosts and any(c in _HOST_FORBIDDEN for c in hosts[0]):
@@ -355,9 +357,11 @@ def _split_target(target: str, raw: bytes) -> tuple[str, dict[str, str]]:
         url = httptools.parse_url(raw) if target != "*" else None
     except httptools.HttpParserInvalidURLError:
         raise _Reject(400, "invalid request target") from None
-    path = unquote(url.path.decode("latin-1")) if url is not None and url.path else "/"
+    if url is None:
+        return "*", {}  # OPTIONS * asks about the server as a whole: a route of its own, not "/"
+    path = unquote(url.path.decode("latin-1")) if url.path else "/"
     query: dict[str, str] = {}
-    if url is not None and url.query:
+    if url.query:
         query = dict(parse_qsl(url.query.decode("latin-1"), keep_blank_values=True))
     if len(_targets) < 1024:
         _targets[target] = (path, query)
