@@ -38,3 +38,32 @@ def start_server() -> Iterator:
 def server(request: pytest.FixtureRequest, start_server) -> Server:
     """Each test using this runs once per model."""
     return start_server(request.param)
+
+
+# -- in CI a skipped test is a failure: a CI that lacks a tool must say so, not pass without the check ----------
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _skip_reason(longrepr: object) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_skip(report: pytest.BaseReport) -> None:
+    if _ci() and report.skipped and not hasattr(report, "wasxfail"):  # an xfail is reported as skipped too
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {_skip_reason(report.longrepr)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    outcome = yield
+    _fail_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator:
+    outcome = yield
+    _fail_skip(outcome.get_result())
