@@ -192,7 +192,7 @@ def test_rejected(name: str, status: int | tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("name", [n for n, _ in ERRORS] + [
     "get.http", "pipelined.http", "chunked_post.http", "post_content_length.http", "http10.http",
-    "http10_keepalive.http", "http11_close.http", "options_asterisk.http"])
+    "http10_keepalive.http", "http11_close.http", "options_asterisk.http", "chunked_then_oversized_chunk.http"])
 def test_byte_by_byte_gives_the_same_events_as_one_feed(name: str) -> None:
     data = raw(name)
     assert summary(feed_bytewise(data)) == summary(feed_all(data))
@@ -410,6 +410,14 @@ def test_chunk_scanning_keeps_pipelining_and_trailers_intact() -> None:
             out += parser.feed(piece)
         assert [r.path for r in out] == ["/", "/echo", "/whoami"], step
         assert out[1].body == b"abc" + b"x" * 0x80000
+
+
+def test_an_oversized_chunk_right_after_a_chunked_request_with_trailers_is_413_at_once() -> None:
+    # found by test_codec_fuzz: when the next request came in the same read as the end of a chunked body,
+    # its chunk sizes were not watched (llhttp waited for 2 MiB; one byte at a time gave 413 at once)
+    data = raw("chunked_then_oversized_chunk.http")
+    for events in (feed_all(data), feed_bytewise(data)):
+        assert [e.body if isinstance(e, Request) else e.status for e in events] == [b"hello", 413]
 
 
 def test_blank_line_split_across_reads_still_finds_the_body_start() -> None:

@@ -95,8 +95,7 @@ def check_bounded(p: RequestParser) -> None:
     """What the parser holds between two feeds stays within the limits it was given."""
     if p.failed:
         return
-    assert len(p._url) <= p.max_head, len(p._url)
-    assert p._head_bytes <= p.max_head, p._head_bytes
+    assert len(p._url) + sum(len(k) + len(v) + 4 for k, v in p._headers) <= p.max_head
     assert len(p._headers) <= p.max_headers
     assert p._body_len <= p.max_body and sum(map(len, p._body)) == p._body_len
     if p.in_head:

@@ -105,6 +105,7 @@ class RequestParser:
         self._chunk_headers = 0
         self._chunks = None
         self._body_left: int | None = None  # Content-Length bytes still to come
+        self._trailers = False  # past the last chunk: trailer fields until a blank line
         self._refused: _Reject | None = None  # the first limit the head broke, raised when the head ends
 
     # -- state the servers use for their timers ------------------------------------------------------
@@ -134,12 +135,15 @@ class RequestParser:
                 reason = self._chunks.scan(data)
                 if reason:
                     return self._fail(413, reason)
-                if self._chunks.done:
-                    self._chunks = None
-                piece, data = data, b""
-            elif not self._headers_done:
-                # Feed the head up to its blank line on its own, so that if a chunked body follows we
-                # know exactly where it starts. Splitting a stream never changes what llhttp parses.
+                if self._chunks.done:  # at the last chunk: trailers follow, then maybe the next request
+                    end, self._chunks, self._trailers = self._chunks.end, None, True
+                    piece, data = data[:end], data[end:]
+                else:
+                    piece, data = data, b""
+            elif not self._headers_done or self._trailers:
+                # Feed the head (or the trailers) up to its blank line on its own, so that we know exactly
+                # where a chunked body (or the next request) starts, however the stream was cut. Splitting
+                # a stream never changes what llhttp parses.
                 if data[0] in (10, 13) and self._tail:  # the blank line may have begun in the last read
                     at = (self._tail + data).find(b"\r\n\r\n")
                     end = -1 if at < 0 else at + 4 - len(self._tail)
@@ -151,7 +155,7 @@ class RequestParser:
                 else:
                     piece, data = data[:end], data[end:]
                 room = self._guard - self._head_raw
-                if len(piece) > room > 0:
+                if len(piece) > room > 0 and not self._headers_done:
                     # The head would pass the 431 guard inside this read: llhttp sees exactly the guard's
                     # worth, however the stream was cut, so an error in those bytes wins the same way.
                     piece, data = piece[:room], piece[room:] + data
@@ -320,6 +324,7 @@ class _ChunkScan:
         self.total = 0
         self.left = 0
         self.done = False
+        self.end = 0  # where, in the data of the call that set done, scanning stopped
 
     def scan(self, data: bytes) -> str | None:
         i, n = 0, len(data)
@@ -366,6 +371,7 @@ class _ChunkScan:
                 self.state = self.SIZE
                 self.done = c != 0x0A
                 i += 1
+        self.end = i
         return None
 
 
