@@ -256,3 +256,19 @@ def test_supervisor_backs_off_doubling_and_forgets_after_10s_up() -> None:
     finally:
         os.close(sup.wake_r)
         os.close(sup.wake_w)
+
+
+# -- the mutation table cannot rot silently ---------------------------------------------------------------------
+def test_every_mutant_of_the_table_still_matches_the_code_exactly_once() -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("mutants", root / "scripts" / "mutants.py")
+    mutants = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules.setdefault("mutants", mutants)  # dataclasses look their module up there
+    spec.loader.exec_module(mutants)  # type: ignore[union-attr]
+    table = mutants.load()
+    assert len(table) >= 8
+    assert mutants.check(table, root) == [], "edit scripts/mutants.toml: the code it mutates has changed"
