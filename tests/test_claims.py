@@ -188,6 +188,55 @@ def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
     assert "drained" not in srv.log, srv.log
 
 
+# -- SIGTERM loses nothing that was already sent ------------------------------------------------------------------
+@pytest.mark.parametrize("model, flags", [
+    ("threadpool", ("--threads", "4", "--queue", "16")),  # a queue for every client: no 503
+    ("eventloop", ()),
+    pytest.param("prefork", ("--workers", "2"), marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 11 §1: connections waiting in the listen backlog are reset when the master closes the listener"))),
+], ids=["threadpool", "eventloop", "prefork"])
+def test_sigterm_loses_no_request_whose_connection_was_established_before_it(start_server, model: str,
+                                                                              flags: tuple[str, ...]) -> None:
+    # More clients than workers/threads, each on a fresh connection: some wait in the backlog at the signal.
+    srv = start_server(model, *flags, "--graceful-timeout", "10")
+    signalled = threading.Event()
+    t_signal = [float("inf")]
+    results: list[tuple[float, bool]] = []  # (connected at, answered 200)
+    lock = threading.Lock()
+
+    def client() -> None:
+        while not signalled.is_set():
+            try:
+                s = socket.create_connection((srv.host, srv.port), timeout=15)
+            except OSError:
+                return  # refused after the listener closed: not a request we sent
+            connected = time.monotonic()
+            ok = False
+            with s:
+                try:
+                    s.sendall(b"GET /io?ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    ok = s.recv(100).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            with lock:
+                results.append((connected, ok))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.2)
+    t_signal[0] = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    signalled.set()
+    for t in threads:
+        t.join(20)
+    srv.wait_exit(15)
+    before = [ok for connected, ok in results if connected < t_signal[0]]
+    lost = before.count(False)
+    print(f"{model}: SIGTERM lost {lost} of {len(before)} requests established before it")
+    assert len(before) >= 8 and lost == 0, f"{lost} of {len(before)} lost"
+
+
 # -- thread pool: a waiting client is served while another keeps its connection busy -----------------------------
 def test_threadpool_serves_a_waiting_client_while_another_keeps_its_connection_busy(start_server) -> None:
     srv = start_server("threadpool", "--threads", "1", "--queue", "4", "--keepalive", "5")
