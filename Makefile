@@ -27,7 +27,7 @@ FUZZ_EXAMPLES ?= 20000
 FUZZ_SECONDS  ?= 60
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz WEBMODELS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WEBMODELS_FUZZ_SECONDS=$(FUZZ_SECONDS) \
-	$(BIN)/pytest -q -s -p no:cacheprovider --hypothesis-show-statistics \
+	$(BIN)/pytest -q -s -p no:cacheprovider --timeout 0 --hypothesis-show-statistics \
 	    tests/test_codec_fuzz.py tests/test_server_fuzz.py $(PYTEST_ARGS)
 
 # Plant each bug of scripts/mutants.toml in a copy of the tree, run the tests meant to catch it, print the
