@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 
 from .support import MODELS, Server
@@ -17,6 +20,8 @@ settings.register_profile("ci", max_examples=400, derandomize=True, deadline=Non
 settings.register_profile("fuzz", max_examples=int(os.environ.get("WEBMODELS_FUZZ_EXAMPLES", "20000")),
                           deadline=None, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # its caches go to /tmp, not into the tree
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "webmodels-hypothesis")
 
 
 @pytest.fixture
