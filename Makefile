@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-compose up bench clean
+.PHONY: install test test-compose fuzz mutants up bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,21 @@ test: install
 
 test-compose: install
 	$(BIN)/pytest -q -p no:cacheprovider -m compose -s $(PYTEST_ARGS)
+
+# The long fuzz: the codec's hypothesis properties with the `fuzz` profile (FUZZ_EXAMPLES examples each) and
+# every server against a mutated request corpus for FUZZ_SECONDS each. `make test` runs both, bounded.
+FUZZ_EXAMPLES ?= 20000
+FUZZ_SECONDS  ?= 60
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz WEBMODELS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WEBMODELS_FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	$(BIN)/pytest -q -s -p no:cacheprovider --timeout 0 --hypothesis-show-statistics \
+	    tests/test_codec_fuzz.py tests/test_server_fuzz.py $(PYTEST_ARGS)
+
+# Plant each bug of scripts/mutants.toml in a copy of the tree, run the tests meant to catch it, print the
+# table; fails if one survives or a snippet no longer matches. When code moves, edit the table's `file` and
+# `original` (`$(BIN)/python scripts/mutants.py --check` lists what no longer matches).
+mutants: install
+	$(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
 up: install
 	$(BIN)/webmodels up

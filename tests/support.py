@@ -1,4 +1,4 @@
-"""Start real servers as subprocesses on free loopback ports, and stop them by PID."""
+"""Start real servers as subprocesses on loopback port 0 (the port is read from their start-up line), stop them by PID."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import httpx
 
@@ -30,10 +30,38 @@ SERVERS: dict[str, tuple[str, ...]] = {
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 right now (for tools that cannot bind port 0 and report back)."""
+    """A port free on 127.0.0.1 right now — and maybe not a moment later: use it through with_free_port()."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+ADDR_IN_USE = ("address already in use", "eaddrinuse", "errno 98", "already in use")
+
+
+def addr_in_use(text: str) -> bool:
+    """True if TEXT (an exception, a process's output) says a port was taken."""
+    text = text.lower()
+    return any(marker in text for marker in ADDR_IN_USE)
+
+
+T = TypeVar("T")
+
+
+def with_free_port(start: Callable[[int], T], attempts: int = 5) -> T:
+    """Call START(port) with a port that was free a moment ago; if it fails because something took the port
+    meanwhile (an error that says "address already in use"), try again with another port.
+
+    For tools that cannot bind port 0 and report the port back (Locust's web UI and master port). Servers
+    we start ourselves bind port 0 and we read the port from their start-up line (Server below).
+    """
+    for attempt in range(attempts):
+        try:
+            return start(free_port())
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is a port clash
+            if attempt + 1 == attempts or not addr_in_use(str(exc)):
+                raise
+    raise AssertionError("unreachable")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,

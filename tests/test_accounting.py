@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from loadtest.accounting import (COLLATERAL, EXPECTED, OK, RecoveryWatch, ServerTally, Tally, classify, downtime,
                                  format_table, injection_key)
 from loadtest.workloads import WORKLOADS, calls
@@ -81,3 +83,155 @@ def test_workloads():
         assert calls(w)
     assert {c.name for c in calls("mixed")} == {"/", "/io", "/cpu", "/bytes"}
     assert calls("io", io_ms=7)[0].path == "/io?ms=7"
+
+
+# -- exact counts: a scripted timeline with known ok / expected / collateral ------------------------------------
+# (server, ok, fault, end, error): what the Locust listener records for each request, in completion order.
+TIMELINE = [
+    ("prefork", True, False, 100.00, None),
+    ("prefork", False, True, 100.05, "RemoteDisconnected"),  # the crash request itself: expected
+    ("prefork", True, False, 100.06, None),
+    ("prefork", True, True, 100.07, None),  # a leak answers 200 and is still the fault: expected
+    ("prefork", True, False, 100.30, None),
+    ("threadpool", True, False, 100.00, None),
+    ("threadpool", False, False, 100.10, "HTTP 503"),
+    ("threadpool", False, False, 100.12, "HTTP 503"),
+    ("threadpool", True, False, 100.25, None),
+    ("threadpool", False, False, 100.40, "HTTP 503"),
+    ("eventloop", True, False, 100.00, None),
+    ("eventloop", False, True, 100.10, "RemoteDisconnected"),
+    ("eventloop", False, False, 100.20, "ConnectionRefusedError"),
+    ("eventloop", False, False, 100.50, "ConnectionRefusedError"),
+    ("eventloop", False, False, 101.20, "ConnectionRefusedError"),
+]
+WANT = {  # server: (requests, ok, expected, collateral, fault_failed, errors, downtime_ms, down_at_end)
+    "prefork": (5, 3, 2, 0, 1, {}, 0.0, False),
+    "threadpool": (5, 2, 0, 3, 0, {"HTTP 503": 3}, 20.0, True),
+    "eventloop": (5, 1, 1, 3, 1, {"ConnectionRefusedError": 3}, 1000.0, True),
+}
+
+
+def scripted(events=TIMELINE) -> Tally:
+    t = Tally()
+    for server, ok, fault, end, error in events:
+        t.record(server, ok, fault, end, error)
+    return t
+
+
+def exact(summary: dict) -> dict:
+    return {name: (s["requests"], s["ok"], s["expected"], s["collateral"], s["fault_failed"], s["errors"],
+                   s["downtime_ms"], s["down_at_end"]) for name, s in summary.items()}
+
+
+def test_a_scripted_timeline_gives_exact_counts():
+    s = scripted().summary(order=("threadpool", "prefork", "eventloop"))
+    assert list(s) == ["threadpool", "prefork", "eventloop"]
+    assert exact(s) == WANT
+    assert all(row["balanced"] for row in s.values())
+    # threadpool: the 503 streak 100.10 → 100.12 is broken by the success at 100.25; the last 503 opens a new
+    # one that never closes (a single failure: 0 ms, but the longest streak is the earlier 20 ms one)
+    assert s["threadpool"]["downtime_from"] == 100.10 and s["threadpool"]["downtime_to"] == 100.12
+
+
+def test_exact_counts_survive_any_split_over_processes_and_the_wire():
+    # Every way of dealing the same requests to 3 Locust processes adds up to the same table.
+    import random
+
+    rng = random.Random(7)
+    for _ in range(20):
+        parts = [Tally() for _ in range(3)]
+        for server, ok, fault, end, error in TIMELINE:
+            rng.choice(parts).record(server, ok, fault, end, error)
+        master = Tally()
+        for part in parts:
+            master.merge(Tally.from_dict(part.to_dict()))
+        assert exact(master.summary()) == WANT
+
+
+def test_the_table_prints_the_exact_counts():
+    table = format_table(scripted().summary(order=("threadpool", "prefork", "eventloop")))
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:]}
+    assert rows["threadpool"][1:5] == ["5", "2", "0", "3"]
+    assert rows["prefork"][1:5] == ["5", "3", "2", "0"]
+    assert rows["eventloop"][1:5] == ["5", "1", "1", "3"]
+    assert all(r[-1] == "yes" for r in rows.values())
+
+
+# -- the Locust request listener itself, in a subprocess (Locust monkey-patches whatever imports it) ---------------
+LISTENER_SCRIPT = r"""
+import json, sys
+sys.argv = ["locust"]
+sys.path.insert(0, "loadtest")
+import locustfile as lf
+
+class Resp:
+    def __init__(self, status): self.status_code = status
+
+class CatchResponseError(Exception):
+    pass
+
+calls = [  # (exception, response status, fault)
+    (None, 200, False), (None, 200, False),
+    (CatchResponseError("503 Service Unavailable"), 503, False),  # an HTTP error: collateral
+    (CatchResponseError("500 Internal Server Error"), 500, False),
+    (ConnectionRefusedError(111, "refused"), 0, False),  # no response at all: collateral
+    (CatchResponseError("503"), 503, True),  # a fault request that failed: expected
+    (None, 200, True),
+]
+for i, (exc, status, fault) in enumerate(calls):
+    lf._request("GET", "/", 5.0, 0, exception=exc, context={"server": "threadpool", "fault": fault},
+                start_time=1000.0 + i, response=Resp(status))
+print(json.dumps(lf.lab.outbox.summary()["threadpool"]))
+"""
+
+
+def test_the_locust_listener_counts_http_errors_as_collateral():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", LISTENER_SCRIPT], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (row["requests"], row["ok"], row["expected"], row["collateral"], row["fault_failed"]) == (7, 2, 2, 3, 1)
+    assert row["errors"] == {"HTTP 503": 1, "HTTP 500": 1, "ConnectionRefusedError": 1}
+
+
+# -- a real Locust run: a thread pool of one thread and no queue answers 503 to whoever finds it busy ---------------
+@pytest.mark.slow
+def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_path):
+    import collections
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    srv = start_server("threadpool", "--threads", "1", "--queue", "0", faults=False)
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "WEBMODELS_"))}
+    env["WEBMODELS_THREADPOOL_URL"] = srv.url
+    acc_path, stats = tmp_path / "accounting.json", tmp_path / "stats"
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"), "--skip-log-setup",
+         "--headless", "-t", "3s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
+         "--accounting-json", str(acc_path), "--json-file", str(stats), "ThreadpoolUser"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 1), out[-3000:]  # 1: some requests failed, which is the point
+    row = json.loads(acc_path.read_text())["servers"]["threadpool"]
+    locust = collections.Counter()
+    for entry in json.loads((tmp_path / "stats.json").read_text()):
+        locust["requests"] += entry["num_requests"]
+        locust["failures"] += entry["num_failures"]
+    # Locust's own count and the accounting agree exactly; every failure is a 503, every 503 is collateral
+    assert row["requests"] == locust["requests"] > 0, (row, locust)
+    assert row["collateral"] == locust["failures"] > 0, (row, locust)
+    assert row["errors"] == {"HTTP 503": row["collateral"]}, row
+    assert row["ok"] == locust["requests"] - locust["failures"] > 0 and row["expected"] == 0, row
+    assert row["ok"] + row["expected"] + row["collateral"] == row["requests"]
+    # the server refused at least that many (the Servers panel's own /_lab/stats polls may add a few)
+    assert srv.stats()["counters"]["rejected_503"] >= row["collateral"]

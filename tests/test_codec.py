@@ -127,6 +127,15 @@ def test_keep_alive_semantics(name: str, version: str, keep_alive: bool) -> None
     assert (req.version, req.keep_alive) == (version, keep_alive)
 
 
+def test_options_asterisk_is_a_request_for_the_server_itself() -> None:
+    (req,) = feed_all(raw("options_asterisk.http"))
+    assert isinstance(req, Request)
+    assert (req.method, req.target, req.path, req.query) == ("OPTIONS", "*", "*", {})
+    for method in (b"GET", b"POST", b"HEAD", b"DELETE"):  # any other method with "*" is a 400, body or not
+        events = feed_all(method + b" * HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab")
+        assert summary(events) == [("error", 400)], method
+
+
 def test_body_of_exactly_one_mib_is_accepted() -> None:
     body = b"a" * codec.MAX_BODY
     data = b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body
@@ -160,6 +169,9 @@ ERRORS = [
     ("nul_in_value.http", 400),
     ("garbage_tls.http", 400),
     ("garbage_text.http", 400),
+    ("asterisk_get.http", 400),  # the asterisk form is for OPTIONS only (RFC 9112 3.2.4)
+    # found by test_codec_fuzz: was 400 in one read, 431 when a read ended inside the last line
+    ("oversized_then_malformed_header.http", 400),
 ]
 
 
@@ -180,7 +192,7 @@ def test_rejected(name: str, status: int | tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("name", [n for n, _ in ERRORS] + [
     "get.http", "pipelined.http", "chunked_post.http", "post_content_length.http", "http10.http",
-    "http10_keepalive.http", "http11_close.http"])
+    "http10_keepalive.http", "http11_close.http", "options_asterisk.http", "chunked_then_oversized_chunk.http"])
 def test_byte_by_byte_gives_the_same_events_as_one_feed(name: str) -> None:
     data = raw(name)
     assert summary(feed_bytewise(data)) == summary(feed_all(data))
@@ -398,6 +410,14 @@ def test_chunk_scanning_keeps_pipelining_and_trailers_intact() -> None:
             out += parser.feed(piece)
         assert [r.path for r in out] == ["/", "/echo", "/whoami"], step
         assert out[1].body == b"abc" + b"x" * 0x80000
+
+
+def test_an_oversized_chunk_right_after_a_chunked_request_with_trailers_is_413_at_once() -> None:
+    # found by test_codec_fuzz: when the next request came in the same read as the end of a chunked body,
+    # its chunk sizes were not watched (llhttp waited for 2 MiB; one byte at a time gave 413 at once)
+    data = raw("chunked_then_oversized_chunk.http")
+    for events in (feed_all(data), feed_bytewise(data)):
+        assert [e.body if isinstance(e, Request) else e.status for e in events] == [b"hello", 413]
 
 
 def test_blank_line_split_across_reads_still_finds_the_body_start() -> None:

@@ -178,11 +178,19 @@ def test_split_bind(bind: str, host: str, port: int) -> None:
 
 
 def test_cli_rejects_a_flag_for_the_wrong_model_before_binding() -> None:
+    import os
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "webmodels.cli", "serve", "eventloop", "--workers", "2",
-                           "--bind", "127.0.0.1:0"], capture_output=True, text=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin"})
+    from pathlib import Path
+    # the CLI of the tree under test (not whatever is installed), and no __pycache__ written into src/ by it
+    root = Path(__file__).resolve().parent.parent
+    pycs = lambda: set((root / "src").rglob("*.pyc"))  # noqa: E731
+    before = pycs()
+    proc = subprocess.run([sys.executable, "-B", "-m", "webmodels.cli", "serve", "eventloop", "--workers", "2",
+                           "--bind", "127.0.0.1:0"], capture_output=True, text=True, timeout=30, cwd=root,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+                               "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])})
+    assert pycs() == before
     assert proc.returncode == 2  # faults.EXIT_CONFIG
     assert "--workers" in proc.stderr and "eventloop" in proc.stderr
     assert "listening" not in proc.stderr + proc.stdout

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from .support import wait_for
+from .support import addr_in_use, wait_for
 
 PORTS = (8001, 8002, 8003, 8089)
 
@@ -35,13 +35,18 @@ def _free_offset() -> int:
 
 class Lab:
     def __init__(self, *args: str) -> None:
-        self.offset = _free_offset()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "webmodels.cli", "up", "--port-offset",
-                                      str(self.offset), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        for attempt in range(5):  # the ports were free a moment ago; if one was taken meanwhile, `up` says so
+            self.offset = _free_offset()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+            self.proc = subprocess.Popen([sys.executable, "-m", "webmodels.cli", "up", "--port-offset",
+                                          str(self.offset), *args], stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True, env=env)
+            self.lines: list[str] = []
+            threading.Thread(target=self._read, daemon=True).start()
+            wait_for(lambda: self.proc.poll() is not None or "listening on" in self.log, timeout=45,
+                     what="the lab to start or refuse")
+            if self.proc.poll() is None or attempt == 4 or not addr_in_use(self.log):
+                break
 
     def _read(self) -> None:
         for line in self.proc.stdout:  # type: ignore[union-attr]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import Server, free_port, wait_for
+from .support import Server, wait_for, with_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -100,10 +100,11 @@ def test_crash_injection_under_load(three, tmp_path):
 
 
 def test_processes_2_report_to_the_master(three, tmp_path):
-    port = str(free_port())  # not Locust's default 5557: other runs may hold it; loopback only
-    acc, counts, _ = run_headless(tmp_path, three, 4, "--processes", "2", "--master-bind-host", "127.0.0.1",
-                                  "--master-bind-port", port, "--master-port", port, "-u", "6", "-r", "6",
-                                  "--fault", "raise", "--fault-every", "1", "--timeline", str(tmp_path / "tl"))
+    # not Locust's default 5557: other runs may hold it; loopback only; another port if it was taken meanwhile
+    acc, counts, _ = with_free_port(lambda port: run_headless(
+        tmp_path, three, 4, "--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "--master-port", str(port), "-u", "6", "-r", "6", "--fault", "raise", "--fault-every", "1",
+        "--timeline", str(tmp_path / "tl")))
     assert acc["run"]["role"] == "master" and acc["run"]["workers"] == 2
     assert_balanced(acc, counts)
     assert len(list((tmp_path / "tl").glob("worker*.jsonl"))) == 2  # one timeline per worker process
@@ -112,15 +113,22 @@ def test_processes_2_report_to_the_master(three, tmp_path):
 
 
 def test_web_ui_servers_tab(three, tmp_path):
-    port = free_port()
+    def launch(port: int) -> tuple[subprocess.Popen, int]:
+        out = tmp_path / f"locust-{port}.log"
+        proc = subprocess.Popen(
+            locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json",
+                       str(tmp_path / "accounting.json")),
+            cwd=tmp_path, env=locust_env(three), stdout=out.open("w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: proc.poll() is not None or httpx.get(f"http://127.0.0.1:{port}/", timeout=2).is_success,
+                 20, 0.1, "the Locust web UI")
+        if proc.poll() is not None:  # e.g. the port was taken between free_port() and Locust's bind
+            raise RuntimeError(f"locust exited: {out.read_text()[-2000:]}")
+        return proc, port
+
+    proc, port = with_free_port(launch)
     ui = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json",
-                   str(tmp_path / "accounting.json")),
-        cwd=tmp_path, env=locust_env(three), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=ui, timeout=5) as c:
-            wait_for(lambda: c.get("/").status_code == 200, 20, 0.1, "the Locust web UI")
             page = c.get("/?tab=servers").text
             assert '"extended_tabs": [{"key": "servers", "title": "Servers"}]' in page
             # requests served, from the servers themselves (each look adds one /_lab/stats request)

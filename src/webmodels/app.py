@@ -218,8 +218,14 @@ def _kill_later(pid: int) -> Callable[[], None]:
     return lambda: _sigkill(pid)
 
 
+def options_server(req: Request, rt: Runtime) -> Response:
+    """`OPTIONS *` (RFC 9110 9.3.7): the methods this server implements anywhere."""
+    return Response(200, b"", headers=[("Allow", SERVER_ALLOW)])
+
+
 Route = Callable[[Request, Runtime], Any]
 ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
+    "*": (("OPTIONS",), options_server),  # the codec gives the asterisk form to OPTIONS only
     "/": (("GET",), hello),
     "/io": (("GET",), io),
     "/cpu": (("GET",), cpu),
@@ -238,6 +244,8 @@ FAULT_ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "/_lab/kill": (("POST",), lab_kill),
     "/_lab/scale": (("POST",), lab_scale),
 }
+
+SERVER_ALLOW = ", ".join(sorted({m for methods, _ in [*ROUTES.values(), *FAULT_ROUTES.values()] for m in methods}))
 
 
 def handle(req: Request, rt: Runtime) -> Generator[Any, Any, Response]:

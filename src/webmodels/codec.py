@@ -6,6 +6,7 @@ httptools (llhttp). llhttp already rejects most malformed framing (Content-Lengt
 duplicate Content-Length, bad chunk sizes, bare CR, control characters in values); the rules it leaves to
 the server are enforced here: Host on HTTP/1.1, the version (505), and the size limits, each mapped to a
 status — 400 malformed, 408 too slow (the server's timer), 413 body too large, 431 head too large.
+However the stream is cut into reads, the events are the same (tests/test_codec_fuzz.py checks it).
 
 After an `HttpError` the connection is unusable (we may be in the middle of a body we did not read): the
 server sends `error_response(err)` and closes.
@@ -86,6 +87,7 @@ class RequestParser:
         self._failed = False
         self._upgrade = False
         self._head_raw = 0  # raw bytes fed since the previous message completed, while no head was complete
+        self._guard = 2 * max_head + 4096  # raw head bytes after which a head that has not ended is a 431
         self._tail = b""  # the last 3 bytes fed, to find a blank line split across two reads
         self._chunks: _ChunkScan | None = None
         self._reset()
@@ -103,6 +105,9 @@ class RequestParser:
         self._chunked = False
         self._chunk_headers = 0
         self._chunks = None
+        self._body_left: int | None = None  # Content-Length bytes still to come
+        self._trailers = False  # past the last chunk: trailer fields until a blank line
+        self._refused: _Reject | None = None  # the first limit the head broke, raised when the head ends
 
     # -- state the servers use for their timers ------------------------------------------------------
     @property
@@ -131,12 +136,15 @@ class RequestParser:
                 reason = self._chunks.scan(data)
                 if reason:
                     return self._fail(413, reason)
-                if self._chunks.done:
-                    self._chunks = None
-                piece, data = data, b""
-            elif not self._headers_done:
-                # Feed the head up to its blank line on its own, so that if a chunked body follows we
-                # know exactly where it starts. Splitting a stream never changes what llhttp parses.
+                if self._chunks.done:  # at the last chunk: trailers follow, then maybe the next request
+                    end, self._chunks, self._trailers = self._chunks.end, None, True
+                    piece, data = data[:end], data[end:]
+                else:
+                    piece, data = data, b""
+            elif not self._headers_done or self._trailers:
+                # Feed the head (or the trailers) up to its blank line on its own, so that we know exactly
+                # where a chunked body (or the next request) starts, however the stream was cut. Splitting
+                # a stream never changes what llhttp parses.
                 if data[0] in (10, 13) and self._tail:  # the blank line may have begun in the last read
                     at = (self._tail + data).find(b"\r\n\r\n")
                     end = -1 if at < 0 else at + 4 - len(self._tail)
@@ -147,10 +155,21 @@ class RequestParser:
                     piece, data = data, b""
                 else:
                     piece, data = data[:end], data[end:]
+                room = self._guard - self._head_raw
+                if len(piece) > room > 0 and not self._headers_done:
+                    # The head would pass the 431 guard inside this read: llhttp sees exactly the guard's
+                    # worth, however the stream was cut, so an error in those bytes wins the same way.
+                    piece, data = piece[:room], piece[room:] + data
+            elif self._body_left and self._body_left < len(data):
+                # The body ends inside this read: feed it alone, so the next head starts a piece (its
+                # guard counts the same bytes whether or not it came in the same read as this body).
+                piece, data = data[:self._body_left], data[self._body_left:]
             else:
                 piece, data = data, b""
             self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
             head_was_done = self._headers_done
+            if self._body_left is not None and head_was_done:
+                self._body_left -= len(piece)
             failed = self._feed_piece(piece)
             if failed is not None:
                 return failed
@@ -189,7 +208,7 @@ class RequestParser:
             if "Content-Length overflow" in msg:
                 return self._fail(413, "Content-Length too large")
             return self._fail(400, msg or "malformed request")
-        if self.in_head and self._head_raw > 2 * self.max_head + 4096:
+        if self.in_head and self._head_raw >= self._guard:
             # checked after feeding, so one big read and the same bytes one at a time get the same answer
             return self._fail(431, "request head too large")
         return None
@@ -212,25 +231,37 @@ class RequestParser:
         self._reset()
         self._in_message = True
 
+    # A limit broken in the head is raised when the head ends, not at once: llhttp reports a header only
+    # when the next one begins, which depends on where the reads were cut; raising at the end (or letting
+    # llhttp's own error win if the head turns out malformed) gives every cut of a stream the same answer.
+    # Nothing more is buffered meanwhile, and the raw-byte guard still bounds the head.
     def on_url(self, url: bytes) -> None:
-        self._url += url
         self._head_bytes += len(url)
+        if self._refused is not None:
+            return
         if self._head_bytes > self.max_head:
-            raise _Reject(431, "request line too long")
+            self._refused = _Reject(431, "request line too long")
+            return
+        self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused is not None:
+            return
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.max_head:
-            raise _Reject(431, "request head too large")
-        if len(self._headers) >= self.max_headers:
-            raise _Reject(431, f"more than {self.max_headers} header fields")
+            self._refused = _Reject(431, "request head too large")
+        elif len(self._headers) >= self.max_headers:
+            self._refused = _Reject(431, f"more than {self.max_headers} header fields")
         # llhttp rejects most control characters; NUL and DEL still need an explicit check (RFC 9110 5.5)
-        if b"\x00" in value or b"\x7f" in value or b"\r" in value or b"\n" in value:
-            raise _Reject(400, "invalid character in header value")
-        self._headers.append((name, value))
+        elif b"\x00" in value or b"\x7f" in value or b"\r" in value or b"\n" in value:
+            self._refused = _Reject(400, "invalid character in header value")
+        else:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        if self._refused is not None:
+            raise self._refused
         self._version = version = self._parser.get_http_version()
         if version not in ("1.0", "1.1"):
             raise _Reject(505, f"HTTP/{version} is not supported")
@@ -244,9 +275,12 @@ class RequestParser:
                 connection.extend(t.strip().lower() for t in v.split(b","))
             elif k == b"transfer-encoding":
                 self._chunked = v.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            elif k == b"content-length" and int(v) > self.max_body:
-                # llhttp validated the digits; refuse a large body before reading a byte of it
-                raise _Reject(413, f"body larger than {self.max_body} bytes")
+            elif k == b"content-length":
+                self._body_left = int(v)  # llhttp validated the digits (and refuses a second one)
+                if self._body_left > self.max_body:  # refuse a large body before reading a byte of it
+                    raise _Reject(413, f"body larger than {self.max_body} bytes")
+        if self._url == b"*" and self._parser.get_method() != b"OPTIONS":
+            raise _Reject(400, "the asterisk form is only for OPTIONS")  # RFC 9112 3.2.4
         if version == "1.1" and len(hosts) != 1:
             raise _Reject(400, "missing Host header" if not hosts else "more than one Host header")
         if hosts and any(c in _HOST_FORBIDDEN for c in hosts[0]):
@@ -291,6 +325,7 @@ class _ChunkScan:
         self.total = 0
         self.left = 0
         self.done = False
+        self.end = 0  # where, in the data of the call that set done, scanning stopped
 
     def scan(self, data: bytes) -> str | None:
         i, n = 0, len(data)
@@ -337,6 +372,7 @@ class _ChunkScan:
                 self.state = self.SIZE
                 self.done = c != 0x0A
                 i += 1
+        self.end = i
         return None
 
 
@@ -355,9 +391,11 @@ def _split_target(target: str, raw: bytes) -> tuple[str, dict[str, str]]:
         url = httptools.parse_url(raw) if target != "*" else None
     except httptools.HttpParserInvalidURLError:
         raise _Reject(400, "invalid request target") from None
-    path = unquote(url.path.decode("latin-1")) if url is not None and url.path else "/"
+    if url is None:
+        return "*", {}  # OPTIONS * asks about the server as a whole: a route of its own, not "/"
+    path = unquote(url.path.decode("latin-1")) if url.path else "/"
     query: dict[str, str] = {}
-    if url is not None and url.query:
+    if url.query:
         query = dict(parse_qsl(url.query.decode("latin-1"), keep_blank_values=True))
     if len(_targets) < 1024:
         _targets[target] = (path, query)
