@@ -316,6 +316,17 @@ def test_reset_mid_request_is_counted_once_as_400() -> None:
     assert counts.finished == [(400, False)]
 
 
+def test_a_forced_shutdown_mid_request_is_not_the_clients_fault() -> None:
+    conn, counts = make()
+    ran: list[int] = []
+    [a] = conn.receive(GET + b"GET / HT", T0)  # one answered, one begun
+    conn.respond(a, Response(200, after=lambda: ran.append(1)), T0)
+    conn.abort(T0 + 1)
+    assert conn.closing == ABORT and counts.finished == [] and ran == [1]
+    conn.closed(T0 + 1)
+    assert counts.finished == []
+
+
 def test_eof_or_close_between_requests_counts_nothing() -> None:
     conn, counts = make()
     serve_one(conn, GET, T0)

@@ -266,6 +266,13 @@ class Connection:
         if self._after:
             self._run_after(now, everything=True)
 
+    def abort(self, now: float) -> None:
+        """The server gives up on this connection (a forced shutdown): nothing is counted against the client."""
+        if not self._closed:
+            self.closing = ABORT
+            self._unsent = 0
+            self.closed(now)
+
     def closed(self, now: float) -> None:
         """The socket is closed or reset (by us or the peer): count an abandoned request, run pending hooks."""
         if self._closed:
