@@ -70,6 +70,21 @@ or the connection is gone (`closed()`), or `AFTER_WAIT` seconds have passed (a d
 
 Threading: a `Connection` belongs to one thread at a time (the engine hands it over, it does not share it).
 The `Policy` is shared by every connection of a process; its counters are safe to bump from pool threads.
+
+# Wiring it into an engine
+One `Policy(Limits.from_config(config, max_requests=jittered), runtime)` per process; `policy.drain()` when
+the process stops accepting; `policy.exhausted` tells a worker to recycle. Per connection,
+`conn = policy.connection(now)` at accept, then:
+- on bytes: `for ev in conn.receive(data, now)`: `conn.refuse(ev, now)` for an HttpError, else dispatch and
+  `conn.respond(req, resp, now)`; write what they return; stop at the first `conn.closing`;
+- after every write: `conn.sending(unsent, now)` (0 = all handed to the kernel); on EOF `conn.eof(now)`;
+- to wait: `conn.timeout(now)` (None = block); when it is 0, `act = conn.expire(now)`, write `act.reply`;
+- to end, by `conn.closing`: CLOSE → close; ABORT → reset; LINGER → shut down writing, then read into
+  `receive()` while `conn.lingering`; always `conn.closed(now)` once the socket is gone (or `abort(now)`
+  when the server itself gives up, e.g. a forced shutdown).
+tests/policy_reference.py is that loop for blocking sockets, run by the conformance table. The event loop
+reports `transport.get_write_buffer_size()` to `sending()` after each write and from its sweep (progress
+is how the send deadline moves), and checks `expire()` in the sweep.
 """
 
 from __future__ import annotations
@@ -78,7 +93,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from .codec import (BODY, BODY_TIMEOUT_408, HEAD, HEAD_TIMEOUT_408, HttpError, Request, RequestParser, Response,
+from .codec import (BODY_TIMEOUT_408, HEAD, HEAD_TIMEOUT_408, HttpError, Request, RequestParser, Response,
                     error_response, render)
 from .log import log
 
