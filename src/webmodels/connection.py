@@ -141,13 +141,15 @@ class Policy:
     def __init__(self, limits: Limits, counts: Counts | None = None) -> None:
         self.limits = limits
         self.counts = counts  # the Runtime: where refusals and abandoned requests are counted
-        self.draining = False  # set by the engine when it stops accepting: every response then closes
+        self.draining = False  # set by drain(): every response then closes
         self.responses = 0  # responses started in this process (for --max-requests)
         self._next = itertools.count(1).__next__  # atomic under the GIL, unlike `+= 1` from pool threads
+        self._reuse = limits.keepalive > 0  # keepalive on and not draining: one load on the fast path
 
     def drain(self) -> None:
         """Stop keeping connections alive (shutdown or recycling): each next response says close."""
         self.draining = True
+        self._reuse = False
 
     @property
     def exhausted(self) -> bool:
@@ -242,13 +244,12 @@ class Connection:
         self.served += 1
         policy = self.policy
         n = policy.responses = policy._next()
-        limits = self.limits
-        keep = (req.keep_alive and not resp.close and limits.keepalive > 0 and not policy.draining
-                and not (limits.max_requests and n >= limits.max_requests)
-                and not (self.peer_eof and not self._owed))
+        keep = req.keep_alive and policy._reuse and not resp.close
+        if keep and ((self.peer_eof and not self._owed) or 0 < self.limits.max_requests <= n):
+            keep = False
         out = render(resp, keep)
         if resp.after is not None:
-            self._after.append((resp.after, now + limits.after_wait))
+            self._after.append((resp.after, now + self.limits.after_wait))
         if not keep:
             # Bytes may follow that we will not read (pipelined requests, a partial one): linger for them.
             unread = self._owed or self.parser.phase
