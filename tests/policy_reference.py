@@ -1,13 +1,16 @@
-"""A reference engine for the connection policy: blocking sockets, one thread per connection, in-process.
+"""Reference engines for the connection policy, in-process: blocking sockets, and an event loop.
 
-Not a model (a thread per connection is exactly what the lab's thread pool exists to avoid). It exists so
-the policy conformance table can show that `webmodels.connection` alone produces every expected outcome,
-and as a worked example for the engines: `serve_connection` is the sync engine's serve loop with the
-policy wired in; the thread engine's pool threads do the same between hand-offs.
+Not models (a thread per connection is exactly what the lab's thread pool exists to avoid). They exist so
+the policy conformance table can show that `webmodels.connection` alone produces every expected outcome
+under both ways of waiting, and as worked examples for the engines: `serve_connection` is the sync
+engine's serve loop with the policy wired in (the thread engine's pool threads do the same between
+hand-offs); `LoopProtocol` is the loop engine's protocol, with `check` as its sweep.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import socket
 import struct
 import threading
@@ -16,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from webmodels.app import dispatch_sync
-from webmodels.codec import HttpError
+from webmodels.app import dispatch_fast, dispatch_sync
+from webmodels.codec import HttpError, Response
 from webmodels.config import OPTIONS, build_config
-from webmodels.connection import ABORT, Connection, Limits, Policy
+from webmodels.connection import ABORT, CLOSE, LINGER, Connection, Limits, Policy
 from webmodels.runtime import Runtime
 
 monotonic = time.monotonic
@@ -130,7 +133,13 @@ class ReferenceServer:
         self.host, self.port = self.listener.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
         self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._ready = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+        self._ready.wait(10)
+
+    def _serve(self) -> None:
+        self._ready.set()
+        self._accept()
 
     def _accept(self) -> None:
         while not self._stop:
@@ -149,3 +158,133 @@ class ReferenceServer:
     def stop(self) -> None:
         self._stop = True
         self.listener.close()
+
+
+# -- the same policy under an event loop: callbacks and a sweep instead of blocking calls ----------------------
+class LoopProtocol(asyncio.Protocol):
+    """One connection on the loop: the loop engine's wiring of the policy, reduced to the essentials."""
+
+    def __init__(self, server: LoopReferenceServer) -> None:
+        self.server = server
+        self.c = server.policy.connection(monotonic())
+        self.queue: collections.deque[Any] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        c = self.c
+        if c.closing:  # lingering: discard, and close once the policy says the linger is over
+            c.receive(data, monotonic())
+            if c.closing == CLOSE:
+                self.transport.close()
+            return
+        self.queue.extend(c.receive(data, monotonic()))
+        if self.task is None:
+            self._answer()
+
+    def _answer(self) -> None:
+        c, rt = self.c, self.server.policy.counts
+        while self.queue and not c.closing:
+            event = self.queue.popleft()
+            if isinstance(event, HttpError):
+                self._write(c.refuse(event, monotonic()))
+                continue
+            result = dispatch_fast(event, rt)  # type: ignore[arg-type]
+            if isinstance(result, Response):
+                self._write(c.respond(event, result, monotonic()))
+            else:
+                self.task = asyncio.get_running_loop().create_task(self._finish(event, result))
+                return
+        if c.closing:
+            self._end()
+
+    async def _finish(self, req: Any, pending: Any) -> None:
+        resp = await pending
+        self.task = None
+        if not self.transport.is_closing():  # else the client is gone: the answer is dropped
+            self._write(self.c.respond(req, resp, monotonic()))
+            self._answer()
+
+    def _write(self, out: bytes) -> None:
+        self.transport.write(out)
+        self.c.sending(self.transport.get_write_buffer_size(), monotonic())
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.queue.clear()
+        how = self.c.closing
+        if how == ABORT:
+            # transport.abort() alone only drops *our* buffer: the kernel still sends what it holds, then a
+            # FIN. SO_LINGER (1, 0) makes the close a reset, which drops the kernel's copy too.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+        elif how == LINGER:
+            self.transport.write_eof()  # FIN once the buffer is flushed; keep reading what the client sends
+        else:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.c.eof(monotonic())
+        if self.c.closing and self.task is None and not self.queue:
+            return False  # the transport closes itself after flushing
+        return True  # half-closed: still answer what was asked
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.c.closed(monotonic())
+        self.server.conns.discard(self)
+
+    def check(self, now: float) -> None:
+        """The sweep: report send progress, then apply an expired deadline."""
+        c = self.c
+        if c.unsent:
+            c.sending(self.transport.get_write_buffer_size(), now)
+        act = c.expire(now)
+        if act is None:
+            return
+        if act.reply:
+            self._write(act.reply)
+        if self.ended:  # a linger that ran out
+            self.transport.close()
+        else:
+            self._end()
+
+
+class LoopReferenceServer(ReferenceServer):
+    """The reference under uvloop in a thread of the test process."""
+
+    model = "reference-loop"
+
+    def _serve(self) -> None:
+        import uvloop
+        loop = self.loop = uvloop.new_event_loop()
+        self.conns: set[LoopProtocol] = set()
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(0.05)
+                now = monotonic()
+                for proto in list(self.conns):
+                    proto.check(now)
+
+        async def main() -> None:
+            await loop.create_server(lambda: LoopProtocol(self), sock=self.listener)
+            self._ready.set()
+            await sweep()
+
+        try:
+            loop.run_until_complete(main())
+        except RuntimeError:
+            pass  # stopped
+
+    def stop(self) -> None:
+        self._stop = True
+        self.loop.call_soon_threadsafe(self.loop.stop)

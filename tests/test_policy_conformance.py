@@ -6,9 +6,10 @@ Each (case, model) gets its own server (real subprocess, port 0) with short time
 --keepalive 1 --send-timeout 1` — one worker or thread where that matters (a client that never reads must
 not keep the only worker from serving others), and generous client-side waits.
 
-The table also runs against `reference` (tests/policy_reference.py): a minimal blocking engine built on
-the policy alone, in-process. It shows that every expected outcome is what the policy produces, so a model
-that diverges has a wiring bug, not a table bug.
+The table also runs against `reference` and `reference-loop` (tests/policy_reference.py): minimal engines
+built on the policy alone, in-process, one with blocking sockets and one on uvloop with a sweep. They show
+that every expected outcome is what the policy produces under both ways of waiting, so a model that
+diverges has a wiring bug, not a table bug.
 
 A case a model does not pass yet, because the policy is not wired into that engine, is marked
 `xfail(strict=True)` in `NOT_YET`: the suite stays green and turns red the moment it starts passing, so
@@ -27,12 +28,14 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from .policy_reference import ReferenceServer
+from .policy_reference import LoopReferenceServer, ReferenceServer
 from .support import MODELS, Server, wait_for
 
 BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1")
-ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (), "reference": ()}
-ENGINES = (*MODELS, "reference")
+ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (), "reference": (),
+              "reference-loop": ()}
+REFERENCES = {"reference": ReferenceServer, "reference-loop": LoopReferenceServer}
+ENGINES = (*MODELS, *REFERENCES)
 BIG_KB = 10240  # /bytes?kb=10240: 10 MiB, far more than the kernel buffers for a client that does not read
 QUIET_S = 6.0  # how long a client waits for a server that says nothing before calling it "open"
 
@@ -341,12 +344,12 @@ def check(seen_: Seen, expect: Outcome) -> None:
 @pytest.mark.parametrize("case, model", _params())
 def test_policy_case(start_server, case: Case, model: str) -> None:
     flags = BASE_FLAGS + case.flags + (ONE_WORKER[model] if case.one_worker else ())
-    srv = ReferenceServer(*flags) if model == "reference" else start_server(model, *flags)
+    srv = REFERENCES[model](*flags) if model in REFERENCES else start_server(model, *flags)
     try:
         seen_ = case.client(srv)  # type: ignore[arg-type]
         print(f"{case.id} on {model}: {seen_}")
         check(seen_, case.expect)
         assert srv.alive()
     finally:
-        if model == "reference":
+        if model in REFERENCES:
             srv.stop()
