@@ -226,6 +226,23 @@ def never_reads(srv: Server) -> Seen:
                                  "whole_body": len(data) >= BIG_KB * 1024})
 
 
+def slow_reader(srv: Server) -> Seen:
+    s = connect(srv, rcvbuf=65536)
+    s.sendall(b"GET /bytes?kb=%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG_KB)
+    data, t0 = b"", time.monotonic()
+    while not parse_replies(data):  # ~5 MiB/s: 10 MiB take ~2 s, longer than --send-timeout, never a stall
+        chunk = s.recv(256 * 1024)
+        if not chunk:
+            break
+        data += chunk
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    rest, end, after = finish(s, time.monotonic())
+    replies = parse_replies(data + rest)
+    return Seen(replies, end, after, {"whole_body": bool(replies) and len(replies[0].body) == BIG_KB * 1024,
+                                      "longer_than_send_timeout": took > 1.0})
+
+
 def trickled_head_above_min_rate(srv: Server) -> Seen:
     head = (b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: " + b"a" * 220 + b"\r\n\r\n")
     s = connect(srv)
@@ -290,6 +307,10 @@ CASES = [
          Outcome((), "reset", (0.0, 1.0),
                  facts=(("other_client_served", True), ("in_flight", 0), ("whole_body", False))),
          one_worker=True),
+    Case("slow-reader", slow_reader,  # the send deadline counts from the last progress, not the start
+         # (the idle clock starts when the last bytes reach the kernel, before this client has read them)
+         Outcome(((200, False, None),), "eof", (0.0, 3.0),
+                 facts=(("whole_body", True), ("longer_than_send_timeout", True))), one_worker=True),
     Case("min-rate-trickle", trickled_head_above_min_rate,
          Outcome(((200, True, HELLO),), "eof"), flags=("--min-rate", "100")),
     Case("reset-mid-request", reset_mid_request,
@@ -308,6 +329,7 @@ NOT_YET: dict[tuple[str, str], str] = {
     ("never-reads", "threadpool"): "fixed 30 s SO_SNDTIMEO: the only thread stays stuck, others wait",
     ("never-reads", "prefork"): "gives up after --header-timeout but closes (FIN) instead of aborting",
     ("never-reads", "eventloop"): "no send timeout at all: the response is buffered until read",
+    ("slow-reader", "prefork"): "sendall's timeout (--header-timeout) is a total: a slow reader is cut off",
     ("min-rate-trickle", "threadpool"): "no --min-rate: 408 at --header-timeout",
     ("min-rate-trickle", "prefork"): "no --min-rate: 408 at --header-timeout",
     ("min-rate-trickle", "eventloop"): "no --min-rate: 408 at --header-timeout",

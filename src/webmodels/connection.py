@@ -107,7 +107,7 @@ NEW, HEAD_PHASE, BODY_PHASE, IDLE, SEND, LINGER_PHASE, AFTER = "new", "head", "b
 # How a connection ends (`Connection.closing`): after the bytes already written have been sent ...
 CLOSE = "close"  # ... close it
 LINGER = "linger"  # ... shut down writing, read and discard until `lingering` is False, then close
-ABORT = "abort"  # now: reset it (SO_LINGER 0 / transport.abort()), unsent bytes are dropped
+ABORT = "abort"  # now: reset it (SO_LINGER (1, 0), then close / transport.abort()): unsent bytes are dropped
 
 
 class Counts(Protocol):
