@@ -29,13 +29,16 @@ import httpx
 import pytest
 
 from .policy_reference import LoopReferenceServer, ReferenceServer
-from .support import MODELS, Server, wait_for
+from .support import Server, wait_for
 
 BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1")
+# The models this table runs against. Named here, not taken from support.MODELS, so that a new model or
+# engine joins the table when its integration does (with its ONE_WORKER flags and any NOT_YET entries).
+TABLE_MODELS = ("threadpool", "prefork", "eventloop")
 ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (), "reference": (),
               "reference-loop": ()}
 REFERENCES = {"reference": ReferenceServer, "reference-loop": LoopReferenceServer}
-ENGINES = (*MODELS, *REFERENCES)
+ENGINES = (*TABLE_MODELS, *REFERENCES)
 BIG_KB = 10240  # /bytes?kb=10240: 10 MiB, far more than the kernel buffers for a client that does not read
 QUIET_S = 6.0  # how long a client waits for a server that says nothing before calling it "open"
 
@@ -325,7 +328,7 @@ NOT_YET: dict[tuple[str, str], str] = {
     ("stalled-body", "eventloop"): "408 whose message says 'head'",
     ("413-lingering-close", "threadpool"): "closes over unread input: the upload fails (EPIPE/reset)",
     ("413-lingering-close", "prefork"): "closes over unread input: the upload fails (EPIPE/reset)",
-    ("413-lingering-close", "eventloop"): "closes over unread input: the client sees a reset",
+    ("413-lingering-close", "eventloop"): "closes over unread input: the upload fails (reset)",
     ("never-reads", "threadpool"): "fixed 30 s SO_SNDTIMEO: the only thread stays stuck, others wait",
     ("never-reads", "prefork"): "gives up after --header-timeout but closes (FIN) instead of aborting",
     ("never-reads", "eventloop"): "no send timeout at all: the response is buffered until read",
