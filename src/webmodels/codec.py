@@ -68,6 +68,8 @@ class HttpError:
     reason: str
 
 
+IDLE, HEAD, BODY = 0, 1, 2  # RequestParser.phase
+
 _HOST_FORBIDDEN = frozenset(b" \t/\\?#@")
 
 
@@ -92,6 +94,9 @@ class RequestParser:
         self._chunks: _ChunkScan | None = None
         self._reset()
         self._in_message = False
+        # Where the current message is: IDLE, HEAD (its first byte came), BODY (its head is complete).
+        # A plain attribute set by the callbacks, so the connection policy can read it for free.
+        self.phase = IDLE
 
     def _reset(self) -> None:
         self._url = b""
@@ -230,6 +235,7 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._reset()
         self._in_message = True
+        self.phase = HEAD
 
     # A limit broken in the head is raised when the head ends, not at once: llhttp reports a header only
     # when the next one begins, which depends on where the reads were cut; raising at the end (or letting
@@ -262,6 +268,7 @@ class RequestParser:
         self._headers_done = True
         if self._refused is not None:
             raise self._refused
+        self.phase = BODY
         self._version = version = self._parser.get_http_version()
         if version not in ("1.0", "1.1"):
             raise _Reject(505, f"HTTP/{version} is not supported")
@@ -304,6 +311,7 @@ class RequestParser:
             headers=self._headers, body=b"".join(self._body), version=self._version,
             keep_alive=self._keep_alive))
         self._in_message = False
+        self.phase = IDLE
         self._reset()
         self._head_raw = 0
 
@@ -442,5 +450,7 @@ def error_response(err: HttpError) -> Response:
     return json_response(err.status, {"error": err.reason}, close=True)
 
 
-TIMEOUT_408 = HttpError(408, "request head not received in time")
+TIMEOUT_408 = HttpError(408, "request head not received in time")  # the servers' own timers (until they use connection.py)
+HEAD_TIMEOUT_408 = HttpError(408, "request head not received in time")
+BODY_TIMEOUT_408 = HttpError(408, "request body not received in time")
 BUSY_503 = HttpError(503, "every thread is busy and the queue is full")

@@ -84,6 +84,10 @@ OPTIONS: tuple[Option, ...] = (
            MODELS, 0, 3600),
     Option("header_timeout", float, "seconds a client may take to send a whole request head (→ 408)",
            MODELS, 0.1, 3600),
+    Option("send_timeout", float, "abort a connection whose response makes no progress for S seconds (a "
+           "client that does not read)", MODELS, 0.1, 3600),
+    Option("min_rate", float, "each byte of a request head or body received extends its deadline by "
+           "1/BYTES_PER_S seconds (0 = off; as Apache mod_reqtimeout's MinRate)", MODELS, 0, 10**9),
     Option("faults", bool, "enable the /fault/* routes and POST /_lab/kill"),
     Option("access_log", bool, "log one line per request"),
     Option("loop", str, "event loop implementation", ("eventloop",), choices=("uvloop", "asyncio"),
@@ -114,6 +118,8 @@ DEFAULTS: dict[str, Any] = {
     "max_requests_jitter": 0,
     "keepalive": 5.0,
     "header_timeout": 10.0,
+    "send_timeout": 30.0,
+    "min_rate": 0.0,
     "faults": False,
     "access_log": False,
     "loop": "uvloop",
@@ -145,6 +151,8 @@ class Config:
     max_requests_jitter: int = 0
     keepalive: float = 5.0
     header_timeout: float = 10.0
+    send_timeout: float = 30.0
+    min_rate: float = 0.0
     faults: bool = False
     access_log: bool = False
     loop: str = "uvloop"
