@@ -20,6 +20,7 @@ class Runtime:
     model = "?"
     role = "main"
     worker_index: int | None = None
+    metrics: Any = None  # hook: the process's metrics.Metrics, made on first use by webmodels.metrics
 
     def __init__(self, config: Config) -> None:
         self.config = config
