@@ -284,3 +284,21 @@ def test_prefork_sum_over_workers_is_monotonic_across_a_worker_kill(start_server
     restarts = {s.labels["reason"]: s.value for s in fams["webmodels_worker_restarts"].samples}
     assert restarts["signal"] == 1
     assert [s.value for s in fams["webmodels_faults_injected"].samples if s.labels["kind"] == "kill"] == [1]
+
+
+def test_single_process_histogram_renders_exactly_as_prometheus_client_histogram():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    ours = metrics.RequestHistogram()
+    reg_ours, reg_theirs = CollectorRegistry(), CollectorRegistry()
+    reg_ours.register(ours)
+    theirs = Histogram(metrics.DURATION, metrics.DURATION_HELP, metrics.LABELS, buckets=metrics.BUCKETS,
+                       registry=reg_theirs)
+    lock_rt = runtime()
+    m = metrics.Metrics(lock_rt)
+    m.hist = ours
+    for seconds in (0.0, 0.00025, 0.0003, 0.001, 0.049, 0.05, 0.7, 3.0, 11.0, 100.0):
+        for labels in (("GET", "/", 200), ("POST", "/echo", 500)):
+            m.observe(*labels, seconds)
+            theirs.labels(*m.labels(*labels)).observe(seconds)
+    assert generate_latest(reg_ours) == generate_latest(reg_theirs)

@@ -23,11 +23,15 @@ only the event loop has a loop lag).
 `/metrics` itself is never counted in what it reports (app.py routes it around the accounting), and each
 scrape says what the previous one cost this process: webmodels_metrics_scrape_duration_seconds.
 
-# What a scrape costs
-Counting a request: one dict lookup and prometheus_client's `Histogram.observe` (~0.9 µs here; ~2 µs in
-multiprocess mode, which writes to a shared file). A scrape runs `stats.snapshot` (psutil, smaps_rollup)
-and renders the text on the thread that answers it — the event loop's one thread. Measured on the event
-loop under load: see README "Metrics" (well under 1 ms).
+# What a scrape costs (the event loop pays it on its one thread; the budget is 1 ms)
+Counting a request: a dict lookup, a bisect and two list increments under a lock (~0.3 µs; prefork's
+prometheus_client Histogram in a shared file, ~2 µs). A scrape reads the process tree's memory on a helper
+thread (smaps_rollup: the kernel walks the page tables for 0.3-0.7 ms, GIL released) while the handler
+waits as an effect, then renders on the answering thread: rt.counters() and prometheus_client's text
+format, ~6 µs per sample line with prometheus_client 0.21 (0.22+ escapes every label name of every
+sample and nearly doubles that: hence the pin in pyproject.toml). Fewer buckets above 10 ms than
+OpenTelemetry's default for the same reason. Measured (CPU time of the loop thread, reported by each
+scrape as webmodels_metrics_scrape_duration_seconds): see README "Metrics".
 
 # Prefork: one scrape of the master's port = the sum over every worker, dead ones included
 Any worker may answer a scrape, and each worker counts its own requests in its own memory. Two ways to
@@ -69,14 +73,16 @@ import shutil
 import tempfile
 import threading
 import time
+from bisect import bisect_left
 from typing import Any, Generator, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import values as _values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.utils import floatToGoString
 
 from . import stats
 from .codec import Response
@@ -85,8 +91,10 @@ from .log import log
 from .runtime import Runtime
 
 PATH = "/metrics"
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # the text format, version 0.0.4
 DURATION = "http_server_request_duration_seconds"
+DURATION_HELP = "Duration of HTTP server requests"
+LABELS = ["http_request_method", "http_route", "http_response_status_code"]
 # OpenTelemetry's advice starts at 5 ms; a hello answer here takes tens of µs, so finer buckets below, and
 # fewer above: every bucket is one more line per series to render on the thread that answers the scrape.
 BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -337,6 +345,39 @@ class RuntimeCollector:
                     "/metrics answer", self.metrics.last_scrape_s)
 
 
+class RequestHistogram:
+    """The request-duration histogram of a single-process server: plain lists, rendered by prometheus_client.
+
+    Why not prometheus_client's Histogram here: it costs ~0.9 µs per observation and ~40 µs per series to
+    collect (a lock per bucket), and the event loop pays both on its one thread. Plain lists under the
+    Metrics lock cost ~0.3 µs and ~15 µs; the text is still prometheus_client's (HistogramMetricFamily),
+    identical to what its Histogram renders (a test compares them). The prefork workers keep its Histogram:
+    its values are what the multiprocess files hold.
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str, str], list] = {}
+        self._les = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
+
+    def series(self, labels: tuple[str, str, str]) -> list:
+        """The counts of LABELS: one per bucket (not cumulative; +Inf last), then the sum of durations."""
+        s = self._series.get(labels)
+        if s is None:
+            s = self._series.setdefault(labels, [0] * (len(BUCKETS) + 1) + [0.0])
+        return s
+
+    def collect(self) -> Iterator[Metric]:
+        fam = HistogramMetricFamily(DURATION, DURATION_HELP, labels=LABELS)
+        for labels, counts in list(self._series.items()):
+            counts = counts[:]  # one copy: a request finishing meanwhile on another thread is in it or not
+            total, buckets = 0, []
+            for le, n in zip(self._les, counts):
+                total += n
+                buckets.append((le, total))
+            fam.add_metric(list(labels), buckets, counts[-1])
+        yield fam
+
+
 # -- the per-process metrics object ---------------------------------------------------------------------------------
 class Metrics:
     """The request histogram and fault counter of this process, and the registry a scrape renders."""
@@ -349,33 +390,49 @@ class Metrics:
         self.routes = frozenset(ROUTES) | (frozenset(FAULT_ROUTES) if rt.config.faults else frozenset())
         if store is not None:
             store.activate()
-        self.duration = Histogram(DURATION, "Duration of HTTP server requests",
-                                  ["http_request_method", "http_route", "http_response_status_code"],
-                                  unit="", buckets=BUCKETS, registry=None)
         self.faults = Counter("webmodels_faults_injected", "Fault routes entered, by kind", ["kind"],
                               registry=None)
-        self._children: dict[tuple[str, str, int], Any] = {}
-        self._lock = threading.Lock()  # guards _children's first insertion per key (the pool's threads)
+        self._children: dict[tuple[str, str, int], Any] = {}  # raw (method, path, status) → series or child
+        self._lock = threading.Lock()  # the pool's threads observe concurrently
         self.last_scrape_s = 0.0
         self.tree: dict[str, Any] | None = None  # the process tree's figures for the scrape in progress
         self._helper: concurrent.futures.ThreadPoolExecutor | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         if store is not None:
+            # shared files: prometheus_client's own Histogram, whose values live in this process's file
+            self.duration = Histogram(DURATION, DURATION_HELP, LABELS, buckets=BUCKETS, registry=None)
+            self.observe = self._observe_child  # type: ignore[method-assign]
             self.registry.register(StoreCollector(store, rt))
         else:
-            self.registry.register(self.duration)
+            self.hist = RequestHistogram()
+            self.registry.register(self.hist)
             self.registry.register(self.faults)
         self.registry.register(RuntimeCollector(rt, self))
 
+    def labels(self, method: str, path: str | None, status: int) -> tuple[str, str, str]:
+        """The label values of a request: known methods, route templates (never a raw path), the status."""
+        return (method if method in METHODS else OTHER_METHOD, path if path in self.routes else OTHER_ROUTE,
+                str(status))
+
     def observe(self, method: str, path: str | None, status: int, seconds: float) -> None:
-        key = (method, path or "", status)
+        key = (method, path, status)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = self.hist.series(self.labels(method, path, status))
+            if len(self._children) > 4096:  # raw paths as keys: a scanner must not grow this forever
+                self._children.clear()
+        i = bisect_left(BUCKETS, seconds)  # the first bucket whose bound is >= seconds, as prometheus_client
+        with self._lock:
+            series[i] += 1
+            series[-1] += seconds
+
+    def _observe_child(self, method: str, path: str | None, status: int, seconds: float) -> None:
+        key = (method, path, status)
         child = self._children.get(key)
         if child is None:
             with self._lock:
-                label_method = method if method in METHODS else OTHER_METHOD
-                route = path if path in self.routes else OTHER_ROUTE
-                child = self._children[key] = self.duration.labels(label_method, route, str(status))
-                if len(self._children) > 4096:  # raw paths as keys: a scanner must not grow this forever
+                child = self._children[key] = self.duration.labels(*self.labels(method, path, status))
+                if len(self._children) > 4096:
                     self._children.clear()
         child.observe(seconds)
 
@@ -393,23 +450,24 @@ class Metrics:
         """The /metrics handler's work: /proc read on a helper thread while we wait, then render here.
 
         The wait is an effect, so the event loop serves other connections meanwhile; the sync models block
-        their thread as for any I/O. `last_scrape_s` is the time spent on the calling thread, the waits
-        excluded: the cost of a scrape to whoever answers it.
+        their thread as for any I/O. `last_scrape_s` is the CPU time of the calling thread (thread_time:
+        neither the waits nor time the OS gave to other processes count): what a scrape costs whoever
+        answers it.
         """
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         if self._helper is None:
             self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metrics-proc")
         job = self._helper.submit(read_tree, self.rt.process_roles())
-        spent = time.perf_counter() - t0
+        spent = time.thread_time() - t0
         while not job.done():
             yield Sleep(PROC_POLL)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         self.tree = job.result()
         try:
             body = generate_latest(self.registry)
         finally:
             self.tree = None
-        self.last_scrape_s = spent + time.perf_counter() - t0
+        self.last_scrape_s = spent + time.thread_time() - t0
         return body
 
 
