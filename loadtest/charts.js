@@ -10,6 +10,7 @@
   const MARK = { fault: "#e53935", restart: "#fb8c00", down: "#757575" };
   const W = 440, H = 170, PAD = { l: 46, r: 8, t: 22, b: 20 };
   const REFRESH_MS = 2000;
+  const GAP_S = 4;  // points further apart than this are not joined (the tab polls once a second)
   let panel = null, timer = null, data = null;
 
   function color(name, i) { return COLORS[name] || EXTRA[i % EXTRA.length]; }
@@ -82,9 +83,11 @@
     }
     doc.servers.forEach((name, i) => {
       const pts = doc.points[name] || [];
-      let d = "", pen = false;
+      let d = "", pen = false, last = -Infinity;
       for (const p of pts) {
         const v = p[col];
+        if (p[0] - last > GAP_S) pen = false;  // the poller was not running (between two runs): no line
+        last = p[0];
         if (v === null || v === undefined) { pen = false; continue; }  // a gap: down, or no data yet
         d += (pen ? "L" : "M") + px(p[0]).toFixed(1) + "," + py(v).toFixed(1);
         pen = true;
