@@ -58,10 +58,16 @@ Its documented limits, and what we do about them:
   - Gauges need a multiprocess mode; we keep none in files (the gauges come from the board through
     `/_lab/stats`), and `mark_process_dead` is still called for a dead pid in case one is added.
   - No per-process collectors (process_*): memory and the rest come from `/_lab/stats`, summed over the tree.
-Until the master calls `MultiprocessStore.create`/`retire`/`close` itself (a few lines, see the
-integration notes in the metrics branch report), a worker attaches to the directory on its own and the
-scraping worker folds the files of workers that are gone; the master only adds prompt folding and removal
-of the directory at exit (a stale directory of a dead master is swept at the next start).
+The master's part is three lines in servers/prefork.py (`from webmodels import metrics` first):
+    Master.__init__, after the runtime is made, before any fork:
+        self.metrics_store = metrics.MultiprocessStore.create(self.runtime)  # /dev/shm dir, empty
+    Master.reap_workers, for each reaped worker pid:
+        self.metrics_store.retire(pid)                                       # fold it now, off the request path
+    Master.run, before it returns:
+        self.metrics_store.close()                                           # remove the directory
+Without them it still works: a worker attaches to the same directory on its own, and the worker that
+answers a scrape folds the files of workers that are gone (dead, not on the board); a stale directory of
+a dead master is swept at the next start.
 """
 
 from __future__ import annotations
@@ -483,14 +489,20 @@ def _is_worker_of_master(rt: Runtime) -> bool:
         return False
 
 
+_create_lock = threading.Lock()  # two pool threads finishing their first requests together make one Metrics
+
+
 def of(rt: Runtime) -> Metrics:
     """This runtime's Metrics, created on first use in the process that serves (after any fork)."""
     m = rt.metrics
     if m is None:
-        store = _store
-        if store is None and _is_worker_of_master(rt):
-            store = MultiprocessStore.attach(rt)
-        m = rt.metrics = Metrics(rt, store)
+        with _create_lock:
+            m = rt.metrics
+            if m is None:
+                store = _store
+                if store is None and _is_worker_of_master(rt):
+                    store = MultiprocessStore.attach(rt)
+                m = rt.metrics = Metrics(rt, store)
     return m
 
 
