@@ -14,9 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from webmodels import app, metrics
-from webmodels.codec import RequestParser
+from webmodels.codec import TIMEOUT_408, RequestParser
 from webmodels.config import build_config
-from webmodels.effects import run_sync
 from webmodels.runtime import Runtime
 
 from .support import MODELS, wait_for
@@ -107,7 +106,7 @@ def test_metrics_is_never_counted_and_histogram_count_equals_requests():
     rt = runtime()
     for target in ("/", "/", "/bytes?kb=1", "/nope"):
         app.dispatch_sync(request("GET", target), rt)
-    app.refuse(__import__("webmodels.codec", fromlist=["x"]).TIMEOUT_408, rt)
+    app.refuse(TIMEOUT_408, rt)
     before = dict(rt.counters())
     for _ in range(3):
         s = scrape(rt)
@@ -294,8 +293,7 @@ def test_single_process_histogram_renders_exactly_as_prometheus_client_histogram
     reg_ours.register(ours)
     theirs = Histogram(metrics.DURATION, metrics.DURATION_HELP, metrics.LABELS, buckets=metrics.BUCKETS,
                        registry=reg_theirs)
-    lock_rt = runtime()
-    m = metrics.Metrics(lock_rt)
+    m = metrics.Metrics(runtime())
     m.hist = ours
     for seconds in (0.0, 0.00025, 0.0003, 0.001, 0.049, 0.05, 0.7, 3.0, 11.0, 100.0):
         for labels in (("GET", "/", 200), ("POST", "/echo", 500)):

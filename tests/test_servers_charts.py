@@ -14,8 +14,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from pathlib import Path
 
 import httpx
 import pytest

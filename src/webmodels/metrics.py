@@ -345,7 +345,8 @@ class RuntimeCollector:
                     snap.get("started_at", self.rt.started_at))
         info = GaugeMetricFamily("webmodels_info", "The model, its engine and the server's pid",
                                  labels=["model", "engine", "pid"])
-        info.add_metric([model, str(snap.get("engine") or ENGINES.get(model, "")), str(snap.get("pid", ""))], 1)
+        engine = getattr(rt.config, "engine", None) or ENGINES.get(model, "")  # --engine, once servers have it
+        info.add_metric([model, str(engine), str(snap.get("pid", ""))], 1)
         yield info
         yield gauge("webmodels_metrics_scrape_duration_seconds", "Time this process spent on its previous "
                     "/metrics answer", self.metrics.last_scrape_s)
