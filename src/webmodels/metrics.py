@@ -366,7 +366,7 @@ class RequestHistogram:
     """
 
     def __init__(self) -> None:
-        self._series: dict[tuple[str, str, str], list] = {}  # appended to under Metrics' lock
+        self._series: dict[tuple[str, str, str], list] = {}  # grown with setdefault: one list per labels
         self._les = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
 
     def series(self, labels: tuple[str, str, str]) -> list:
