@@ -25,6 +25,8 @@ from typing import Any, Callable
 import gevent
 from geventhttpclient import HTTPClient
 
+from .charts import Charts
+
 log = logging.getLogger("loadtest.servers_tab")
 
 TAB_KEY = "servers"
@@ -73,6 +75,7 @@ class ServersPanel:
         self.last: dict[str, dict[str, Any]] = {}  # server → {"url", "state", "stats", "at", "down_since"}
         self.restarts: dict[str, int] = {}  # pid changes seen by the poller (a supervisor restarted it)
         self.greenlet: gevent.Greenlet | None = None
+        self.charts = Charts()  # live charts under the table, fed by this poller (loadtest/charts.py)
 
     # -- polling ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +100,7 @@ class ServersPanel:
             del self.last[name]
         jobs = [gevent.spawn(self._poll, name, url) for name, url in targets.items()]
         gevent.joinall(jobs, timeout=self.timeout + 1)
+        self.charts.record(self)
 
     def _poll(self, name: str, url: str) -> None:
         prev = self.last.get(name, {})
@@ -193,6 +197,7 @@ class ServersPanel:
             {"key": TAB_KEY, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}]
         web_ui.template_args["extended_csv_files"] = [{"href": "./servers.csv", "title": "Download servers CSV"}]
         app = web_ui.app
+        self.charts.install(web_ui)
 
         @app.after_request
         def add_servers_to_stats(response):  # the tab reads only /stats/requests' extended_stats

@@ -17,7 +17,7 @@ import traceback
 from types import GeneratorType
 from typing import Any, Callable, Coroutine, Generator
 
-from . import faults, stats
+from . import faults, metrics, stats
 from .codec import HttpError, Request, Response, error_response, json_response, render
 from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
 from .log import access, log
@@ -141,6 +141,10 @@ def lab_stats(req: Request, rt: Runtime) -> Response:
     return json_response(200, stats.snapshot(rt))
 
 
+def metrics_(req: Request, rt: Runtime) -> Handler:
+    return metrics.response(rt)
+
+
 # -- faults -----------------------------------------------------------------------------------------------------
 def fault_crash(req: Request, rt: Runtime) -> Response:
     log.warning("fault: /fault/crash — exiting with status %d, no cleanup", faults.EXIT_CRASH)
@@ -234,6 +238,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "/counter": (("GET",), counter),
     "/echo": (("POST",), echo),
     "/_lab/stats": (("GET",), lab_stats),
+    metrics.PATH: (("GET",), metrics_),  # never accounted: see dispatch_sync
 }
 FAULT_ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "/fault/crash": (("GET", "POST"), fault_crash),
@@ -251,14 +256,18 @@ SERVER_ALLOW = ", ".join(sorted({m for methods, _ in [*ROUTES.values(), *FAULT_R
 def handle(req: Request, rt: Runtime) -> Generator[Any, Any, Response]:
     """Route REQ; a generator so effect-yielding routes and plain ones look the same to the drivers."""
     entry = ROUTES.get(req.path)
+    fault = False
     if entry is None and rt.config.faults:
         entry = FAULT_ROUTES.get(req.path)
+        fault = entry is not None and req.path in metrics.FAULT_KINDS
     if entry is None:
         return json_response(404, {"error": f"no route {req.path}"})
     methods, fn = entry
     if req.method not in methods:
         return json_response(405, {"error": f"{req.method} not allowed on {req.path}"},
                              headers=[("Allow", ", ".join(methods))])
+    if fault:
+        metrics.fault(rt, req.path)  # before it strikes: a crashing worker's count survives in its file
     try:
         result = fn(req, rt)
         if isinstance(result, GeneratorType):  # not typing.Generator: its isinstance costs ~0.3 µs a request
@@ -271,6 +280,7 @@ def handle(req: Request, rt: Runtime) -> Generator[Any, Any, Response]:
 def refuse(err: HttpError, rt: Runtime) -> bytes:
     """Count a request the codec refused (it never reached the handler); return its reply, which closes."""
     rt.request_finished(err.status, started=False)
+    metrics.observe(rt, metrics.OTHER_METHOD, None, err.status, 0.0)
     return render(error_response(err), False)
 
 
@@ -281,7 +291,9 @@ def _internal_error(req: Request) -> Response:
 
 def _account(req: Request, rt: Runtime, resp: Response | None, t0: float) -> None:
     """Count the finished request (no response = a 500) and write its access-log line."""
-    rt.request_finished(resp.status if resp is not None else 500)
+    status = resp.status if resp is not None else 500
+    rt.request_finished(status)
+    metrics.observe(rt, req.method, req.path, status, time.monotonic() - t0)
     if resp is not None and access.isEnabledFor(20):
         access.info("%s %s %d %d %.1fms", req.method, req.target, resp.status, len(resp.body),
                     (time.monotonic() - t0) * 1000)
@@ -289,6 +301,8 @@ def _account(req: Request, rt: Runtime, resp: Response | None, t0: float) -> Non
 
 def dispatch_sync(req: Request, rt: Runtime) -> Response:
     """Run the handler on the calling thread, blocking on its effects."""
+    if req.path == metrics.PATH:  # outside the accounting: a scrape must not show up in what it reports
+        return run_sync(handle(req, rt))
     t0 = time.monotonic()
     rt.request_started()
     resp = None
@@ -308,6 +322,8 @@ def dispatch_fast(req: Request, rt: Runtime) -> Response | Coroutine[Any, Any, R
     task per request. Once started, the handler is not restarted: the coroutine resumes it at its first
     effect. Counting, 500s and the access log are exactly dispatch_sync's.
     """
+    if req.path == metrics.PATH:  # outside the accounting (see dispatch_sync); it waits, so a coroutine
+        return run_async(handle(req, rt))
     t0 = time.monotonic()
     rt.request_started()
     gen = handle(req, rt)

@@ -65,6 +65,9 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-locust", dest="locust", action="store_false", help="servers only")
     p.add_argument("--locust-processes", type=int, default=0, metavar="N",
                    help="run Locust with --processes N (more load than one core can generate)")
+    p.add_argument("--metrics", action="store_true",
+                   help="also run Prometheus on 127.0.0.1:9090 scraping every server's /metrics (needs a "
+                   "`prometheus` binary: apt-get install prometheus)")
     p.add_argument("--port-offset", type=int, default=int(os.environ.get("WEBMODELS_PORT_OFFSET", "0")),
                    metavar="N", help="shift every lab port by N (e.g. 10000 → 18001-18003, 18089)")
     p.set_defaults(func=cmd_up)
@@ -76,8 +79,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     setup()
     extra = ["--processes", str(args.locust_processes)] if args.locust_processes else []
+    if args.metrics:
+        from .promlab import MISSING, find_binary
+        if find_binary() is None:
+            print(MISSING, file=sys.stderr)
+            return EXIT_CONFIG
     try:
-        return up(locust=args.locust, locust_args=extra, offset=args.port_offset)
+        return up(locust=args.locust, locust_args=extra, offset=args.port_offset, metrics=args.metrics)
     except PortBusy as exc:
         log.error("cannot start the lab: %s", exc)
         return EXIT_CONFIG

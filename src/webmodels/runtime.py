@@ -28,6 +28,7 @@ LAG_INTERVAL = 0.05  # how often a loop ticks its heartbeat; lag = how late that
 
 class Runtime:
     worker_index: int | None = None
+    metrics: Any = None  # hook: the process's metrics.Metrics, made on first use by webmodels.metrics
 
     def __init__(self, config: Config) -> None:
         self.config = config

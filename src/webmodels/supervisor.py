@@ -243,12 +243,17 @@ WELCOME = """
 """
 
 
-def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0) -> int:
+def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0, metrics: bool = False) -> int:
     ports = {m: p + offset for m, p in LAB_PORTS.items()}
     if locust:
         ports["locust"] = LOCUST_PORT + offset
+    extra = []
+    if metrics:  # Prometheus scraping the servers (webmodels.promlab owns the details)
+        from .promlab import native_child
+        extra.append(native_child({m: p + offset for m, p in LAB_PORTS.items()}, offset))
+        ports["prometheus"] = extra[-1].port
     check_ports_free(ports)
-    sup = Supervisor(lab_children(locust, locust_args, offset))
+    sup = Supervisor(lab_children(locust, locust_args, offset) + extra)
     threading.Thread(target=_announce, args=(sup, locust, offset), daemon=True).start()
     return sup.run()
 
@@ -266,4 +271,8 @@ def _announce(sup: Supervisor, locust: bool, offset: int) -> None:
         text = WELCOME.format(lp=LOCUST_PORT)
         for port in (*LAB_PORTS.values(), LOCUST_PORT):
             text = text.replace(f":{port}", f":{port + offset}")
+        if any(c.name == "prometheus" for c in sup.children):
+            port = next(c.port for c in sup.children if c.name == "prometheus")
+            text = text.replace("\n  Try first", f"    Prometheus     http://127.0.0.1:{port}   (every server's /metrics, "
+                                "1 s scrapes)\n\n  Try first", 1)
         print(text if locust else text.split("Try first")[0], flush=True)
