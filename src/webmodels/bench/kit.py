@@ -289,12 +289,18 @@ def alone(bench: Bench, model: str, flags: list[str], label: str, users: int, du
         srv.stop()
     result["samples"] = {m: pack_samples(v) for m, v in sampler.samples.items()}
     result["before"] = before and {"totals": before["totals"], "counters": before["counters"],
-                                   "threads_ctx": ctx_before}
-    result["after"] = after and {"totals": after["totals"], "counters": after["counters"], "threads_ctx": ctx_after}
+                                   "threads_ctx": ctx_before, **_per_worker(before)}
+    result["after"] = after and {"totals": after["totals"], "counters": after["counters"], "threads_ctx": ctx_after,
+                                 **_per_worker(after)}
     result["probe_ms"] = [round(x, 2) for x in probe_ms]
     result["server_flags"] = flags
     result["accounting_rows"] = accounting_rows(result)
     return result
+
+
+def _per_worker(stats: dict[str, Any]) -> dict[str, Any]:
+    """/_lab/stats' per-worker list (CONTRACT.md; servers from before the hybrids have none)."""
+    return {"per_worker": stats["per_worker"]} if stats.get("per_worker") else {}
 
 
 def ok_rate(result: dict[str, Any], model: str) -> list[list[float]]:

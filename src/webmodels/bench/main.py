@@ -22,8 +22,7 @@ from .scenarios import SCENARIOS
 
 
 def plan_seconds(plan: Plan, names: list[str]) -> float:
-    scale = plan.step / 6.0
-    return sum(SCENARIOS[n].quick_s if plan.quick else SCENARIOS[n].full_s * max(scale, 0.5) for n in names)
+    return sum(SCENARIOS[n].planned(plan.quick, plan.duration) for n in names)
 
 
 def in_ci() -> bool:

@@ -27,10 +27,17 @@ class Scenario:
     quick_s: float = 10.0  # planned seconds, quick plan
     full_s: float = 30.0  # planned seconds, default plan at 6 s per step
     default: bool = True  # in `webmodels bench` without --scenarios
+    whole_duration: bool = False  # --duration is this scenario's whole length, not the length of a load step
+
+    def planned(self, quick: bool, duration: float | None) -> float:
+        """Seconds this scenario is expected to take (the progress bar's estimate)."""
+        if self.whole_duration and duration:
+            return duration + 5
+        return self.quick_s if quick else self.full_s * max((duration or 6.0) / 6.0, 0.5)
 
 
 _MODULES = ("memory", "faults", "hang", "leak", "communication", "creation", "context", "wrk", "multicore",
-            "io_concurrency", "overthreading")
+            "io_concurrency", "overthreading", "idle", "slow", "accept", "soak")
 SCENARIOS: dict[str, Scenario] = {}
 for _mod in _MODULES:
     _s: Scenario = importlib.import_module(f"{__name__}.{_mod}").SCENARIO
