@@ -151,7 +151,11 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
             text += f" ({fmt(e['refused'])} refused: non-200)"
         if e["stuck"] or e["not_connected"]:
             text += f" ({fmt(e['stuck'])} stuck in the backlog, {fmt(e['not_connected'])} not connected)"
-        text += f"; +{fmt(e['rss_per_conn_kib'])} KiB RSS/conn; probe p99 {fmt(e['probe_p99_ms'])} ms"
+        if e["answered"] >= max(20, n // 10):
+            text += f"; +{fmt(e['rss_per_conn_kib'])} KiB RSS/conn"
+        else:  # a few held connections: dividing the tree's RSS noise by 4 would invent a cost per connection
+            text += "; KiB/conn: too few held to say"
+        text += f"; probe p99 {fmt(e['probe_p99_ms'])} ms"
         if e["probe_success_pct"] is not None and e["probe_success_pct"] < 100:
             text += f" ({fmt(e['probe_success_pct'])}% answered)"
         out[m] = text
