@@ -21,7 +21,7 @@ import psutil
 
 from .. import rawclient
 from ..kit import Bench, native_only
-from ..report import REPORT_MODELS, Charts, Doc, chart_bars, fmt
+from ..report import COLORS, REPORT_MODELS, Charts, Doc, fmt, guard
 from . import Cells, Scenario
 
 FD_MARGIN = 256  # the bench's own files, Locust pipes, the probe
@@ -151,7 +151,7 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
             text += f" ({fmt(e['refused'])} refused: non-200)"
         if e["stuck"] or e["not_connected"]:
             text += f" ({fmt(e['stuck'])} stuck in the backlog, {fmt(e['not_connected'])} not connected)"
-        if e["answered"] >= max(20, n // 10):
+        if enough_held(e, n):
             text += f"; +{fmt(e['rss_per_conn_kib'])} KiB RSS/conn"
         else:  # a few held connections: dividing the tree's RSS noise by 4 would invent a cost per connection
             text += "; KiB/conn: too few held to say"
@@ -188,11 +188,43 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
            "other connection waits in the listen backlog (connected by the kernel, never answered) or, once the "
            "backlog is full, is not even connected. The probe waits behind them. A thread pool that parks idle "
            "connections in a selector and a loop hold them all for a few KiB each.")
-    ms = [m for m in REPORT_MODELS if m in sc["raw"]["per_model"]]
-    if (img := chart_bars(c, "idle.png", f"{fmt(s['connections'])} idle keep-alive connections: memory per connection",
-                          ms, {"RSS KiB / connection": [sc["raw"]["per_model"][m]["rss_per_conn_kib"] for m in ms]},
-                          "KiB", "RSS growth of the server's process tree / connections answered")):
+    if (img := chart(c, sc)):
         d.img(img, "many idle clients")
+
+
+def enough_held(r: dict[str, Any], n: int) -> bool:
+    """Divide memory growth by the connections held only when there are enough of them to mean something."""
+    return r["answered"] >= max(20, n // 10)
+
+
+@guard
+def chart(c: Charts, sc: dict[str, Any]) -> str | None:
+    per, n = sc["raw"]["per_model"], sc["summary"]["connections"]
+    ms = [m for m in REPORT_MODELS if m in per]
+    fig, (left, right) = c.plt.subplots(1, 2, figsize=(11, 4))
+    bottom = [0] * len(ms)
+    for key, label, color in (("answered", "answered (held)", "#55a868"), ("refused_status", "refused (non-200)",
+                                                                             "#dd8452"),
+                              ("stuck", "connected, never answered", "#c44e52"),
+                              ("not_connected", "not connected", "#8c8c8c")):
+        vals = [per[m][key] for m in ms]
+        left.bar(range(len(ms)), vals, bottom=bottom, label=label, color=color)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    left.set_xticks(range(len(ms)), ms, fontsize=8.5)
+    left.set_title(f"{fmt(n)} idle keep-alive connections: who got an answer", fontsize=11)
+    left.legend(fontsize=7.5)
+    vals = [per[m]["rss_per_conn_kib"] if enough_held(per[m], n) else None for m in ms]
+    right.bar(range(len(ms)), [v or 0 for v in vals], color=[COLORS.get(m) for m in ms])
+    for x, v in enumerate(vals):
+        right.annotate(fmt(v, 2) if v is not None else "too few held", (x, v or 0), ha="center", fontsize=7.5,
+                       xytext=(0, 2), textcoords="offset points")
+    right.set_xticks(range(len(ms)), ms, fontsize=8.5)
+    right.set_title("RSS growth per held connection (KiB)", fontsize=11)
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(bottom=0.17, wspace=0.25)
+    c.footer(fig, "RSS of the server's process tree (psutil) after − before, / connections answered")
+    return c.save(fig, "idle.png")
 
 
 SCENARIO = Scenario(
