@@ -71,6 +71,8 @@ class Bench:
     def server(self, model: str, flags: list[str] | None = None, *, restart: bool = False,
                cpus: tuple[int, ...] | None = None) -> BenchServer | RemoteServer:
         if not self.native:
+            if model not in self.plan.compose_urls:
+                raise RuntimeError(f"the lab has no port for {model} (lab.LAB_PORTS)")
             return RemoteServer(model, self.plan.compose_urls[model])
         return BenchServer(model, flags, cpus=cpus or self.pin.server, restart=restart)
 

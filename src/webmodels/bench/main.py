@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..lab import server_url
+from ..lab import LAB_PORTS, server_url
 from . import READABLE_SCHEMAS, SCHEMA
 from .kit import MODELS, Bench, Plan
 from .report import build
@@ -46,7 +46,7 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
     if seed is None and "soak" in scenarios:
         seed = random.SystemRandom().randrange(1, 2**31)
     plan = Plan(quick=quick, duration=duration, models=tuple(m for m in MODELS if m in models), targets=targets,
-                compose_urls={m: server_url(m) for m in MODELS}, connections=connections, seed=seed)
+                compose_urls={m: server_url(m) for m in MODELS if m in LAB_PORTS}, connections=connections, seed=seed)
     pin = Pinning.detect()
     total = plan_seconds(plan, scenarios)
     bar = Progress(total, enabled=progress).start()
