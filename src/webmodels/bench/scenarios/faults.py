@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..kit import MASTER_MODELS, Bench, med, rng, side_by_side
+from ..kit import HYBRIDS, MASTER_MODELS, Bench, med, rng, side_by_side
 from ..report import COLORS, REPORT_MODELS, Charts, Doc, fmt, fmt_range, guard, in_words
 from . import Cells, Scenario
 
@@ -94,6 +94,12 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
            "restarts by the bench); it should equal `injected`. The injector sends each fault once, as a POST: an "
            "HTTP client may re-send an idempotent GET after the connection drops (geventhttpclient does, up to twice), "
            "and a re-sent crash would kill a second worker. More deaths than injections means exactly that happened.")
+    if any(h in results["settings"]["models"] for h in HYBRIDS):
+        d.note("For the hybrids, collateral is a lower bound: Locust's HTTP client (geventhttpclient) re-sends an "
+               "idempotent GET whose connection closed before the answer (RFC 9110 §9.2.2 allows it), and with a "
+               "second worker alive the re-sent request succeeds — a request that died with the crashed worker is "
+               "then counted as ok, only slower. For the single-process models the re-send is refused and counted. "
+               "A raw client without retries (the engines' tests) shows the hybrids' true in-flight loss.")
     if (img := chart(c, sc)):
         d.img(img, "fault isolation")
 

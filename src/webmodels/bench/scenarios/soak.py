@@ -13,7 +13,9 @@ for crash, segfault and kill (the process died then), when it is sent for the ot
 recovered when the first user request *sent* after that point succeeds. A failed user request (Locust's
 per-request timeline, `--timeline`) belongs to the latest fault on its server that was sent before the
 request ended and whose recovery point is not before the request was sent. A failure no fault explains is
-*unattributed*: the goal is 0.
+*unattributed*: the goal is 0. Locust's HTTP client re-sends an idempotent GET whose connection closed
+before the answer; when another worker takes it, that request counts as ok (slower), so what is attributed
+is what users saw fail, not every request a fault touched.
 
 Growth: once a second the bench reads each master's fds, threads, children and RSS, and its own (it is the
 supervisor here); the report gives the least-squares slope per minute and the change from the first to the
