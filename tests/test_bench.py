@@ -129,6 +129,14 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
                 assert a["ok"] + a["expected"] + a["collateral"] == a["requests"] == a["locust_requests"], (model, a)
                 runs += 1
     assert runs >= 20
+    for h in ("hybrid-threads", "hybrid-loop"):
+        if h in MODELS:  # a crash costs one worker's in flight, well below a whole pool's (issue 8)
+            assert crash[f"crash {h}"]["injected"] >= 1
+            assert crash[f"crash {h}"]["collateral"] < crash["crash threadpool"]["collateral"], crash
+            assert crash[f"crash {h}"]["downtime_ms_median"] < crash["crash threadpool"]["downtime_ms_median"], crash
+    if "accept" not in skipped:  # per-worker shares from /_lab/stats per_worker, summing to 1
+        for label, v in sc["accept"]["summary"].items():
+            assert len(v["shares"]) >= 2 and abs(sum(v["shares"]) - 1) < 0.01, (label, v)
     comm = sc["communication"]["summary"]
     assert comm["threadpool unsafe"]["lost"] > 0 and comm["threadpool locked"]["lost"] == 0
     assert comm["prefork unsafe"]["lost"] == 0 and comm["prefork unsafe"]["processes"] > 1
@@ -156,6 +164,9 @@ def test_quick_bench_idle_slow_and_fairness_show_their_lessons(quick_bench: Path
     assert slow["threadpool"]["plain"]["success_pct"] <= 50, slow["threadpool"]  # ... and 32 threads + queue
     assert all(v["--min-rate 100"] == {"na": "n/a (flag missing)"} for m, v in slow.items() if m in MODELS) \
         != serve_has_flag("--min-rate")
+    if "hybrid-loop" in MODELS:  # after the hybrids land: a loop per worker holds idle and slow clients too
+        assert idle["hybrid-loop"]["answered"] == n, idle["hybrid-loop"]
+        assert slow["hybrid-loop"]["plain"]["success_pct"] >= 90, slow["hybrid-loop"]
     over = sc["overthreading"]["raw"]["rows"]
     for row in over:
         f = row["fairness"]
