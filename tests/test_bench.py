@@ -1,30 +1,43 @@
-"""`webmodels bench --quick` for real (servers, Locust, wrk as subprocesses), and `webmodels report` from a fixture.
+"""`webmodels bench --quick` for real (servers, Locust, wrk as subprocesses), the soak, and `webmodels report`.
 
 The bench test checks the report's content, not that files exist: every row of the table has figures, prefork's
-crash collateral is 0 while the shared-fate models' is not, every Locust run's accounting adds up, and the charts
-are PNGs matplotlib can decode.
+crash collateral is 0 while the shared-fate models' is not, every Locust run's accounting adds up, the idle and
+slow-client lessons hold, and the charts are PNGs matplotlib can decode. Unit tests pin the pieces whose
+mistakes no figure would show: the soak's attribution and schedule, growth verdicts, port handling, CI rules.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from webmodels.bench.runner import BenchServer
+from webmodels.bench.scenarios import SCENARIOS
+from webmodels.bench.scenarios.slow import serve_has_flag
+from webmodels.bench.scenarios.soak import attribute, growth, schedule
+from webmodels.config import MODELS
+
 FIXTURE = Path(__file__).parent / "fixtures" / "bench-results.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROWS = ("memory space / resource usage", "fault isolation", "hung work", "leaks", "communication",
-        "creation overhead", "context switching", "multi-core", "concurrency for I/O", "over-threading")
+        "creation overhead", "context switching", "multi-core", "concurrency for I/O", "over-threading",
+        "many idle clients", "slow clients")
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
-def webmodels(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def webmodels(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "webmodels.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def check_pngs(directory: Path, names: list[str]) -> None:
@@ -39,34 +52,54 @@ def check_pngs(directory: Path, names: list[str]) -> None:
         assert img.shape[0] > 200 and img.shape[1] > 400, (name, img.shape)
 
 
-def table_rows(markdown: str) -> dict[str, list[str]]:
-    """The 'table, measured' rows of report.md: {row label: cells}."""
+def table(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The 'table, measured' of report.md: (header cells, {row label: cells after the label})."""
     section = markdown.split("## The table, measured", 1)[1].split("\n## ", 1)[0]
+    head: list[str] = []
     rows = {}
     for line in section.splitlines():
-        if line.startswith("| ") and not line.startswith("| row"):
-            cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if not line.startswith("| ") or line.startswith("|---"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if cells[0] == "row":
+            head = cells
+        else:
             rows[cells[0]] = cells[1:]
-    return rows
+    return head, rows
+
+
+def allowed_skips() -> set[str]:
+    """Scenarios this checkout cannot run (outside CI only): accept needs --reuseport (engines branch)."""
+    if IN_CI:
+        return set()
+    return set() if serve_has_flag("--reuseport") else {"accept"}
 
 
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    proc = webmodels("bench", "--quick", "--out", str(out), timeout=400)
+    proc = webmodels("bench", "--quick", "--out", str(out), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "accounting:" in proc.stdout and "balanced in every run" in proc.stdout, proc.stdout
     return out
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
 def test_quick_bench_report_has_every_row_with_figures(quick_bench: Path) -> None:
     md = (quick_bench / "report.md").read_text()
-    rows = table_rows(md)
+    head, rows = table(md)
+    assert head[-2:] == ["conditions", "why"], head
+    models = head[1:-2]
+    assert models == [m for m in ("prefork", "threadpool", "eventloop", "hybrid-threads", "hybrid-loop")
+                      if m in MODELS], head
     for label in ROWS:
         assert label in rows, f"row {label!r} missing from the table"
-        figures = [c for c in rows[label][:-1] if c != "–"]
+        figures = [c for c in rows[label][:len(models)] if c != "–"]
         assert figures and all(any(ch.isdigit() for ch in c) for c in figures), (label, rows[label])
+        assert len(rows[label][-1]) > 20, f"row {label!r} has no why"
+    for label in ("many idle clients", "slow clients"):  # rows for every model, not only some
+        assert all(c != "–" for c in rows[label][:len(models)]), (label, rows[label])
     assert "Every request accounted" in md and "balanced in every run" in md
     html = (quick_bench / "report.html").read_text()
     for png in sorted(p.name for p in quick_bench.glob("*.png")):
@@ -74,12 +107,15 @@ def test_quick_bench_report_has_every_row_with_figures(quick_bench: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
 def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     results = json.loads((quick_bench / "results.json").read_text())
     assert results["machine"]["cores_usable"] >= 1 and results["machine"]["python"]
     assert results["machine"]["versions"]["locust"]
     sc = results["scenarios"]
     assert not [n for n, s in sc.items() if s.get("error")], {n: s.get("error") for n, s in sc.items()}
+    skipped = {n for n, s in sc.items() if s.get("skipped")}
+    assert skipped <= allowed_skips(), {n: sc[n]["skipped"] for n in skipped}
     crash = sc["faults"]["summary"]
     assert crash["crash prefork"]["injected"] >= 1
     assert crash["crash prefork"]["collateral"] == 0  # a crash costs only the request that caused it
@@ -93,6 +129,14 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
                 assert a["ok"] + a["expected"] + a["collateral"] == a["requests"] == a["locust_requests"], (model, a)
                 runs += 1
     assert runs >= 20
+    for h in ("hybrid-threads", "hybrid-loop"):
+        if h in MODELS:  # a crash costs one worker's in flight, well below a whole pool's (issue 8)
+            assert crash[f"crash {h}"]["injected"] >= 1
+            assert crash[f"crash {h}"]["collateral"] < crash["crash threadpool"]["collateral"], crash
+            assert crash[f"crash {h}"]["downtime_ms_median"] < crash["crash threadpool"]["downtime_ms_median"], crash
+    if "accept" not in skipped:  # per-worker shares from /_lab/stats per_worker, summing to 1
+        for label, v in sc["accept"]["summary"].items():
+            assert len(v["shares"]) >= 2 and abs(sum(v["shares"]) - 1) < 0.01, (label, v)
     comm = sc["communication"]["summary"]
     assert comm["threadpool unsafe"]["lost"] > 0 and comm["threadpool locked"]["lost"] == 0
     assert comm["prefork unsafe"]["lost"] == 0 and comm["prefork unsafe"]["processes"] > 1
@@ -100,6 +144,46 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     mem = sc["memory"]["summary"]
     assert mem["prefork_pss_per_worker_mb"] > 0
     assert any(k.startswith("prefork_rss_over_pss_at_") and v > 1.5 for k, v in mem.items())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
+def test_quick_bench_idle_slow_and_fairness_show_their_lessons(quick_bench: Path) -> None:
+    sc = json.loads((quick_bench / "results.json").read_text())["scenarios"]
+    idle = sc["idle"]["summary"]
+    n = idle["connections"]
+    assert n == 200 and idle["rlimit_nofile"]["soft_used"] >= n
+    assert idle["eventloop"]["answered"] == n and idle["eventloop"]["probe_success_pct"] == 100.0
+    # prefork (4 sync workers) answers one connection per worker; the rest wait in the backlog, unanswered
+    assert idle["prefork"]["answered"] == 4, idle["prefork"]
+    assert idle["prefork"]["stuck"] + idle["prefork"]["not_connected"] == n - 4, idle["prefork"]
+    assert idle["threadpool"]["answered"] >= 32  # at least one per thread
+    slow = sc["slow"]["summary"]
+    assert slow["eventloop"]["plain"]["success_pct"] >= 90, slow["eventloop"]
+    assert slow["prefork"]["plain"]["success_pct"] <= 50, slow["prefork"]  # 100 slow heads pin 4 workers
+    assert slow["threadpool"]["plain"]["success_pct"] <= 50, slow["threadpool"]  # ... and 32 threads + queue
+    assert all(v["--min-rate 100"] == {"na": "n/a (flag missing)"} for m, v in slow.items() if m in MODELS) \
+        != serve_has_flag("--min-rate")
+    if "hybrid-loop" in MODELS:  # after the hybrids land: a loop per worker holds idle and slow clients too
+        assert idle["hybrid-loop"]["answered"] == n, idle["hybrid-loop"]
+        assert slow["hybrid-loop"]["plain"]["success_pct"] >= 90, slow["hybrid-loop"]
+    over = sc["overthreading"]["raw"]["rows"]
+    for row in over:
+        f = row["fairness"]
+        assert f["connections"] == sc["overthreading"]["summary"]["users"]
+        assert f["min"] <= f["median"] <= f["max"] and f["total"] > 0, f
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
+def test_quick_bench_results_json_is_compact(quick_bench: Path) -> None:
+    text = (quick_bench / "results.json").read_text()
+    assert "\n" not in text.strip() and '": ' not in text and '", "' not in text, "results.json is pretty-printed"
+    assert len(text) < 600_000, len(text)  # the 2.3 MB sample was mostly repeated /_lab/stats documents
+    results = json.loads(text)
+    samples = results["scenarios"]["faults"]["raw"]["runs"]["crash"][0]["samples"]["prefork"]
+    assert set(samples) == {"cols", "rows"} and samples["rows"], samples.keys()
+    assert "snippet" not in results["scenarios"]["creation"]["raw"]  # thousands of raw timings: summary only
 
 
 def _runs(s: dict) -> list[dict]:
@@ -111,12 +195,137 @@ def _runs(s: dict) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
 def test_quick_bench_charts_are_valid_pngs(quick_bench: Path) -> None:
     names = sorted(p.name for p in quick_bench.glob("*.png"))
-    assert {"memory.png", "faults.png", "hang.png", "leak.png", "io.png", "multicore.png"} <= set(names)
+    assert {"memory.png", "faults.png", "hang.png", "leak.png", "io.png", "multicore.png", "idle.png",
+            "slow.png"} <= set(names)
     check_pngs(quick_bench, names)
 
 
+# -- the soak -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_soak_60s_every_failure_attributed_nothing_grows_all_serving(tmp_path: Path) -> None:
+    proc = webmodels("bench", "--scenarios", "soak", "--duration", "60", "--seed", "20261125", "--out",
+                     str(tmp_path), timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "chaos seed 20261125" in proc.stdout
+    sc = json.loads((tmp_path / "results.json").read_text())["scenarios"]["soak"]
+    s, raw = sc["summary"], sc["raw"]
+    assert s["injected"] == s["scheduled"] >= 20, s
+    assert s["unattributed_total"] == 0, {m: raw["attribution"][m]["unattributed_examples"] for m in MODELS
+                                          if m in raw["attribution"]}
+    assert s["all_serving_at_end"], raw["serving_at_end_s"]
+    assert not s["any_growth"], s["growth"]
+    assert "bench (supervisor)" in s["growth"] and "prefork master" in s["growth"]
+    for m in MODELS:
+        a = raw["attribution"][m]
+        assert a["injected"] >= 1 and a["requests"] > 100, (m, a)
+        assert sum(a["attributed"].values()) == a["failed"], (m, a)
+    kinds = {f["fault"] for f in raw["fired"]}
+    assert {"crash", "segfault", "hang", "leak", "raise"} <= kinds, kinds
+    assert any(m["accounting_rows"] for m in [raw["run"]])
+    check_pngs(tmp_path, ["soak.png"])
+
+
+def test_soak_schedule_is_reproducible_from_its_seed() -> None:
+    models = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop")
+    a, b, c = schedule(7, models, 60), schedule(7, models, 60), schedule(8, models, 60)
+    assert a == b and a != c
+    assert 14 <= len(a) <= 56 and all(2.0 <= e["at"] < 56 for e in a)
+    kills = {e["fault"] for e in a if e["fault"].startswith("kill")}
+    for e in a:
+        if e["fault"].startswith("kill"):  # a worker for the master models, the process for the others
+            assert e["fault"] == ("kill --worker" if e["model"] in ("prefork", "hybrid-threads", "hybrid-loop")
+                                  else "kill --process"), e
+    assert kills
+
+
+def test_soak_attribution_counts_exactly() -> None:
+    def req(t: float, ok: bool, ms: float = 10.0) -> dict:
+        return {"t": t, "server": "eventloop", "name": "eventloop /", "ok": ok,
+                "class": "ok" if ok else "collateral", "error": None if ok else "ConnectionRefusedError", "ms": ms}
+    # a crash sent at 10.0 takes effect at 10.2 (its request ends); first success sent after it: 10.5
+    fired = [{"model": "eventloop", "fault": "crash", "sent": 10.0, "end": 10.2, "effect": 10.2}]
+    records = [req(9.0, True), req(9.95, False, 300.0),  # in flight at the crash: attributed
+               req(10.3, False), req(10.4, False),  # refused while down: attributed
+               req(10.5, True), req(10.45, False, 100),  # sent before the recovery point: attributed
+               req(11.0, False),  # sent after the server was back: no fault explains it
+               req(8.0, False)]  # before any fault: unattributed
+    a = attribute(records, fired, ["eventloop"])["eventloop"]
+    assert a["failed"] == 6 and a["attributed"] == {"crash": 4} and a["unattributed"] == 2, a
+    assert fired[0]["recovered_at"] == 10.5
+    assert sorted(x["t"] for x in a["unattributed_examples"]) == [8.0, 11.0]
+
+
+def test_growth_verdicts() -> None:
+    flat = [[t, 12, 3, 4, 50.0 + (t % 3) * 0.1] for t in range(40)]
+    g = growth(flat, {"fds": 2, "threads": 2, "children": 0, "rss_mib": 10.0})
+    assert not any(v["grows"] for v in g.values()), g
+    leaking = [[t, 12 + t // 4, 3, 4, 50.0] for t in range(40)]  # one fd every 4 s
+    g = growth(leaking, {"fds": 2, "threads": 2, "children": 0, "rss_mib": 10.0})
+    assert g["fds"]["grows"] and g["fds"]["slope_per_min"] == pytest.approx(15, rel=0.1), g["fds"]
+    assert not g["threads"]["grows"]
+
+
+# -- ports and CI rules ----------------------------------------------------------------------------------------
+def test_bench_server_reads_its_port_from_the_start_up_line() -> None:
+    with BenchServer("eventloop", cpus=tuple(sorted(os.sched_getaffinity(0)))) as srv:
+        assert srv.port > 0 and srv.bind_retries == 0
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_bench_server_retries_while_its_port_is_in_use() -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    threading.Timer(1.5, holder.close).start()  # the port frees up while the bench is retrying
+    t0 = time.monotonic()
+    with BenchServer("eventloop", cpus=tuple(sorted(os.sched_getaffinity(0))), port=port) as srv:
+        assert srv.port == port and srv.bind_retries >= 1, srv.lines[-5:]
+        assert time.monotonic() - t0 >= 1.4
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:  # a port that stays busy: a clear error at the deadline, not a hang
+        with pytest.raises(RuntimeError, match="did not start"):
+            BenchServer("eventloop", cpus=tuple(sorted(os.sched_getaffinity(0))),
+                        port=busy.getsockname()[1]).start(timeout=2.0)
+    finally:
+        busy.close()
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_skipped_scenario_fails_the_bench_in_ci_only(tmp_path: Path, ci: str) -> None:
+    env = {**os.environ, "CI": ci}
+    proc = webmodels("bench", "--models", "eventloop", "--scenarios", "overthreading", "--out", str(tmp_path),
+                     timeout=120, env=env)
+    assert "scenario overthreading skipped: threadpool not among --models" in proc.stderr, proc.stderr
+    if ci:
+        assert proc.returncode == 1 and "a failure in CI" in proc.stderr, (proc.returncode, proc.stderr)
+    else:
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_hybrids_get_their_locust_class_and_url_variable_by_contract() -> None:
+    from webmodels.bench.locustrun import url_env, user_class
+    assert user_class("hybrid-threads") == "HybridThreadsUser" and user_class("prefork") == "PreforkUser"
+    assert url_env("hybrid-loop") == "WEBMODELS_HYBRID_LOOP_URL" and url_env("eventloop") == "WEBMODELS_EVENTLOOP_URL"
+
+
+def test_every_scenario_is_registered_once_with_a_why() -> None:
+    assert len(SCENARIOS) == 15
+    for name, s in SCENARIOS.items():
+        assert s.name == name and s.title and len(s.why) > 20 and not s.why.endswith(".")  # the report adds it
+        assert callable(s.run) and callable(s.section)
+    assert [n for n, s in SCENARIOS.items() if not s.default] == ["soak"]
+
+
+# -- the report --------------------------------------------------------------------------------------------------
 def test_report_rebuilds_the_same_report_from_results_json(tmp_path: Path) -> None:
     shutil.copy(FIXTURE, tmp_path / "results.json")
     proc = webmodels("report", str(tmp_path), timeout=120)

@@ -122,19 +122,24 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .bench import SCENARIO_NAMES
-    from .bench.scenarios import MODELS as BENCH_MODELS
+    from .bench.scenarios import DEFAULT, SCENARIOS
     p = sub.add_parser("bench", help="measure the processes-vs-threads table; write results.json + a report",
                        description="Start the servers (pinned with taskset), load them with Locust as a subprocess, "
-                       "sample /_lab/stats, and write DIR/results.json, report.md, report.html and PNG charts.")
-    p.add_argument("--models", default=",".join(BENCH_MODELS), help="comma-separated (default: all it knows)")
-    p.add_argument("--scenarios", default=",".join(SCENARIO_NAMES),
-                   help=f"comma-separated from: {', '.join(SCENARIO_NAMES)}")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="seconds per load step (default 6; 2 with --quick)")
-    p.add_argument("--quick", action="store_true", help="the whole matrix in about a minute (CI)")
+                       "sample /_lab/stats, and write DIR/results.json, report.md, report.html and PNG charts. "
+                       "With CI=true a scenario that errored or was skipped fails the run.")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default: all: {', '.join(MODELS)})")
+    p.add_argument("--scenarios", default=",".join(DEFAULT),
+                   help=f"comma-separated from: {', '.join(SCENARIOS)} (default: all but "
+                   f"{', '.join(n for n in SCENARIOS if n not in DEFAULT) or 'none'})")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="seconds per load step (default 6; 2 with --quick); for the soak, its whole length")
+    p.add_argument("--quick", action="store_true", help="the whole matrix in a few minutes (CI)")
+    p.add_argument("--connections", type=int, default=None, metavar="N",
+                   help="many idle clients: keep-alive connections to hold (default 10000; 200 with --quick)")
+    p.add_argument("--seed", type=int, default=None, help="soak: chaos schedule seed (default: random, printed)")
     p.add_argument("--out", default="bench-report", metavar="DIR", help="output directory (default bench-report)")
     p.add_argument("--targets", choices=("native", "compose"), default="native",
-                   help="native: start the servers here; compose: load the running lab on 127.0.0.1:8001-8003")
+                   help="native: start the servers here; compose: load the running lab on its ports")
     p.set_defaults(func=cmd_bench)
 
 
@@ -143,7 +148,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench.main import run_bench
     return run_bench(models=[m for m in args.models.split(",") if m], duration=args.duration, quick=args.quick,
-                     scenarios=[s for s in args.scenarios.split(",") if s], out=Path(args.out), targets=args.targets)
+                     scenarios=[s for s in args.scenarios.split(",") if s], out=Path(args.out), targets=args.targets,
+                     connections=args.connections, seed=args.seed)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

@@ -21,10 +21,20 @@ from typing import Any
 
 import psutil
 
-from ..lab import URL_ENV, project_root
+from ..lab import project_root
 from .runner import clean_env, taskset
 
-CLASS = {"threadpool": "ThreadpoolUser", "prefork": "PreforkUser", "eventloop": "EventloopUser"}
+
+def user_class(model: str) -> str:
+    """The locustfile's user class for MODEL: hybrid-threads → HybridThreadsUser (CONTRACT.md)."""
+    return "".join(part.capitalize() for part in model.split("-")) + "User"
+
+
+def url_env(model: str) -> str:
+    """The variable the locustfile reads MODEL's URL from: hybrid-loop → WEBMODELS_HYBRID_LOOP_URL."""
+    return "WEBMODELS_" + model.upper().replace("-", "_") + "_URL"
+
+
 GENERATOR_BOUND = 0.90  # share of one core at which Locust, not the server, sets the pace
 
 
@@ -171,7 +181,7 @@ def run(spec: LocustRun, *, cpus: tuple[int, ...], workdir: Path | None = None,
     tmp.mkdir(parents=True, exist_ok=True)
     prefix = tmp / "locust"
     accounting = tmp / "accounting.json"
-    classes = [CLASS[m] for m in spec.targets]
+    classes = [user_class(m) for m in spec.targets]
     argv = [locust_bin(), "-f", str(locustfile()), "--headless", "--only-summary", "--skip-log-setup",
             "-u", str(spec.users), "-r", str(spec.spawn_rate or spec.users),
             "-t", f"{max(1, round(spec.duration))}s", "--stop-timeout", "0",
@@ -184,7 +194,7 @@ def run(spec: LocustRun, *, cpus: tuple[int, ...], workdir: Path | None = None,
     argv += classes
     env = clean_env()
     for model, url in spec.targets.items():
-        env[URL_ENV[model]] = url
+        env[url_env(model)] = url
     env["PYTHONUNBUFFERED"] = "1"
     t0 = time.time()
     proc = subprocess.Popen(taskset(cpus, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -12,20 +13,25 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..lab import server_url
-from . import SCHEMA
+from ..lab import LAB_PORTS, server_url
+from . import READABLE_SCHEMAS, SCHEMA
+from .kit import MODELS, Bench, Plan
 from .report import build
 from .runner import Pinning, Progress, dumps, machine_facts
-from .scenarios import MODELS, SCENARIOS, Bench, Plan
+from .scenarios import SCENARIOS
 
 
 def plan_seconds(plan: Plan, names: list[str]) -> float:
-    scale = plan.step / 6.0
-    return sum(SCENARIOS[n][3] if plan.quick else SCENARIOS[n][4] * max(scale, 0.5) for n in names)
+    return sum(SCENARIOS[n].planned(plan.quick, plan.duration) for n in names)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def run_bench(*, models: list[str], scenarios: list[str], duration: float | None, quick: bool, out: Path,
-              targets: str, progress: bool | None = None) -> int:
+              targets: str, progress: bool | None = None, connections: int | None = None,
+              seed: int | None = None) -> int:
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         print(f"webmodels bench: error: unknown scenario(s) {', '.join(unknown)}; choose from "
@@ -33,11 +39,14 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
         return 2
     bad = [m for m in models if m not in MODELS]
     if bad:
-        print(f"webmodels bench: error: unknown model(s) {', '.join(bad)}", file=sys.stderr)
+        print(f"webmodels bench: error: unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)}",
+              file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    if seed is None and "soak" in scenarios:
+        seed = random.SystemRandom().randrange(1, 2**31)
     plan = Plan(quick=quick, duration=duration, models=tuple(m for m in MODELS if m in models), targets=targets,
-                compose_urls={m: server_url(m) for m in MODELS})
+                compose_urls={m: server_url(m) for m in MODELS if m in LAB_PORTS}, connections=connections, seed=seed)
     pin = Pinning.detect()
     total = plan_seconds(plan, scenarios)
     bar = Progress(total, enabled=progress).start()
@@ -49,25 +58,31 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
         "schema": SCHEMA, "started_at": t0, "started_at_iso": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t0)),
         "settings": {"quick": quick, "step_s": plan.step, "models": list(plan.models), "scenarios": scenarios,
                      "targets": targets, "pinning": pin.describe(), "server_cpus": list(pin.server),
-                     "locust_cpus": list(pin.locust), "planned_s": round(total),
+                     "locust_cpus": list(pin.locust), "planned_s": round(total), "seed": seed,
+                     "connections": connections, "ci": in_ci(),
                      "noise_note": (f"The machine was busy when the run started (load average {load} on "
                                     f"{machine['cores_usable']} cores): absolute figures are noisy; compare models "
                                     "within a run, not across runs.") if load > 0.5 * machine["cores_usable"] else ""},
         "machine": machine,
-        "scenario_meta": {n: {"row": SCENARIOS[n][0], "title": SCENARIOS[n][1]} for n in scenarios},
+        "scenario_meta": {n: {"row": SCENARIOS[n].row, "title": SCENARIOS[n].title, "why": SCENARIOS[n].why}
+                          for n in scenarios},
         "scenarios": {},
     }
+    if seed is not None:
+        print(f"bench: chaos seed {seed} (reproduce with --seed {seed})", flush=True)
     bench = Bench(plan, pin, bar, work)
-    failed = []
+    failed, skipped = [], []
     try:
         for name in scenarios:
             t = time.time()
             try:
-                results["scenarios"][name] = SCENARIOS[name][2](bench)
+                results["scenarios"][name] = SCENARIOS[name].run(bench)
             except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the others' figures
                 failed.append(name)
                 results["scenarios"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                               "traceback": traceback.format_exc(), "raw": {}, "summary": {}}
+            if results["scenarios"][name].get("skipped"):
+                skipped.append(name)
             results["scenarios"][name]["elapsed_s"] = round(time.time() - t, 1)
             (out / "results.json").write_text(dumps(results))  # a crash later still leaves what was measured
     finally:
@@ -79,7 +94,11 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
     print_summary(results, out, written)
     for name in failed:
         print(f"scenario {name} failed: {results['scenarios'][name]['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    for name in skipped:
+        print(f"scenario {name} skipped: {results['scenarios'][name]['skipped']}"
+              + (" — a failure in CI (CI=true): install what it needs or leave it out of --scenarios"
+                 if in_ci() else ""), file=sys.stderr)
+    return 1 if failed or (skipped and in_ci()) else 0
 
 
 def print_summary(results: dict[str, Any], out: Path, written: dict[str, Any]) -> None:
@@ -90,7 +109,7 @@ def print_summary(results: dict[str, Any], out: Path, written: dict[str, Any]) -
     print(f"accounting: {totals['requests']} sent = {totals['ok']} ok + {totals['expected']} expected + "
           f"{totals['collateral']} collateral ({'balanced in every run' if balanced else 'NOT BALANCED'})")
     for row in headline(results):
-        print(f"  {row[0]:<30} " + " | ".join(row[1:-1]))
+        print(f"  {row[0]:<30} " + " | ".join(row[1:-2]))
 
 
 def run_report(directory: Path) -> int:
@@ -100,8 +119,9 @@ def run_report(directory: Path) -> int:
               file=sys.stderr)
         return 2
     results = json.loads(path.read_text())
-    if results.get("schema") != SCHEMA:
-        print(f"webmodels report: error: {path} has schema {results.get('schema')}, expected {SCHEMA}", file=sys.stderr)
+    if results.get("schema") not in READABLE_SCHEMAS:
+        print(f"webmodels report: error: {path} has schema {results.get('schema')}, expected one of "
+              f"{', '.join(map(str, READABLE_SCHEMAS))}", file=sys.stderr)
         return 2
     written = build(results, directory)
     print(f"report rebuilt: {directory}/report.md, report.html, {len(written['charts'])} charts")

@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-MODELS = ("prefork", "threadpool", "eventloop")
-COLORS = {"prefork": "#1f77b4", "threadpool": "#ff7f0e", "eventloop": "#2ca02c",
-          "prefork --max-requests": "#9467bd", "eventloop --watchdog": "#8c564b"}
+# column order of the report (a model missing from a run's --models has no column)
+REPORT_MODELS = ("prefork", "threadpool", "eventloop", "hybrid-threads", "hybrid-loop")
+COLORS = {"prefork": "#1f77b4", "threadpool": "#ff7f0e", "eventloop": "#2ca02c", "hybrid-threads": "#d62728",
+          "hybrid-loop": "#17becf", "prefork --max-requests": "#9467bd", "eventloop --watchdog": "#8c564b"}
 
 
 # -- formatting ------------------------------------------------------------------------------------------
@@ -34,6 +35,10 @@ def fmt(x: Any, digits: int = 1) -> str:
             return f"{x:.3g}"
         return f"{x:.{digits}f}"
     return str(x)
+
+
+def in_words(n: int) -> str:
+    return {2: "two", 3: "three", 4: "four", 5: "five"}.get(n, str(n))
 
 
 def fmt_range(r: list[float] | None, digits: int = 1) -> str:
@@ -149,7 +154,7 @@ class Charts:
         return name
 
 
-def _guard(fn: Callable[..., str | None]) -> Callable[..., str | None]:
+def guard(fn: Callable[..., str | None]) -> Callable[..., str | None]:
     def wrapped(*a: Any, **kw: Any) -> str | None:
         try:
             return fn(*a, **kw)
@@ -158,55 +163,7 @@ def _guard(fn: Callable[..., str | None]) -> Callable[..., str | None]:
     return wrapped
 
 
-@_guard
-def chart_memory(c: Charts, sc: dict[str, Any]) -> str | None:
-    rows = sc["raw"]["rows"]
-    fig, ax = c.plt.subplots(figsize=(11, 4.6))
-    labels = [r["label"] for r in rows]
-    xs = range(len(rows))
-    w = 0.27
-    for i, (k, col) in enumerate((("rss", "#c44e52"), ("uss", "#55a868"), ("pss", "#4c72b0"))):
-        ax.bar([x + (i - 1) * w for x in xs], [r[k] / 2**20 for r in rows], w, label=k.upper(), color=col)
-    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("MiB (whole process tree)")
-    ax.set_title("Idle memory: RSS counts shared pages once per process — it overstates prefork")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(bottom=0.3)
-    c.footer(fig, f"idle, median of {sc['raw']['repetitions']} samples per configuration")
-    return c.save(fig, "memory.png")
-
-
-@_guard
-def chart_faults(c: Charts, sc: dict[str, Any]) -> str | None:
-    s = sc["summary"]
-    faults = [f for f in ("crash", "segfault") if any(k.startswith(f + " ") for k in s)]
-    fig, axes = c.plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (key, title, unit) in zip(axes, (("collateral_per_fault", "Collateral failures per injected fault", ""),
-                                             ("recovery_ms", "Recovery: fault → next success", " ms"))):
-        for j, f in enumerate(faults):
-            for i, m in enumerate(MODELS):
-                e = s.get(f"{f} {m}")
-                if not e:
-                    continue
-                med_, r = e.get(f"{key}_median"), e.get(f"{key}_range")
-                if med_ is None:
-                    continue
-                x = j * 4 + i
-                err = [[med_ - r[0]], [r[1] - med_]] if r else None
-                ax.bar(x, med_, color=COLORS[m], label=m if j == 0 else None, yerr=err, capsize=4)
-        ax.set_xticks([j * 4 + 1 for j in range(len(faults))], faults)
-        ax.set_title(title + (unit and f" ({unit.strip()})"), fontsize=11)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend()
-    reps = sc["raw"].get("repetitions", {})
-    c.footer(fig, f"steady /io?ms=50 load, {s.get('users_per_server')} users per server, a fault every "
-             f"{s.get('fault_every_s')} s, runs: {reps}; bars = median, whiskers = range")
-    fig.subplots_adjust(bottom=0.15)
-    return c.save(fig, "faults.png")
-
-
-@_guard
+@guard
 def chart_timeline(c: Charts, sc: dict[str, Any], name: str, title: str, ylabel: str,
                    lines: list[tuple[str, list[list[float]]]], what: str) -> str | None:
     fig, ax = c.plt.subplots(figsize=(11, 4))
@@ -224,12 +181,12 @@ def chart_timeline(c: Charts, sc: dict[str, Any], name: str, title: str, ylabel:
     return c.save(fig, name)
 
 
-@_guard
+@guard
 def chart_sweep(c: Charts, name: str, title: str, rows: list[dict[str, Any]], x: str, panels: list[tuple[str, str]],
                 what: str, series_key: str | None = "model", logx: bool = False, logy: tuple[bool, ...] = ()) -> str | None:
     fig, axes = c.plt.subplots(1, len(panels), figsize=(11, 4))
     axes = axes if len(panels) > 1 else [axes]
-    groups = sorted({r[series_key] for r in rows}, key=lambda m: MODELS.index(m) if m in MODELS else 9) \
+    groups = sorted({r[series_key] for r in rows}, key=lambda m: REPORT_MODELS.index(m) if m in REPORT_MODELS else 9) \
         if series_key else [None]
     for i, (ax, (key, label)) in enumerate(zip(axes, panels)):
         for g in groups:
@@ -259,7 +216,7 @@ def chart_sweep(c: Charts, name: str, title: str, rows: list[dict[str, Any]], x:
     return c.save(fig, name)
 
 
-@_guard
+@guard
 def chart_bars(c: Charts, name: str, title: str, groups: list[str], series: dict[str, list[float | None]],
                ylabel: str, what: str, logy: bool = False) -> str | None:
     fig, ax = c.plt.subplots(figsize=(11, 4))
@@ -285,7 +242,8 @@ def chart_bars(c: Charts, name: str, title: str, groups: list[str], series: dict
 
 
 # -- the report ------------------------------------------------------------------------------------------------
-def _sc(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+def sc_of(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A scenario's result if it ran and measured (not skipped, not failed)."""
     sc = results["scenarios"].get(name)
     if not sc or sc.get("skipped") or sc.get("error"):
         return None
@@ -293,92 +251,17 @@ def _sc(results: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def headline(results: dict[str, Any]) -> list[list[str]]:
-    """The processes-vs-threads table: one row per scenario, one column per model, measured figures."""
+    """The processes-vs-threads table: one row per scenario, one column per model, conditions, why."""
+    from .scenarios import SCENARIOS
     rows: list[list[str]] = []
-    models = [m for m in MODELS if m in results["settings"]["models"]]
-
-    def row(label: str, cells: dict[str, str], note: str = "") -> None:
-        rows.append([label] + [cells.get(m, "–") for m in models] + [note])
-
-    if (sc := _sc(results, "memory")):
-        s, by = sc["summary"], {r["label"]: r for r in sc["raw"]["rows"]}
-        pre = max((r for r in sc["raw"]["rows"] if r["model"] == "prefork" and not r["gc_freeze"]),
-                  key=lambda r: r["workers"], default=None)
-        tp = max((r for r in sc["raw"]["rows"] if r["model"] == "threadpool"), key=lambda r: r["threads"], default=None)
-        cells = {}
-        if pre:
-            cells["prefork"] = (f"PSS {fmt(pre['pss'] / 2**20)} MiB at {pre['workers']} workers (RSS "
-                                f"{fmt(pre['rss'] / 2**20)}); +{fmt(s.get('prefork_pss_per_worker_mb'))} MiB PSS/worker")
-        if tp:
-            cells["threadpool"] = (f"PSS {fmt(tp['pss'] / 2**20)} MiB at {tp['threads']} threads; "
-                                   f"+{fmt(s.get('threadpool_pss_per_thread_kb'))} KiB/thread")
-        if "eventloop" in by:
-            cells["eventloop"] = f"PSS {fmt(by['eventloop']['pss'] / 2**20)} MiB"
-        row("memory space / resource usage", cells, "idle; RSS overstates prefork (shared pages counted per process)")
-    if (sc := _sc(results, "faults")):
-        s = sc["summary"]
-        cells = {m: (f"{fmt(s[f'crash {m}']['collateral_per_fault_median'])} collateral/crash, down "
-                     f"{fmt(s[f'crash {m}']['downtime_ms_median'])} ms") for m in models if f"crash {m}" in s}
-        row("fault isolation", cells, "crash under /io load; theory: prefork 0, shared fate ≈ in-flight")
-    if (sc := _sc(results, "hang")):
-        s = sc["summary"]
-        cells = {}
-        if "prefork" in s:
-            cells["prefork"] = (f"{fmt(s['prefork'].get('timeout_kills'))} hung workers killed after "
-                                f"{fmt(s.get('prefork_timeout_s'))} s; {fmt(s['prefork'].get('workers_at_end'))} workers at end")
-        if "threadpool" in s:
-            cells["threadpool"] = (f"busy threads → {fmt(s['threadpool'].get('busy_threads_max'))}/"
-                                   f"{fmt(s['threadpool'].get('pool_size'))} (leaked); ok/s at end "
-                                   f"{fmt(s['threadpool'].get('ok_per_s_last_second'))}")
-        if "eventloop" in s:
-            cells["eventloop"] = (f"stalled: ok/s at end {fmt(s['eventloop'].get('ok_per_s_last_second'))}; "
-                                  f"stats unanswered {fmt(s['eventloop'].get('stats_unanswered_s'))} s")
-            if "eventloop --watchdog 1" in s:
-                wd = s["eventloop --watchdog 1"]
-                cells["eventloop"] += f"; --watchdog 1: {fmt(wd.get('restarts'))} restarts"
-        row("hung work", cells, "a hang that never ends by itself")
-    if (sc := _sc(results, "leak")):
-        s = sc["summary"]
-        cells = {m: f"USS {fmt(s[m]['uss_start_mb'])} → {fmt(s[m]['uss_end_mb'])} MiB" for m in models if m in s}
-        if "prefork --max-requests" in s:
-            cells["prefork"] = cells.get("prefork", "") + (f"; with --max-requests: end "
-                                                           f"{fmt(s['prefork --max-requests']['uss_end_mb'])} MiB")
-        row("leaks", cells, f"{fmt(s.get('leak_mb_each'))} MiB leaked every {fmt(s.get('fault_every_s'), 2)} s")
-    if (sc := _sc(results, "communication")):
-        s = sc["summary"]
-        cells = {m: (f"lost {fmt(s[f'{m} unsafe']['lost_pct'])}% unsafe, {fmt(s[f'{m} locked']['lost_pct'])}% locked"
-                     + (f"; {s[f'{m} unsafe']['processes']} separate counters" if s[f"{m} unsafe"]["processes"] > 1 else ""))
-                 for m in models if f"{m} unsafe" in s}
-        row("communication", cells, "/counter read → yield 1 ms → write")
-    if (sc := _sc(results, "creation")):
-        s = sc["summary"]
-        g = lambda k: s.get(k, {}).get("median")  # noqa: E731
-        row("creation overhead", {
-            "prefork": f"worker: {fmt(g('prefork worker: SIGTTIN → serves its first request (ms)'))} ms to first answer "
-                       f"(fork alone {fmt(g('os.fork() → child runs (ms)'), 2)} ms)",
-            "threadpool": f"thread start: {fmt((g('threading.Thread.start() → thread runs (ms)') or 0) * 1000)} µs",
-            "eventloop": f"task: {fmt((g('loop.create_task() → task runs (ms)') or 0) * 1000)} µs"}, "medians")
-    if (sc := _sc(results, "context")):
-        s = sc["summary"]
-        row("context switching", {m: (f"{fmt(s[m].get('voluntary_per_request'), 2)} vol + "
-                                      f"{fmt(s[m].get('involuntary_per_request'), 2)} invol / request")
-                                  for m in models if m in s}, "same hello load, each model alone")
-    if (sc := _sc(results, "multicore")):
-        s = sc["summary"]
-        top = max(s["levels"])
-        row("multi-core", {m: (f"×{fmt(s.get(f'{m} speedup {top} vs 1 users'), 2)} rps from 1→{top} users; `/` p99 "
-                               f"{fmt(s.get(f'{m} / p99 at {top} users (ms)'))} ms") for m in models},
-            f"/cpu?ms={s['cpu_ms']} on {s['cores']} cores")
-    if (sc := _sc(results, "io")):
-        s = sc["summary"]
-        top = max(s["levels"])
-        row("concurrency for I/O", {m: (f"{fmt(s[f'{m} at {top} users']['ok_rps'])} ok rps, p99 "
-                                        f"{fmt(s[f'{m} at {top} users']['p99_ms'])} ms") for m in models
-                                    if f"{m} at {top} users" in s}, f"/io?ms=50 at {top} users per server")
-    if (sc := _sc(results, "overthreading")):
-        s = sc["summary"]
-        row("over-threading", {"threadpool": f"best at {s['best_threads']} threads ({fmt(s['best_rps'])} rps); " +
-                               ", ".join(f"{t}: {fmt(v['rps'])}" for t, v in s["rows"].items())}, "mixed load")
+    models = [m for m in REPORT_MODELS if m in results["settings"]["models"]]
+    for name, scenario in SCENARIOS.items():
+        sc = sc_of(results, name)
+        if not sc or not scenario.row or scenario.cells is None:
+            continue
+        cells, note = scenario.cells(sc, results, models)
+        why = (results.get("scenario_meta", {}).get(name) or {}).get("why") or scenario.why
+        rows.append([scenario.row] + [cells.get(m, "–") for m in models] + [note, why])
     return rows
 
 
@@ -398,6 +281,7 @@ def accounting_table(results: dict[str, Any]) -> tuple[list[list[Any]], dict[str
     return rows, totals, all_ok
 
 
+
 def _locust_runs(sc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     raw = sc.get("raw") or {}
     out = []
@@ -411,6 +295,7 @@ def _locust_runs(sc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+
 def generator_table(results: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for name, sc in results["scenarios"].items():
@@ -422,8 +307,10 @@ def generator_table(results: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+
 def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
     """Write report.md, report.html and the charts into OUTDIR; return what was written."""
+    from .scenarios import SCENARIOS
     outdir.mkdir(parents=True, exist_ok=True)
     c = Charts(results, outdir)
     st, m = results["settings"], results["machine"]
@@ -441,7 +328,7 @@ def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
         d.note(st["noise_note"])
 
     d.h(2, "The table, measured")
-    head = ["row"] + [x for x in MODELS if x in st["models"]] + ["conditions"]
+    head = ["row"] + [x for x in REPORT_MODELS if x in st["models"]] + ["conditions", "why"]
     d.table(head, headline(results), text=True)
     acc_rows, totals, balanced = accounting_table(results)
     d.p(f"**Every request accounted**: {fmt(totals['requests'])} requests sent by Locust in "
@@ -458,7 +345,10 @@ def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
         if sc.get("error"):
             d.note(f"Failed: {sc['error']}")
             continue
-        SECTIONS.get(name, _generic)(d, c, sc, results)
+        scenario = SCENARIOS.get(name)
+        if scenario and meta.get("why", scenario.why):
+            d.p(f"**Why**: {meta.get('why', scenario.why)}.")
+        (scenario.section if scenario else _generic)(d, c, sc, results)
 
     d.h(2, "Accounting, run by run")
     d.p("Per Locust run and server: `sent` (the locustfile's count), ok, expected (the injected fault requests), "
@@ -478,253 +368,6 @@ def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
     return {"markdown": "report.md", "html": "report.html", "charts": c.made}
 
 
-# -- per-scenario sections ----------------------------------------------------------------------------------
+
 def _generic(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
     d.p("```\n" + json.dumps(sc["summary"], indent=1) + "\n```")
-
-
-def sec_memory(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p("Each configuration started alone and idle; figures are summed over the server's process tree (median of "
-        f"{sc['raw']['repetitions']} samples). USS = pages only that process has; PSS = shared pages split among "
-        "the processes that share them (including unrelated processes mapping the same libraries, so PSS moves a "
-        "little with whatever else runs); RSS counts every shared page in full, once per process.")
-    d.table(["configuration", "processes", "threads", "RSS MiB", "USS MiB", "PSS MiB", "RSS / PSS", "/_lab/stats ms"],
-            [[r["label"], r["processes"], r["threads_total"], r["rss"] / 2**20, r["uss"] / 2**20, r["pss"] / 2**20,
-              round(r["rss"] / r["pss"], 2) if r["pss"] else None, r["stats_ms_median"]] for r in sc["raw"]["rows"]])
-    d.table(["per extra unit (least-squares slope)", "RSS", "USS", "PSS"], [
-        ["prefork worker, MiB", s.get("prefork_rss_per_worker_mb"), s.get("prefork_uss_per_worker_mb"),
-         s.get("prefork_pss_per_worker_mb")],
-        ["prefork worker with --gc-freeze, MiB", s.get("prefork_freeze_rss_per_worker_mb"),
-         s.get("prefork_freeze_uss_per_worker_mb"), s.get("prefork_freeze_pss_per_worker_mb")],
-        ["pool thread, KiB", s.get("threadpool_rss_per_thread_kb"), "–", s.get("threadpool_pss_per_thread_kb")]])
-    ctx = _sc(results, "context")
-    if ctx:
-        d.p("Under load (the hello runs of the context-switching scenario), peak over the run:")
-        d.table(["model", "RSS MiB", "USS MiB", "PSS MiB"],
-                [[m, ctx["summary"][m].get("rss_peak_mb"), ctx["summary"][m].get("uss_peak_mb"),
-                  ctx["summary"][m].get("pss_peak_mb")] for m in MODELS if m in ctx["summary"]])
-    d.note("`/_lab/stats ms` is also the price of prefork's aggregated view: the counters come from the shared-memory "
-           "board (a few reads), the bulk is psutil reading /proc for every process of the tree — it grows with workers.")
-    if (img := chart_memory(c, sc)):
-        d.img(img, "memory per configuration")
-
-
-def sec_faults(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"The three servers side by side on the server core, {s['users_per_server']} Locust users each on "
-        f"`/io?ms={s['io_ms']}`, and the locustfile's injector sends the fault to each server every "
-        f"{s['fault_every_s']} s. When a thread-pool or event-loop process dies, the bench restarts it at once on the "
-        "same port (as Docker's restart policy would, without back-off); a prefork worker is replaced by its master. "
-        "Collateral = user requests that failed although they were not the fault; downtime = the longest stretch in "
-        "which all of a server's requests failed; recovery = from an injected fault to the sending of the first user "
-        "request after it that succeeded (median and range over every injection).")
-    rows = []
-    for f in ("crash", "segfault"):
-        for m in MODELS:
-            e = s.get(f"{f} {m}")
-            if e:
-                deaths = e.get("deaths_seen_by_server")
-                if deaths is None and sc["raw"]["runs"].get(f):  # results written before the field existed
-                    from .scenarios import _deaths
-                    deaths = _deaths(sc["raw"]["runs"][f], m)
-                rows.append([f, m, e["injected"], deaths, e["collateral"], e["collateral_per_fault_median"],
-                             fmt_range(e["collateral_per_fault_range"]), e["downtime_ms_median"],
-                             fmt_range(e["downtime_ms_range"]), e["recovery_ms_median"], fmt_range(e["recovery_ms_range"]),
-                             e["process_restart_ms_median"], str(s["theory"].get(m, ""))])
-    d.table(["fault", "model", "injected", "processes died", "collateral", "per fault (median)", "range", "downtime ms (median)", "range",
-             "recovery ms (median)", "range", "process restart ms", "theory"], rows)
-    d.note("`processes died` is the servers' own count (prefork: worker exits seen by the master; the others: "
-           "restarts by the bench); it should equal `injected`. The injector sends each fault once, as a POST: an "
-           "HTTP client may re-send an idempotent GET after the connection drops (geventhttpclient does, up to twice), "
-           "and a re-sent crash would kill a second worker. More deaths than injections means exactly that happened.")
-    if (img := chart_faults(c, sc)):
-        d.img(img, "fault isolation")
-
-
-def sec_hang(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"Side by side, {s['users_per_server']} users each on `/io?ms=50`; every {s['fault_every_s']} s the injector "
-        f"sends `/fault/hang?s={s['hang_s']}` (longer than the run: a hang that never ends by itself). Prefork runs "
-        f"with `--timeout {s['prefork_timeout_s']}`; the pool has {s['threadpool_threads']} threads. The watchdog "
-        "variant runs the event loop alone with `--watchdog 1`, restarted by the bench when it exits.")
-    rows = []
-    for m in (*MODELS, "eventloop --watchdog 1"):
-        e = s.get(m)
-        if not e:
-            continue
-        what = {"prefork": f"{fmt(e.get('timeout_kills'))} workers killed for timeout; {fmt(e.get('workers_at_end'))} at end",
-                "threadpool": f"busy threads max {fmt(e.get('busy_threads_max'))} of {fmt(e.get('pool_size'))}",
-                "eventloop": f"loop lag max {fmt(e.get('loop_lag_max_ms'))} ms (as last seen); stats unanswered "
-                             f"{fmt(e.get('stats_unanswered_s'))} s",
-                "eventloop --watchdog 1": f"{fmt(e.get('restarts'))} restarts; recovery median "
-                                          f"{fmt(e.get('recovery_ms_median'))} ms"}[m]
-        rows.append([m, e.get("injected"), e.get("ok"), e.get("collateral"), e.get("ok_per_s_first_second"),
-                     e.get("ok_per_s_last_second"), what])
-    d.table(["model", "hangs", "ok", "collateral", "ok/s in second 1", "ok/s in the last full second", "what the server says"], rows)
-    d.note("Requests stuck behind a hang when the run stops are abandoned, not failed: that is why a stalled loop "
-           "shows few collateral failures — its requests just never come back. The ok/s lines below show it.")
-    runs = sc["raw"]["runs"]
-    lines = [(m, _ok_line(runs["plain"], m)) for m in MODELS if m in results["settings"]["models"]]
-    if "watchdog" in runs:
-        lines.append(("eventloop --watchdog", _ok_line(runs["watchdog"], "eventloop")))
-    if (img := chart_timeline(c, sc, "hang.png", "Successful requests per second while hangs are injected",
-                              "ok requests / s", lines, f"one run of {fmt(runs['plain']['duration_s'])} s, "
-                              f"hang every {s['fault_every_s']} s")):
-        d.img(img, "hang")
-
-
-def _ok_line(run: dict[str, Any], model: str) -> list[list[float]]:
-    from .scenarios import _ok_rate
-    return _ok_rate(run, model)
-
-
-def sec_leak(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"Side by side under light `/io?ms=5` load; the injector leaks {s['leak_mb_each']} MiB into each server "
-        f"every {s['fault_every_s']} s (`/fault/leak`, touched pages). The `--max-requests` run is prefork alone "
-        "with worker recycling: a leak dies with the worker that holds it.")
-    d.table(["server", "USS start MiB", "USS end MiB", "USS peak MiB", "leaked (injected) MiB", "workers recycled"],
-            [[k, v["uss_start_mb"], v["uss_end_mb"], v["uss_peak_mb"], v["leaked_mb"], v.get("recycled", "–")]
-             for k, v in s.items() if isinstance(v, dict)])
-    runs = sc["raw"]["runs"]
-    lines = []
-    for name, run in runs.items():
-        for m, samples in run["samples"].items():
-            label = m if name == "plain" else f"{m} --max-requests"
-            lines.append((label, [[p["t"], p["totals"]["uss"] / 2**20] for p in samples if p.get("up")]))
-    if (img := chart_timeline(c, sc, "leak.png", "Memory (USS, whole tree) while leaking", "MiB", lines,
-                              f"runs of {fmt(runs['plain']['duration_s'])} s, {s['leak_mb_each']} MiB every "
-                              f"{s['fault_every_s']} s; 1 run each")):
-        d.img(img, "leak")
-
-
-def sec_communication(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"{s['users_per_server']} users per server send `/counter?mode=unsafe` and `/counter?mode=locked` "
-        "(read → yield 1 ms → write). Afterwards the bench reads every process's counters (`op=read`; for prefork, "
-        "fresh connections until each worker answered) and compares their sum with the increments Locust saw "
-        "succeed. Lost = successes − counter (clipped at 0: Locust abandons up to one in-flight request per user at "
-        "stop, which the server still counts).")
-    rows = []
-    for m in MODELS:
-        for mode in ("unsafe", "locked"):
-            e = s.get(f"{m} {mode}")
-            if e:
-                rows.append([m, mode, e["increments_ok"], e["counter_total"], e["lost"], e["lost_pct"], e["processes"],
-                             e["largest_single_counter"]])
-    d.table(["model", "mode", "increments ok", "sum of counters", "lost", "lost %", "counters (processes)",
-             "largest single counter"], rows)
-    d.note("Prefork loses nothing (each worker serves one request at a time, in its own memory), but no process holds "
-           "the total: each worker's counter is its own. The thread pool's threads and the loop's tasks interleave "
-           "inside read → write and overwrite each other unless the lock is taken.")
-    mem = _sc(results, "memory")
-    if mem:
-        d.p("The IPC cost of prefork's aggregated counters, as `GET /_lab/stats` time (median, ms): " + ", ".join(
-            f"{k}: {fmt(v, 2)}" for k, v in mem["summary"]["stats_route_ms"].items()) + ".")
-    if (img := chart_bars(c, "counter.png", "Lost updates (% of successful increments)", ["unsafe", "locked"],
-                          {m: [s.get(f"{m} {mode}", {}).get("lost_pct") for mode in ("unsafe", "locked")]
-                           for m in MODELS if f"{m} unsafe" in s}, "% lost",
-                          f"one run of {fmt(sc['raw']['run']['duration_s'])} s")):
-        d.img(img, "counter")
-
-
-def sec_creation(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p("What is measured, exactly: prefork: SIGTTIN to the master → the new pid is listed in `/_lab/stats` (polled "
-        "back to back, so it includes one stats round-trip), and → the new worker answers its first `/whoami` (fresh "
-        "connections; it competes with the other worker in accept(), so this is an upper bound). Thread, task and raw "
-        "`fork()` are timed in-process by a small Python snippet pinned to the server core (the servers do not expose "
-        "them): start → the new thread / task / child process runs its first line.")
-    d.table(["creation", "median", "range", "n"],
-            [[k, v["median"], fmt_range(v["range"], 3), v["n"]] for k, v in s.items()])
-    labels = ["worker → first answer", "worker → in stats", "fork()", "thread", "task"]
-    keys = ["prefork worker: SIGTTIN → serves its first request (ms)", "prefork worker: SIGTTIN → visible in /_lab/stats (ms)",
-            "os.fork() → child runs (ms)", "threading.Thread.start() → thread runs (ms)", "loop.create_task() → task runs (ms)"]
-    if (img := chart_bars(c, "creation.png", "Creation overhead (median, ms, log scale)", labels,
-                          {"median ms": [s.get(k, {}).get("median") for k in keys]}, "ms", "medians; n per row in the table",
-                          logy=True)):
-        d.img(img, "creation")
-
-
-def sec_context(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"Each model alone on the server core, {s['users']} Locust users on `GET /` (hello) for one load step. Context "
-        "switches: deltas over every thread of every process (`/proc/PID/task/*/status`) divided by the requests the "
-        "server counted. (`/_lab/stats` reports psutil's per-process figure, which the kernel keeps for the main "
-        "thread only — a pool's threads are invisible there; it is shown as `main thread / req`.)")
-    d.table(["model", "rps", "p50 ms", "p99 ms", "voluntary / req", "involuntary / req", "main thread / req",
-             "server CPU ms / req", "Locust core share", "generator-bound"],
-            [[m, e.get("rps"), e.get("p50_ms"), e.get("p99_ms"), e.get("voluntary_per_request"),
-              e.get("involuntary_per_request"), e.get("main_thread_ctx_per_request"), e.get("server_cpu_ms_per_request"), e.get("locust_cpu_cores"),
-              "**yes**" if e.get("generator_bound") else "no"] for m, e in s.items() if isinstance(e, dict)])
-    w = _sc(results, "wrk")
-    if w:
-        d.p(f"**Cross-check with wrk** ({w['summary'].get('settings')}): " + "; ".join(
-            f"{m} {fmt(w['summary'][m]['rps_median'])} rps (range {fmt_range(w['summary'][m]['rps_range'], 0)})"
-            for m in MODELS if m in w["summary"]) + ". Where wrk is far above Locust, Locust's figure is the "
-            "generator's ceiling, not the server's.")
-    ms = [m for m in MODELS if m in s]
-    if (img := chart_bars(c, "context.png", "Context switches per request (same hello load, each model alone)", ms,
-                          {"voluntary": [s[m].get("voluntary_per_request") for m in ms],
-                           "involuntary": [s[m].get("involuntary_per_request") for m in ms]}, "switches / request",
-                          f"one run of {results['settings']['step_s']} s per model")):
-        d.img(img, "context switches")
-
-
-def sec_wrk(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"`{s.get('settings')}` against `GET /`, each model alone on the server core, 16 connections (≤ the pool's "
-        "threads, so a pool that pins keep-alive connections is not flattered).")
-    d.table(["model", "rps median", "range"], [[m, s[m]["rps_median"], fmt_range(s[m]["rps_range"], 0)]
-                                               for m in MODELS if m in s])
-
-
-def sec_multicore(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"Each model alone, allowed on all {s['cores']} cores (Locust shares the last one: its load here is light), "
-        f"`/cpu?ms={s['cpu_ms']}` at rising users; a side probe measures `GET /` latency every 50 ms during the run. "
-        "Prefork has 4 workers, the pool 32 threads.")
-    rows = sc["raw"]["rows"]
-    d.table(["model", "users", "rps", "p50 ms", "p99 ms", "`/` probe p50 ms", "`/` probe p99 ms", "generator-bound"],
-            [[r["model"], r["users"], r["rps"], r["p50_ms"], r["p99_ms"], r["probe_p50_ms"], r["probe_p99_ms"],
-              "**yes**" if r["generator_bound"] else "no"] for r in rows])
-    if (img := chart_sweep(c, "multicore.png", f"/cpu?ms={s['cpu_ms']}: throughput, and the latency of GET / beside it",
-                           rows, "users", [("rps", "requests / s (/cpu)"), ("probe_p99_ms", "p99 of GET / (ms, log)")],
-                           f"one run of {results['settings']['step_s']} s per point", logy=(False, True))):
-        d.img(img, "multi-core")
-
-
-def sec_io(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    d.p("The three servers side by side on the server core, the same number of users each, `/io?ms=50`. Default "
-        "sizes: prefork 4 workers (4 requests at a time), the pool 32 threads (+32 queued connections, then a fast "
-        "503), the loop unbounded. Failures are mostly the pool's 503s.")
-    rows = sc["raw"]["rows"]
-    d.table(["model", "users", "ok rps", "failures", "p50 ms", "p99 ms", "generator-bound"],
-            [[r["model"], r["users"], r["ok_rps"], r["failures"], r["p50_ms"], r["p99_ms"],
-              "**yes**" if r["generator_bound"] else "no"] for r in rows])
-    if (img := chart_sweep(c, "io.png", "/io?ms=50 at rising users per server", rows, "users",
-                           [("ok_rps", "ok requests / s"), ("p99_ms", "p99 latency (ms, log)")],
-                           f"one run of {results['settings']['step_s']} s per point", logx=True, logy=(False, True))):
-        d.img(img, "io")
-
-
-def sec_overthreading(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
-    s = sc["summary"]
-    d.p(f"The thread pool alone on the server core with `--threads N --queue 1024`, {s['users']} users on the mixed "
-        "workload (4 hello : 3 `/io?ms=50` : 2 `/bytes` : 1 `/cpu?ms=2`).")
-    rows = sc["raw"]["rows"]
-    d.table(["threads", "rps", "p50 ms", "p99 ms", "failures", "involuntary ctx / req", "RSS MiB", "generator-bound"],
-            [[r["threads"], r["rps"], r["p50_ms"], r["p99_ms"], r["failures"], r["involuntary_per_request"], r["rss_mb"],
-              "**yes**" if r["generator_bound"] else "no"] for r in rows])
-    if (img := chart_sweep(c, "overthreading.png", "Thread-pool size sweep (mixed load)", rows, "threads",
-                           [("rps", "requests / s"), ("p99_ms", "p99 ms")], f"one run of {results['settings']['step_s']} s "
-                           "per size", series_key=None, logx=True)):
-        d.img(img, "over-threading")
-
-
-SECTIONS: dict[str, Callable[[Doc, Charts, dict[str, Any], dict[str, Any]], None]] = {
-    "memory": sec_memory, "faults": sec_faults, "hang": sec_hang, "leak": sec_leak,
-    "communication": sec_communication, "creation": sec_creation, "context": sec_context, "wrk": sec_wrk,
-    "multicore": sec_multicore, "io": sec_io, "overthreading": sec_overthreading,
-}

@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -61,23 +60,24 @@ def taskset(cpus: tuple[int, ...], argv: list[str]) -> list[str]:
     return argv
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def clean_env() -> dict[str, str]:
     """Our environment without WEBMODELS_* settings, so only the bench's flags configure a server."""
     return {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
 
 
 class BenchServer:
-    """One `webmodels serve` subprocess on a fixed loopback port, optionally restarted when it dies.
+    """One `webmodels serve` subprocess on loopback, optionally restarted when it dies.
+
+    Ports: the first start binds port 0 and the bound port is read from the server's start-up line
+    (listen.LISTEN_RE), so no port is picked, released and hoped for. A restart must come back on the same
+    port (clients keep their URL); if that port is still held ("address in use", e.g. by a dying
+    process group), the start is retried until a deadline instead of failing.
 
     The restart stands in for Docker's `restart:` policy (the lab's supervisor does the same with back-off);
     here it restarts at once, so the measured downtime is the model's own: process start + import + bind.
     """
+
+    RETRY_S = 0.05
 
     def __init__(self, model: str, flags: list[str] | None = None, *, cpus: tuple[int, ...],
                  restart: bool = False, port: int = 0) -> None:
@@ -85,20 +85,23 @@ class BenchServer:
         self.flags = list(flags or [])
         self.cpus = cpus
         self.restart = restart
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.deaths: list[dict[str, Any]] = []  # when and how the server process died, and when it was back
         self.lines: list[str] = []
+        self.bind_retries = 0
         self._stopping = False
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._watch: threading.Thread | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> "BenchServer":
-        self._spawn()
-        if not self._ready.wait(timeout):
+        if not self._start_until_bound(timeout):
             self.stop()
             raise RuntimeError(f"{self.model} did not start:\n" + "\n".join(self.lines[-20:]))
         if self.restart:
@@ -106,22 +109,50 @@ class BenchServer:
             self._watch.start()
         return self
 
-    def _spawn(self) -> None:
+    def _start_until_bound(self, timeout: float) -> bool:
+        """Spawn until the server says it listens; retry while its port is in use, up to TIMEOUT."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self._spawn()
+            while not self._ready.wait(0.02):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    break
+            if self._ready.is_set():
+                return True
+            if proc.poll() is None or time.monotonic() > deadline or not self._port_in_use(proc):
+                return False
+            self.bind_retries += 1
+            time.sleep(self.RETRY_S)
+
+    def _port_in_use(self, proc: subprocess.Popen[str]) -> bool:
+        try:
+            proc.wait(1)
+        except subprocess.TimeoutExpired:
+            return False
+        time.sleep(0.02)  # let the reader thread take the last lines
+        return any("already in use" in line for line in self.lines[-5:])
+
+    def _spawn(self) -> subprocess.Popen[str]:
         argv = [sys.executable, "-m", "webmodels.cli", "serve", self.model, "--bind", f"127.0.0.1:{self.port}",
                 "--faults", *self.flags]
         self._ready.clear()
-        self.proc = subprocess.Popen(taskset(self.cpus, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1, env=clean_env(), start_new_session=True)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        proc = subprocess.Popen(taskset(self.cpus, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, env=clean_env(), start_new_session=True)
+        self.proc = proc
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        return proc
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            if len(self.lines) < 5000:
-                self.lines.append(line)
-            if LISTEN_RE.search(line):
-                self._ready.set()
+        with proc.stdout:  # closed at EOF: a server restarted a thousand times must not leak a pipe each time
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                if len(self.lines) < 5000:
+                    self.lines.append(line)
+                if not self._ready.is_set() and (m := LISTEN_RE.search(line)):
+                    if not self.port:
+                        self.port = int(m.group(1).rsplit(":", 1)[1])
+                    self._ready.set()
 
     def _supervise(self) -> None:
         while not self._stopping:
@@ -136,8 +167,8 @@ class BenchServer:
                 if self._stopping:
                     return
                 _killpg(proc, signal.SIGKILL)  # leftovers of the dead server's group (none expected)
-                self._spawn()
-            back = time.time() if self._ready.wait(20) else None
+                back_ok = self._start_until_bound(20)
+            back = time.time() if back_ok else None
             self.deaths.append({"died_at": died, "status": status, "back_at": back,
                                 "restart_ms": round((back - died) * 1000, 1) if back else None})
 
@@ -369,4 +400,5 @@ def machine_facts() -> dict[str, Any]:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=False, default=str)
+    """results.json: compact (no indentation) — `python -m json.tool` pretty-prints it for reading."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=False, default=str)

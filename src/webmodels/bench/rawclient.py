@@ -1,0 +1,146 @@
+"""Raw-socket HTTP/1.1 clients on asyncio for what Locust and wrk cannot show: per-connection counts.
+
+Totals hide a server that serves a few connections and starves the rest (DESIGN.md, "Measuring honestly"),
+so these clients count per connection: completions of back-to-back keep-alive requests (fairness), idle
+connections held and whether each ever got its first answer (many idle clients), request heads trickled
+one byte at a time (slow clients). Stdlib asyncio only: no HTTP library in between that might retry,
+pool or reconnect behind our back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+HELLO = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+HELLO_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one response; return (status, server keeps the connection open)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length, close = 0, lines[0].startswith("HTTP/1.0")
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection":
+            close = value == "close"
+    if length:
+        await reader.readexactly(length)
+    return status, not close
+
+
+# -- fairness: back-to-back keep-alive requests, counted per connection -------------------------------------
+@dataclass
+class Fairness:
+    completions: list[int]  # 200s per connection slot
+    refused: int = 0  # non-200 answers (503 ...)
+    reconnects: int = 0  # the server closed a slot's connection (or refused it) and the slot reconnected
+    errors: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        c = sorted(self.completions)
+        med = statistics.median(c) if c else 0
+        return {"connections": len(c), "min": c[0] if c else None, "median": med, "max": c[-1] if c else None,
+                "min_over_median": round(c[0] / med, 3) if c and med else None,
+                "starved": sum(1 for x in c if x == 0), "total": sum(c), "refused": self.refused,
+                "reconnects": self.reconnects, "errors": self.errors}
+
+
+async def _fair_slot(host: str, port: int, i: int, out: Fairness, deadline: float, timeout: float) -> None:
+    writer = None
+    while time.monotonic() < deadline:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            writer.write(HELLO)
+            status, keep = await asyncio.wait_for(read_response(reader), max(0.01, deadline - time.monotonic()))
+            if status == 200:
+                out.completions[i] += 1
+            else:
+                out.refused += 1
+            if not keep:
+                writer.close()
+                writer = None
+                out.reconnects += 1
+        except asyncio.TimeoutError:
+            break  # the run ended while this connection waited: not an error, just not a completion
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            out.errors += 1
+            if writer is not None:
+                writer.close()
+            writer = None
+            out.reconnects += 1
+            await asyncio.sleep(0.01)
+    if writer is not None:
+        writer.close()
+
+
+def fairness(host: str, port: int, connections: int, seconds: float, timeout: float = 5.0) -> dict[str, Any]:
+    """CONNECTIONS keep-alive clients send GET / back to back for SECONDS; completions per connection."""
+    out = Fairness([0] * connections)
+
+    async def main() -> None:
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(*(_fair_slot(host, port, i, out, deadline, timeout) for i in range(connections)))
+    asyncio.run(main())
+    return out.summary()
+
+
+# -- timing one request on a fresh connection ---------------------------------------------------------------
+async def timed_get(host: str, port: int, timeout: float, request: bytes = HELLO_CLOSE) -> tuple[float | None, str]:
+    """One GET on a fresh connection; (milliseconds, "ok") or (None, why it failed)."""
+    t0 = time.perf_counter()
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            status, _ = await read_response(reader)
+        if status != 200:
+            return None, f"HTTP {status}"
+        return (time.perf_counter() - t0) * 1000, "ok"
+    except TimeoutError:
+        return None, "timeout"
+    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+        return None, type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+@dataclass
+class Probe:
+    """A client that sends GET / every INTERVAL seconds (sequentially, fresh connection each) and keeps times."""
+
+    host: str
+    port: int
+    interval: float = 0.1
+    timeout: float = 2.0
+    ms: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    async def run(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (now := time.monotonic()) < end:
+            ms, why = await timed_get(self.host, self.port, min(self.timeout, max(0.05, end - now + self.timeout)))
+            if ms is None:
+                self.failures[why] = self.failures.get(why, 0) + 1
+            else:
+                self.ms.append(ms)
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - now)))
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.ms) + sum(self.failures.values())
+        xs = sorted(self.ms)
+        return {"sent": n, "ok": len(xs), "success_pct": round(100 * len(xs) / n, 1) if n else None,
+                "p50_ms": round(xs[len(xs) // 2], 2) if xs else None,
+                "p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))], 2) if xs else None,
+                "failures": dict(self.failures)}

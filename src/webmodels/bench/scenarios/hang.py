@@ -1,0 +1,130 @@
+"""Hung work: /fault/hang (longer than the run) under /io load, every model side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..kit import MASTER_MODELS, Bench, med, ok_rate, side_by_side, unanswered_s, unpack_samples
+from ..report import REPORT_MODELS, Charts, Doc, chart_timeline, fmt
+from . import Cells, Scenario
+
+POOL_THREADS = 8
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    """/fault/hang under /io load: a master kills after --timeout, the pool leaks a thread, the loop stalls."""
+    p = bench.plan
+    users = p.pick(6, 10)
+    duration = p.pick(4.0, max(2 * p.step, 12.0))
+    every = p.pick(1.2, 2.0)
+    timeout = p.pick(1.0, 2.0)
+    hang_s = int(duration + 30)  # longer than the run: a hang that never ends by itself
+    flags = {m: ["--timeout", str(timeout)] for m in MASTER_MODELS}
+    flags["threadpool"] = ["--threads", str(POOL_THREADS), "--queue", "64"]
+    runs = {"plain": side_by_side(bench, "hang · all models", flags, users, duration, "io", io_ms=50,
+                                  fault="hang", fault_every=every, hang_s=hang_s)}
+    if "eventloop" in p.models and bench.native:
+        runs["watchdog"] = side_by_side(
+            bench, "hang · eventloop --watchdog (restarted on exit)", {"eventloop": ["--watchdog", "1"]}, users,
+            duration, "io", restart=True, models=("eventloop",), io_ms=50, fault="hang", fault_every=every,
+            hang_s=hang_s)
+    summary: dict[str, Any] = {"users_per_server": users, "fault_every_s": every, "prefork_timeout_s": timeout,
+                               "threadpool_threads": POOL_THREADS, "hang_s": hang_s}
+    plain = runs["plain"]
+    for m in p.models:
+        acc = plain["accounting_rows"].get(m, {})
+        samples = unpack_samples(plain["samples"].get(m, []))
+        up = [s for s in samples if s.get("up")]
+        ok_series = ok_rate(plain, m)
+        entry = {"ok": acc.get("ok"), "collateral": acc.get("collateral"), "injected": acc.get("injected"),
+                 "stats_unanswered_s": unanswered_s(samples),
+                 "ok_per_s_first_second": ok_series[1][1] if len(ok_series) > 1 else None,
+                 "ok_per_s_last_second": ok_series[-2][1] if len(ok_series) > 1 else None}
+        fin = (plain["final_stats"].get(m) or {}).get("counters", {})
+        if m == "threadpool":
+            entry["pool_size"] = POOL_THREADS
+        if any("busy_threads" in s["counters"] for s in up):
+            entry["busy_threads_max"] = max((s["counters"].get("busy_threads", 0) for s in up), default=None)
+        if m in MASTER_MODELS:
+            entry["timeout_kills"] = (fin.get("worker_exits") or {}).get("timeout")
+            entry["workers_at_end"] = fin.get("workers")
+        if any("loop_lag_max_ms" in s["counters"] for s in up):
+            entry["loop_lag_max_ms"] = max((s["counters"].get("loop_lag_max_ms", 0) for s in up), default=None)
+        summary[m] = entry
+    if "watchdog" in runs:
+        w = runs["watchdog"]
+        acc = w["accounting_rows"].get("eventloop", {})
+        summary["eventloop --watchdog 1"] = {
+            "ok": acc.get("ok"), "collateral": acc.get("collateral"), "injected": acc.get("injected"),
+            "restarts": len(w["restarts"].get("eventloop", [])), "recovery_ms_median": med(acc.get("recoveries_ms") or []),
+            "ok_per_s_last_second": (ok_rate(w, "eventloop") or [[0, None]] * 2)[-2][1]}
+    return {"raw": {"runs": runs}, "summary": summary}
+
+
+def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cells:
+    s = sc["summary"]
+    out = {}
+    for m in MASTER_MODELS:
+        if m in s:
+            out[m] = (f"{fmt(s[m].get('timeout_kills'))} hung workers killed after "
+                      f"{fmt(s.get('prefork_timeout_s'))} s; {fmt(s[m].get('workers_at_end'))} workers at end")
+            if m != "prefork":
+                out[m] += f"; ok/s at end {fmt(s[m].get('ok_per_s_last_second'))}"
+    if "threadpool" in s:
+        out["threadpool"] = (f"busy threads → {fmt(s['threadpool'].get('busy_threads_max'))}/"
+                             f"{fmt(s['threadpool'].get('pool_size'))} (leaked); ok/s at end "
+                             f"{fmt(s['threadpool'].get('ok_per_s_last_second'))}")
+    if "eventloop" in s:
+        out["eventloop"] = (f"stalled: ok/s at end {fmt(s['eventloop'].get('ok_per_s_last_second'))}; "
+                            f"stats unanswered {fmt(s['eventloop'].get('stats_unanswered_s'))} s")
+        if "eventloop --watchdog 1" in s:
+            wd = s["eventloop --watchdog 1"]
+            out["eventloop"] += f"; --watchdog 1: {fmt(wd.get('restarts'))} restarts"
+    return out, "a hang that never ends by itself"
+
+
+def _what(m: str, e: dict[str, Any]) -> str:
+    if m == "eventloop --watchdog 1":
+        return f"{fmt(e.get('restarts'))} restarts; recovery median {fmt(e.get('recovery_ms_median'))} ms"
+    if m == "threadpool":
+        return f"busy threads max {fmt(e.get('busy_threads_max'))} of {fmt(e.get('pool_size'))}"
+    if m == "eventloop":
+        return (f"loop lag max {fmt(e.get('loop_lag_max_ms'))} ms (as last seen); stats unanswered "
+                f"{fmt(e.get('stats_unanswered_s'))} s")
+    out = f"{fmt(e.get('timeout_kills'))} workers killed for timeout; {fmt(e.get('workers_at_end'))} at end"
+    if m != "prefork":
+        out += (f"; busy threads max {fmt(e.get('busy_threads_max'))}" if "busy_threads_max" in e else "") + \
+               (f"; loop lag max {fmt(e.get('loop_lag_max_ms'))} ms" if "loop_lag_max_ms" in e else "")
+    return out
+
+
+def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
+    s = sc["summary"]
+    d.p(f"Side by side, {s['users_per_server']} users each on `/io?ms=50`; every {s['fault_every_s']} s the injector "
+        f"sends `/fault/hang?s={s['hang_s']}` (longer than the run: a hang that never ends by itself). Prefork runs "
+        f"with `--timeout {s['prefork_timeout_s']}`; the pool has {s['threadpool_threads']} threads. The watchdog "
+        "variant runs the event loop alone with `--watchdog 1`, restarted by the bench when it exits.")
+    rows = []
+    for m in (*REPORT_MODELS, "eventloop --watchdog 1"):
+        e = s.get(m)
+        if not e:
+            continue
+        rows.append([m, e.get("injected"), e.get("ok"), e.get("collateral"), e.get("ok_per_s_first_second"),
+                     e.get("ok_per_s_last_second"), _what(m, e)])
+    d.table(["model", "hangs", "ok", "collateral", "ok/s in second 1", "ok/s in the last full second", "what the server says"], rows)
+    d.note("Requests stuck behind a hang when the run stops are abandoned, not failed: that is why a stalled loop "
+           "shows few collateral failures — its requests just never come back. The ok/s lines below show it.")
+    runs = sc["raw"]["runs"]
+    lines = [(m, ok_rate(runs["plain"], m)) for m in REPORT_MODELS if m in results["settings"]["models"]]
+    if "watchdog" in runs:
+        lines.append(("eventloop --watchdog", ok_rate(runs["watchdog"], "eventloop")))
+    if (img := chart_timeline(c, sc, "hang.png", "Successful requests per second while hangs are injected",
+                              "ok requests / s", lines, f"one run of {fmt(runs['plain']['duration_s'])} s, "
+                              f"hang every {s['fault_every_s']} s")):
+        d.img(img, "hang")
+
+
+SCENARIO = Scenario(
+    name="hang", row="hung work", title="Hung work: /fault/hang under load",
+    why="only a supervisor outside the stuck code can end a hang: a master kills a worker, nothing kills a thread",
+    run=run, section=section, cells=cells, quick_s=15, full_s=36)

@@ -1,0 +1,169 @@
+"""Slow clients (slowloris): 100 connections trickle a request head one byte a second; can anyone else get in?
+
+Whatever serves a connection from its first byte is pinned by a client that never finishes its head: a
+sync worker, a pool thread. The event loop pays a few hundred bytes per such connection. The attack here
+is a raw asyncio client in the bench: 100 connections, each sending `GET / HTTP/1.1`, a Host line and
+then one byte of a never-ending header per second; a connection the server closes (408, 503) is reopened
+100 ms later, as a real attacker would (not at once: a refused client in a tight loop is a connection
+flood, another attack). After a one-second head start a normal client sends `GET /` on a fresh
+connection every 100 ms (2 s timeout each) for the rest of the run: its success rate and p99 are the row.
+Defences measured beside the plain run: `--header-timeout 2`, and `--min-rate 100` (bytes/s for heads and
+bodies, as Apache's mod_reqtimeout) when this version of `webmodels serve` has the flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import rawclient
+from ..kit import Bench, native_only
+from ..report import REPORT_MODELS, Charts, Doc, chart_bars, fmt
+from . import Cells, Scenario
+
+ATTACKERS = 100
+HEAD = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Slow: "
+VARIANTS = (("plain", []), ("--header-timeout 2", ["--header-timeout", "2"]), ("--min-rate 100", ["--min-rate", "100"]))
+
+
+def serve_has_flag(flag: str) -> bool:
+    """Ask this version of `webmodels serve --help` whether FLAG exists (another branch may add it)."""
+    out = subprocess.run([sys.executable, "-m", "webmodels.cli", "serve", "--help"], capture_output=True,
+                         text=True, timeout=30)
+    return flag in out.stdout
+
+
+async def _attacker(host: str, port: int, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    while not stop.is_set():
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+            stats["opened"] += 1
+            sent = 0
+            while not stop.is_set():
+                byte = HEAD[sent:sent + 1] or b"a"
+                writer.write(byte)
+                await writer.drain()
+                sent += 1
+                try:  # one byte a second; an answer (408) or EOF from the server ends this connection
+                    data = await asyncio.wait_for(reader.read(4096), 1.0)
+                except asyncio.TimeoutError:
+                    continue
+                stats["closed_by_server"] += 1
+                if data.startswith(b"HTTP/1.1 408") or data.startswith(b"HTTP/1.0 408"):
+                    stats["answered_408"] += 1
+                break
+        except (OSError, asyncio.TimeoutError):
+            stats["errors"] += 1
+        finally:
+            if writer is not None:
+                writer.close()
+        # back in 100 ms: a slow client that is refused (503) must not turn into a connection flood
+        await asyncio.sleep(0.1)
+
+
+async def _attack(host: str, port: int, seconds: float, head_start: float) -> dict[str, Any]:
+    stop = asyncio.Event()
+    stats = {"opened": 0, "closed_by_server": 0, "answered_408": 0, "errors": 0}
+    attackers = [asyncio.create_task(_attacker(host, port, stop, stats)) for _ in range(ATTACKERS)]
+    await asyncio.sleep(head_start)
+    probe = rawclient.Probe(host, port, interval=0.1, timeout=2.0)
+    await probe.run(seconds)
+    stop.set()
+    await asyncio.wait(attackers, timeout=3)
+    for t in attackers:
+        t.cancel()
+    return {"normal": probe.summary(), "attack": stats}
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    """Per model and defence: the normal client's success rate and p99 while 100 slow heads trickle in."""
+    if (skip := native_only(bench, "server flags (--header-timeout, --min-rate)")):
+        return skip
+    p = bench.plan
+    seconds, head_start = p.pick(2.5, max(p.step, 8.0)), p.pick(0.8, 1.0)
+    has_min_rate = serve_has_flag("--min-rate")
+    per: dict[str, dict[str, Any]] = {}
+    for m in p.models:
+        per[m] = {}
+        for label, flags in VARIANTS:
+            if label.startswith("--min-rate") and not has_min_rate:
+                per[m][label] = {"na": "n/a (flag missing)"}
+                continue
+            bench.progress.step(f"slow clients · {m} · {label}", seconds + head_start + 1.5)
+            with bench.server(m, flags) as srv:
+                u = urlsplit(srv.url)
+                t0 = time.monotonic()
+                r = asyncio.run(_attack(u.hostname or "127.0.0.1", u.port or 80, seconds, head_start))
+                r["wall_s"] = round(time.monotonic() - t0, 2)
+            per[m][label] = r
+    summary: dict[str, Any] = {"attackers": ATTACKERS, "seconds": seconds, "head_start_s": head_start,
+                               "min_rate_flag": has_min_rate}
+    for m, variants in per.items():
+        summary[m] = {label: ({"na": v["na"]} if "na" in v else
+                              {"success_pct": v["normal"]["success_pct"], "p99_ms": v["normal"]["p99_ms"],
+                               "sent": v["normal"]["sent"], "ok": v["normal"]["ok"]})
+                      for label, v in variants.items()}
+    return {"raw": {"per_model": per}, "summary": summary}
+
+
+def _cell(v: dict[str, Any]) -> str:
+    if "na" in v:
+        return v["na"]
+    return f"{fmt(v['ok'])}/{fmt(v['sent'])} ok ({fmt(v['success_pct'])}%), p99 {fmt(v['p99_ms'])} ms"
+
+
+def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cells:
+    s = sc["summary"]
+    out = {}
+    for m in models:
+        if m not in s:
+            continue
+        v = s[m]
+        out[m] = _cell(v["plain"]) + "; " + "; ".join(f"{label}: {fmt(v[label].get('success_pct'))}%"
+                                                      if "na" not in v[label] else f"{label}: {v[label]['na']}"
+                                                      for label, _ in VARIANTS[1:] if label in v)
+    return out, f"{s['attackers']} connections trickling a head at 1 byte/s; normal GET / every 100 ms"
+
+
+def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
+    s = sc["summary"]
+    d.p(f"Each model alone with its default size. {s['attackers']} connections each send a request head one byte a "
+        "second and never finish it; one the server closes is reopened 100 ms later. After a "
+        f"{fmt(s['head_start_s'])} s head start, a normal client sends `GET /` on a fresh connection every 100 ms "
+        f"(2 s timeout) for {fmt(s['seconds'])} s. Defences: `--header-timeout 2` (the server answers 408 to a head "
+        "not complete after 2 s) and `--min-rate 100`" + ("" if s["min_rate_flag"] else
+                                                         " (not in this version of `webmodels serve`: n/a)") + ".")
+    rows = []
+    for m in REPORT_MODELS:
+        for label, v in (sc["raw"]["per_model"].get(m) or {}).items():
+            if "na" in v:
+                rows.append([m, label, v["na"], "–", "–", "–", "–", "–", "–"])
+                continue
+            n, a = v["normal"], v["attack"]
+            rows.append([m, label, f"{fmt(n['ok'])}/{fmt(n['sent'])}", n["success_pct"], n["p50_ms"], n["p99_ms"],
+                         ", ".join(f"{k} {x}" for k, x in n["failures"].items()) or "–", a["opened"],
+                         a["answered_408"]])
+    d.table(["model", "server flags", "normal ok / sent", "success %", "p50 ms", "p99 ms", "normal failures",
+             "slow connections opened", "408s to slow heads"], rows)
+    d.note("A sync worker or a pool thread serves a connection from its first byte, so 100 slow heads pin them all: "
+           "that is why Apache and gunicorn sync sit behind a buffering proxy (nginx). The loop parks each slow "
+           "connection for a few hundred bytes. A header timeout frees the pinned workers every few seconds, but an "
+           "attacker that reconnects at once takes them back; a minimum data rate refuses the trickle itself.")
+    ms = [m for m in REPORT_MODELS if m in s]
+    labels = [label for label, _ in VARIANTS if any(label in s[m] and "na" not in s[m][label] for m in ms)]
+    if (img := chart_bars(c, "slow.png", "Normal clients' success rate during a slow-client attack", ms,
+                          {label: [s[m].get(label, {}).get("success_pct") for m in ms] for label in labels},
+                          "% of normal requests answered", f"{s['attackers']} slow connections; {fmt(s['seconds'])} s "
+                          "per model and defence")):
+        d.img(img, "slow clients")
+
+
+SCENARIO = Scenario(
+    name="slow", row="slow clients", title="Slow clients: a trickled head against each model",
+    why="a sync worker or pool thread is pinned from a connection's first byte; a loop pays a few hundred bytes",
+    run=run, section=section, cells=cells, quick_s=55, full_s=180)
