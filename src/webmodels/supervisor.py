@@ -260,10 +260,10 @@ class Supervisor:
         for child in self.children:
             if child.next_start and now >= child.next_start and not self.stopping:
                 child.restarts += 1
-                child.start()
                 record = child.history[-1] if child.history else None
                 if record is not None:
-                    record["started_at"] = time.time()
+                    record["started_at"] = time.time()  # the wait ends here; fork/exec is the start's cost
+                child.start()
                 self.write_state()
                 if child.port:
                     self._watch_ready(child, record)
