@@ -103,10 +103,10 @@ def pending_restart(state: dict[str, Any] | None, name: str, now: float) -> str:
     entry = (state or {}).get("servers", {}).get(name)
     if not entry:
         return ""
-    if entry.get("state") == "waiting" and entry.get("restart_at"):
-        return f"restart in {max(0.0, entry['restart_at'] - now):.1f} s ({state.get('policy', 'back-off')})"
-    if entry.get("state") == "starting" and entry.get("restarts"):
-        return "restarting"
+    if entry.get("state") == "waiting" and (entry.get("restart_at") or 0) > now:
+        return f"restart in {entry['restart_at'] - now:.1f} s ({state.get('policy', 'back-off')})"
+    if entry.get("state") in ("waiting", "starting") and entry.get("restarts"):
+        return "restarting"  # due (the file is up to a poll old) or started, not accepting yet
     if entry.get("state") == "stopped":
         return "not restarted"
     return ""

@@ -84,12 +84,13 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .log import log, setup
-    from .supervisor import PortBusy, up
+    from .supervisor import PortBusy, RestartPolicy, up
 
     setup()
     extra = ["--processes", str(args.locust_processes)] if args.locust_processes else []
     try:
-        return up(locust=args.locust, locust_args=extra, offset=args.port_offset, restart_delay=args.restart_delay)
+        policy = RestartPolicy.from_env(fixed=args.restart_delay)  # WEBMODELS_BACKOFF_* may be malformed
+        return up(locust=args.locust, locust_args=extra, offset=args.port_offset, policy=policy)
     except (PortBusy, ValueError) as exc:
         log.error("cannot start the lab: %s", exc)
         return EXIT_CONFIG

@@ -66,9 +66,9 @@ def pending_restart(entry: dict[str, Any] | None, policy: str, now: float | None
     if not entry:
         return ""
     now = time.time() if now is None else now
-    if entry.get("state") == "waiting" and entry.get("restart_at"):
-        return f"restart in {max(0.0, entry['restart_at'] - now):.1f} s ({policy})"
-    if entry.get("state") == "starting" and entry.get("restarts"):
+    if entry.get("state") == "waiting" and (entry.get("restart_at") or 0) > now:
+        return f"restart in {entry['restart_at'] - now:.1f} s ({policy})"
+    if entry.get("state") in ("waiting", "starting"):
         return "restarting"
     if entry.get("state") == "stopped":
         return f"not restarted ({entry.get('last_exit') or 'exited'})"

@@ -389,12 +389,12 @@ WELCOME = """
 
 
 def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
-       restart_delay: float | None = None) -> int:
+       policy: RestartPolicy | None = None) -> int:
     ports = {m: p + offset for m, p in LAB_PORTS.items()}
     if locust:
         ports["locust"] = LOCUST_PORT + offset
     check_ports_free(ports)
-    policy = RestartPolicy.from_env(fixed=restart_delay)
+    policy = policy or RestartPolicy()
     state_path = supervisor_state_path(offset)
     sup = Supervisor(lab_children(locust, locust_args, offset, state_path), policy, state_path)
     threading.Thread(target=_announce, args=(sup, locust, offset), daemon=True).start()
