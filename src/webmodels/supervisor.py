@@ -175,6 +175,9 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.state_path = state_path
         self.state_lock = threading.Lock()
+        # Recorded times are epoch seconds for other processes to read, all from the monotonic clock and one
+        # offset, so a recorded wait is exactly the wait (time.time() read separately can step or lag).
+        self.epoch_offset = time.time() - time.monotonic()
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -244,7 +247,7 @@ class Supervisor:
             child.next_start = now + delay
             child.state = "waiting"
             child.last_exit = describe_status(status)
-            wall = time.time()
+            wall = self.wall(now)
             child.history = [*child.history, {"died_at": wall, "restart_at": wall + delay, "delay_s": delay,
                                               "policy": self.policy.name, "exit": child.last_exit,
                                               "uptime_s": round(uptime, 3), "started_at": None,
@@ -262,7 +265,7 @@ class Supervisor:
                 child.restarts += 1
                 record = child.history[-1] if child.history else None
                 if record is not None:
-                    record["started_at"] = time.time()  # the wait ends here; fork/exec is the start's cost
+                    record["started_at"] = self.wall(now)  # the wait ends here; fork/exec is the start's cost
                 child.start()
                 self.write_state()
                 if child.port:
@@ -285,7 +288,7 @@ class Supervisor:
                         return
                     child.state = "up"
                     if record is not None:
-                        record["ready_at"] = time.time()
+                        record["ready_at"] = self.wall(time.monotonic())
                 if record is not None:
                     down_ms = (time.monotonic() - child.died_at) * 1000
                     start_ms = (record["ready_at"] - record["started_at"]) * 1000
@@ -298,13 +301,17 @@ class Supervisor:
         if not self.stopping:
             log.warning("%s did not accept connections within %.0fs of its start", child.name, deadline)
 
+    def wall(self, mono: float) -> float:
+        """Epoch seconds of a monotonic time."""
+        return mono + self.epoch_offset
+
     def state(self) -> dict[str, Any]:
         """The supervisor's view of its children, as written to the state file."""
         servers = {}
         for c in self.children:
             restart_at = None
             if c.next_start:
-                restart_at = time.time() + max(0.0, c.next_start - time.monotonic())
+                restart_at = self.wall(c.next_start)
             servers[c.name] = {"state": c.state, "pid": c.proc.pid if c.proc else None, "port": c.port,
                                "restarts": c.restarts, "restart_at": restart_at,
                                "delay_s": c.backoff if c.next_start else None, "last_exit": c.last_exit or None,
