@@ -153,6 +153,18 @@ def test_hybrids_get_traffic_accounting_and_kill_worker(start_server, tmp_path):
         assert srv.get("/").status_code == 200
 
 
+def test_a_crashed_workers_requests_are_collateral_not_resent(start_server, tmp_path):
+    # geventhttpclient would re-send a GET whose connection closed unanswered; another worker would answer it
+    # and the crash would cost nothing on paper. The locustfile turns that off: what the worker held is lost.
+    servers = {"hybrid-threads": start_server("hybrid-threads")}
+    acc, counts, _ = run_headless(tmp_path, servers, 5, "-u", "8", "-r", "8", "--workload", "io", "--io-ms", "500",
+                                  "--fault", "crash", "--fault-every", "1.5", "HybridThreadsUser")
+    assert_balanced(acc, counts, names=("hybrid-threads",))
+    row = acc["servers"]["hybrid-threads"]
+    assert row["expected"] >= 2 and row["collateral"] >= 1, row  # ~half of 8 in flight per crash
+    assert row["ok"] > row["collateral"] and not row["down_at_end"], row  # the other worker kept serving
+
+
 def test_servers_tab_shows_a_restart_waiting_for_its_back_off(tmp_path):
     # no servers at all: every row is down; the supervisor's state file says the event loop restarts in ~30 s
     state = tmp_path / "supervisor.json"
