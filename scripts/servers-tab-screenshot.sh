@@ -47,7 +47,7 @@ for _ in $(seq 120); do  # the shot worth taking: a row reading "down — restar
     curl -sf "$ui/servers.json" | grep -q 'restart in \([3-9]\|[1-9][0-9]\)\.' && break
     sleep 0.25
 done
-"$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,700 \
+"$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,760 \
     --virtual-time-budget=4000 --screenshot="$out" "$ui/?tab=servers" >/dev/null 2>&1 ||
     die "$browser could not take the screenshot"
 curl -sf -X POST "$ui/stop" >/dev/null || true
