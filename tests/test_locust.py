@@ -147,7 +147,7 @@ def test_hybrids_get_traffic_accounting_and_kill_worker(start_server, tmp_path):
     for name, srv in servers.items():
         row = acc["servers"][name]
         assert row["ok"] > 50 and row["expected"] >= 2 and row["fault_failed"] == 0, (name, row)
-        assert not row["down_at_end"] and row["server_view"]["up"], (name, row)
+        assert row["downtime_ms"] < 2000 and row["server_view"]["up"], (name, row)
         # each kill took one worker; the master replaced it (io users on the killed worker are the collateral)
         assert srv.stats()["counters"]["respawns"] >= before[name] + 2, name
         assert srv.get("/").status_code == 200
@@ -162,7 +162,9 @@ def test_a_crashed_workers_requests_are_collateral_not_resent(start_server, tmp_
     assert_balanced(acc, counts, names=("hybrid-threads",))
     row = acc["servers"]["hybrid-threads"]
     assert row["expected"] >= 2 and row["collateral"] >= 1, row  # ~half of 8 in flight per crash
-    assert row["ok"] > row["collateral"] and not row["down_at_end"], row  # the other worker kept serving
+    # the other worker kept serving: no long all-failed streak (one may close the run if a crash lands last)
+    assert row["ok"] > row["collateral"] and row["downtime_ms"] < 2000, row
+    assert servers["hybrid-threads"].get("/").status_code == 200
 
 
 def test_servers_tab_shows_a_restart_waiting_for_its_back_off(tmp_path):
