@@ -1,4 +1,4 @@
-# One image for every lab service: the three servers and Locust (see docker-compose.yml).
+# One image for every lab service: the five servers and Locust (see docker-compose.yml).
 #
 #   docker build -t webmodels:lab .
 #   # no registry (air-gapped, TLS-inspecting proxy): a debootstrapped base, see scripts/build-base-image.sh
@@ -49,6 +49,6 @@ RUN pip install --no-deps --no-build-isolation . \
     && webmodels --help >/dev/null
 
 USER lab
-# threadpool, prefork, eventloop, Locust web UI
-EXPOSE 8001 8002 8003 8089
+# threadpool, prefork, eventloop, hybrid-threads, hybrid-loop, Locust web UI
+EXPOSE 8001 8002 8003 8004 8005 8089
 CMD ["webmodels", "--help"]

@@ -10,7 +10,11 @@ The words, per server:
               the streak to its last (so to the end of the run when the server never answers again);
   recovery    from an injected fault taking effect (crash/segfault: when the fault request ended, i.e. the
               process died; hang/leak/raise: when it was sent) to the sending of the first user request
-              after it that succeeded, from any process ("from then on, users are served again").
+              after it that succeeded, from any process ("from then on, users are served again");
+  back-off    the part of the downtime the server spent *waiting* for its supervisor to restart it (`webmodels
+              up` copies Docker's back-off: 100 ms doubling, reset after 10 s up) — the supervisor's policy,
+              not the model's cost. It comes from the supervisor's own record of each restart (died →
+              started → accepting), not from requests; under compose it is unknown (Docker keeps it).
 Every request lands in exactly one of ok / expected / collateral, so ok + expected + collateral = requests.
 
 Built to be merged: a ServerTally holds counts and 100 ms bins of (ok, fail, first/last fail, first/last ok)
@@ -127,8 +131,9 @@ class ServerTally:
         st.injections = [dict(i) for i in d.get("injections", [])]
         return st
 
-    def summary(self) -> dict[str, Any]:
-        """Return the per-server row: the counts, downtime and recovery."""
+    def summary(self, restarts: list[dict] | None = None, run_from: float | None = None,
+                run_to: float | None = None) -> dict[str, Any]:
+        """Return the per-server row: the counts, downtime, recovery and (given the supervisor's RESTARTS) back-off."""
         down = downtime(self.bins)
         recovered, never, pending = [], 0, 0
         last_end = max((max(x for x in (b[3], b[5]) if x is not None) for b in self.bins.values()), default=None)
@@ -148,7 +153,40 @@ class ServerTally:
             "down_at_end": down["open"],
             "recovery_ms": max(recovered) if recovered else None, "recoveries_ms": recovered[:100],
             "unrecovered": never, "pending": pending, "errors": dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
+            **restart_split(restarts, down, run_from, run_to),
         }
+
+
+def _overlap_ms(a: float | None, b: float | None, lo: float | None, hi: float | None) -> float:
+    if a is None or b is None or lo is None or hi is None:
+        return 0.0
+    return max(0.0, min(b, hi) - max(a, lo)) * 1000
+
+
+def restart_split(restarts: list[dict] | None, down: dict[str, Any], run_from: float | None,
+                  run_to: float | None) -> dict[str, Any]:
+    """Split restart time into the supervisor's wait (died → started) and the model's start (started → ready).
+
+    RESTARTS are the supervisor's records ({"died_at", "started_at", "ready_at"}, epoch seconds; a wait still
+    going has no started_at). `backoff_ms` is the wait inside the longest downtime streak, so it reads as "of
+    which back-off"; the totals cover the run. None (unknown) without a supervisor record, e.g. under compose.
+    """
+    if restarts is None:
+        return {"backoff_ms": None, "backoff_total_ms": None, "start_total_ms": None, "restarts": None}
+    end = run_to if run_to is not None else max((r.get("ready_at") or r.get("started_at") or r["died_at"]
+                                                 for r in restarts), default=None)
+    begin = run_from if run_from is not None else min((r["died_at"] for r in restarts), default=None)
+    seen = [r for r in restarts if begin is not None and end is not None and r["died_at"] <= end
+            and (r.get("ready_at") or end) >= begin]
+    in_streak = total = start = 0.0
+    for r in seen:
+        waited_until = r.get("started_at") or end  # a wait still going at the end counts up to the end
+        total += _overlap_ms(r["died_at"], waited_until, begin, end)
+        in_streak += _overlap_ms(r["died_at"], waited_until, down["from"], down["to"])
+        if r.get("started_at"):
+            start += _overlap_ms(r["started_at"], r.get("ready_at") or end, begin, end)
+    return {"backoff_ms": round(in_streak, 1), "backoff_total_ms": round(total, 1),
+            "start_total_ms": round(start, 1), "restarts": len(seen)}
 
 
 def downtime(bins: dict[int, list]) -> dict[str, Any]:
@@ -215,9 +253,12 @@ class Tally:
             t.servers[name] = ServerTally.from_dict(sd)
         return t
 
-    def summary(self, order: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    def summary(self, order: Iterable[str] = (), restarts: dict[str, list[dict]] | None = None,
+                run_from: float | None = None, run_to: float | None = None) -> dict[str, dict[str, Any]]:
+        """Return one row per server; RESTARTS (server → the supervisor's records) adds the back-off split."""
         names = [n for n in order if n in self.servers] + sorted(n for n in self.servers if n not in order)
-        return {n: self.servers[n].summary() for n in names}
+        return {n: self.servers[n].summary(None if restarts is None else restarts.get(n, []), run_from, run_to)
+                for n in names}
 
 
 class RecoveryWatch:
@@ -253,21 +294,22 @@ class RecoveryWatch:
         return first
 
 
-COLUMNS = ("requests", "ok", "expected", "collateral", "downtime_ms", "recovery_ms", "at end")
+COLUMNS = ("requests", "ok", "expected", "collateral", "downtime_ms", "backoff_ms", "recovery_ms", "at end")
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
     """Render the per-server summary as a fixed-width table."""
-    head = f"{'server':<11}{'requests':>10}{'ok':>10}{'faults':>8}{'collateral':>12}{'downtime ms':>13}" \
-           f"{'recovery ms':>13}  {'at end':<6}  balanced"
+    head = f"{'server':<15}{'requests':>10}{'ok':>10}{'faults':>8}{'collateral':>12}{'downtime ms':>13}" \
+           f"{'back-off ms':>13}{'recovery ms':>16}  {'at end':<6}  balanced"
     lines = [head, "-" * len(head)]
     for name, s in summary.items():
         if s["recovery_ms"] is None:
             rec = "never" if s["unrecovered"] else "-"
         else:
             rec = f"{s['recovery_ms']:.1f}" + (f" +{s['unrecovered']}never" if s["unrecovered"] else "")
-        lines.append(f"{name:<11}{s['requests']:>10}{s['ok']:>10}{s['expected']:>8}{s['collateral']:>12}"
-                     f"{s['downtime_ms']:>13.1f}{rec:>13}  {'down' if s['down_at_end'] else 'up':<6}  "
+        backoff = "-" if s.get("backoff_ms") is None else f"{s['backoff_ms']:.1f}"
+        lines.append(f"{name:<15}{s['requests']:>10}{s['ok']:>10}{s['expected']:>8}{s['collateral']:>12}"
+                     f"{s['downtime_ms']:>13.1f}{backoff:>13}{rec:>16}  {'down' if s['down_at_end'] else 'up':<6}  "
                      f"{'yes' if s['balanced'] else 'NO'}")
     return "\n".join(lines)
 

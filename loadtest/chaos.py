@@ -9,8 +9,11 @@ per server by construction and a period that does not drift with response times.
 The fault request is still a request of the run: it is reported through Locust's `request` event, so it
 appears in Locust's statistics ("prefork /fault/crash") and in the accounting as *expected*, and the
 injection time is handed to `on_injected` (which tells the workers, so they can time the recovery). That
-time is when the fault took effect: for crash and segfault the end of the fault request (the process died
-then; a user response finishing in between is not a recovery), for hang, leak and raise its start.
+time is when the fault took effect: for crash, segfault and kill-worker the end of the fault request (the
+process died then; a user response finishing in between is not a recovery), for hang, leak and raise its
+start. `kill-worker` is `webmodels kill MODEL --worker` (POST /_lab/kill?target=worker, SIGKILL to one
+worker, answered by another): it applies to the master models only (prefork, hybrid-threads, hybrid-loop;
+the locustfile leaves the others out of its targets).
 A fault request still in flight when the test stops (a long hang) is abandoned unreported, as Locust does
 with its users' in-flight requests.
 """
@@ -26,8 +29,8 @@ from geventhttpclient import HTTPClient
 
 log = logging.getLogger("loadtest.chaos")
 
-FAULTS = ("none", "crash", "segfault", "hang", "leak", "raise")
-FATAL = ("crash", "segfault")  # kill the serving process; the others start hurting when they are sent
+FAULTS = ("none", "crash", "segfault", "hang", "leak", "raise", "kill-worker")
+FATAL = ("crash", "segfault", "kill-worker")  # kill a process; the others start hurting when they are sent
 
 
 class HTTPStatusError(Exception):
@@ -36,7 +39,8 @@ class HTTPStatusError(Exception):
 
 def fault_path(fault: str, hang_s: int, leak_mb: int) -> str:
     return {"crash": "/fault/crash", "segfault": "/fault/segfault", "hang": f"/fault/hang?s={hang_s}",
-            "leak": f"/fault/leak?mb={leak_mb}", "raise": "/fault/raise"}[fault]
+            "leak": f"/fault/leak?mb={leak_mb}", "raise": "/fault/raise",
+            "kill-worker": "/_lab/kill?target=worker"}[fault]
 
 
 class Injector:
@@ -92,6 +96,7 @@ class Injector:
         if fault in FATAL:  # the process died when the fault request ended: recovery counts from there
             self.on_injected(server, fault, time.time())
         self.environment.events.request.fire(
-            request_type="POST", name=f"{server} /fault/{fault}", response_time=(time.perf_counter() - t0) * 1000,
+            request_type="POST", name=f"{server} {path.partition('?')[0]}",
+            response_time=(time.perf_counter() - t0) * 1000,
             response_length=length, response=None, exception=exc, start_time=start, url=url + path,
             context={"server": server, "fault": fault})

@@ -11,6 +11,13 @@ Locust 2.47's own extension points, read from its source (web.py, webui bundle):
 only from `extended_stats` ([{"key": tab key, "data": rows}]) in the /stats/requests JSON, which we add
 with an `after_request` hook. The UI camel-cases keys, so the displayed row keys are single lowercase words.
 The same rows are served at /servers.json and /servers.csv.
+
+Under `webmodels up` a server that is down is often just waiting for its restart: the native supervisor
+copies Docker's back-off (100 ms doubling to 1 min, reset after 10 s up) and says so in a JSON state file
+(WEBMODELS_SUPERVISOR_STATE, written atomically; see src/webmodels/supervisor.py). The poller reads it with
+the stats, so such a row reads "down — restart in 6.4 s (back-off)", and the "Back-off ms" column shows how
+much of the downtime was the supervisor's wait rather than the model's own start. Under compose Docker
+keeps that to itself, so the row says "down" and the column "—".
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import csv
 import io
 import json
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -36,8 +44,9 @@ COLUMNS = (
     ("server", "Server"), ("state", "State"), ("pids", "PIDs (master · workers)"), ("threads", "Threads"),
     ("rss", "RSS MB"), ("uss", "USS MB"), ("pss", "PSS MB"), ("restarts", "Respawns / restarts"),
     ("busy", "Busy / loop lag"), ("served", "Served"), ("faults", "Faults injected"),
-    ("collateral", "Collateral"), ("downtime", "Downtime ms"),
+    ("collateral", "Collateral"), ("downtime", "Downtime ms"), ("backoff", "of which back-off ms"),
 )
+SUPERVISOR_STATE_ENV = "WEBMODELS_SUPERVISOR_STATE"
 MB = 1024 * 1024
 
 
@@ -45,19 +54,63 @@ def _mb(n: Any) -> float | str:
     return round(n / MB, 1) if isinstance(n, (int, float)) else ""
 
 
+def _lag(lag: Any) -> str:
+    return f"{lag:.1f}" if isinstance(lag, (int, float)) else "?"
+
+
 def busy_text(stats: dict[str, Any]) -> str:
-    """Summarise what each model is busy with (workers, threads, loop lag); tolerate missing keys."""
+    """Summarise what each model is busy with (workers, threads, loop lag); tolerate missing keys.
+
+    A master model over threads or loops shows each worker: "2 workers: 3/16 · 0/16 threads" or
+    "2 workers: lag 0.3 · 5012.0 ms" — one crashed or stuck worker is visible as one, not as an average.
+    """
     c = stats.get("counters", {})
     model = stats.get("model")
-    if model == "prefork":
+    engine = stats.get("engine") or {"threadpool": "threads", "eventloop": "loop"}.get(model, "sync")
+    per = stats.get("per_worker") or []
+    is_master = bool(per and any(w.get("pid") != stats.get("pid") for w in per)) or "workers" in c
+    if is_master and engine == "threads" and per:
+        size = stats.get("config", {}).get("threads", "?")
+        return f"{len(per)} workers: " + " · ".join(f"{w.get('busy_threads', '?')}/{size}" for w in per) + " threads"
+    if is_master and engine == "loop" and per:
+        return f"{len(per)} workers: lag " + " · ".join(_lag(w.get("loop_lag_ms")) for w in per) + " ms"
+    if is_master:
         return f"{c.get('busy_workers', '?')}/{c.get('workers', '?')} workers"
-    if model == "threadpool":
+    if engine == "threads":
         text = f"{c.get('busy_threads', '?')}/{c.get('pool_size', '?')} threads"
         return text + (f", {c['queued']} queued" if c.get("queued") else "")
-    if model == "eventloop":
+    if engine == "loop":
         lag, top = c.get("loop_lag_ms"), c.get("loop_lag_max_ms")
         if isinstance(lag, (int, float)):
             return f"lag {lag:.1f} ms" + (f" (max {top:.1f})" if isinstance(top, (int, float)) else "")
+    return ""
+
+
+def read_supervisor_state(path: str | None = None) -> dict[str, Any] | None:
+    """The native supervisor's state (None without one, or when the file is stale: its supervisor is gone)."""
+    path = path if path is not None else os.environ.get(SUPERVISOR_STATE_ENV, "")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        os.kill(int(doc["supervisor_pid"]), 0)
+        return doc
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pending_restart(state: dict[str, Any] | None, name: str, now: float) -> str:
+    """What the supervisor is doing about a server that is down, e.g. "restart in 6.4 s (back-off)"."""
+    entry = (state or {}).get("servers", {}).get(name)
+    if not entry:
+        return ""
+    if entry.get("state") == "waiting" and (entry.get("restart_at") or 0) > now:
+        return f"restart in {entry['restart_at'] - now:.1f} s ({state.get('policy', 'back-off')})"
+    if entry.get("state") in ("waiting", "starting") and entry.get("restarts"):
+        return "restarting"  # due (the file is up to a poll old) or started, not accepting yet
+    if entry.get("state") == "stopped":
+        return "not restarted"
     return ""
 
 
@@ -66,7 +119,8 @@ class ServersPanel:
 
     def __init__(self, targets: Callable[[], dict[str, str]],
                  accounting: Callable[[], dict[str, dict[str, Any]]], order: tuple[str, ...] = (),
-                 interval: float = 1.0, timeout: float = 1.5) -> None:
+                 interval: float = 1.0, timeout: float = 1.5,
+                 supervisor: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self.targets = targets  # server name → base URL (only the servers of the current run)
         self.accounting = accounting  # server name → live accounting summary
         self.order = order  # row order: the servers' own order, unknown names last
@@ -74,6 +128,8 @@ class ServersPanel:
         self.timeout = timeout
         self.last: dict[str, dict[str, Any]] = {}  # server → {"url", "state", "stats", "at", "down_since"}
         self.restarts: dict[str, int] = {}  # pid changes seen by the poller (a supervisor restarted it)
+        self.supervisor = supervisor  # reads the native supervisor's state (None under compose)
+        self.supervisor_state: dict[str, Any] | None = None
         self.greenlet: gevent.Greenlet | None = None
         self.charts = Charts()  # live charts under the table, fed by this poller (loadtest/charts.py)
 
@@ -100,6 +156,11 @@ class ServersPanel:
             del self.last[name]
         jobs = [gevent.spawn(self._poll, name, url) for name, url in targets.items()]
         gevent.joinall(jobs, timeout=self.timeout + 1)
+        try:
+            self.supervisor_state = self.supervisor()
+        except Exception:  # noqa: BLE001 - the tab works without it
+            log.exception("reading the supervisor state failed")
+            self.supervisor_state = None
         self.charts.record(self)
 
     def _poll(self, name: str, url: str) -> None:
@@ -149,7 +210,9 @@ class ServersPanel:
         master = stats.get("pid")
         state = entry["state"]
         if entry.get("down_since"):
-            state = f"{state} {time.time() - entry['down_since']:.0f}s"
+            now = time.time()
+            pending = pending_restart(self.supervisor_state, name, now)
+            state = f"{state} — {pending}" if pending else f"{state} {now - entry['down_since']:.0f}s"
         if workers:
             pids = f"{master} · {' '.join(map(str, workers))}"
         else:
@@ -157,7 +220,7 @@ class ServersPanel:
         if not stats and gone.get("pid"):
             pids = f"({gone['pid']} gone)"
         dash = "" if stats else "—"
-        if stats.get("model") == "prefork":
+        if workers or "respawns" in counters:  # a master model: prefork, hybrid-threads, hybrid-loop
             restarts = counters.get("respawns")  # worker respawns by the master
         elif stats.get("restarts") is not None:
             restarts = stats["restarts"]  # counted by the native supervisor (`webmodels up`)
@@ -172,6 +235,7 @@ class ServersPanel:
             "busy": busy_text(stats) if stats else dash, "served": counters.get("requests", dash),
             "faults": acc.get("injected", 0), "collateral": acc.get("collateral", 0),
             "downtime": round(acc.get("downtime_ms") or 0.0),
+            "backoff": "—" if acc.get("backoff_ms") is None else round(acc["backoff_ms"]),
             # machine-readable extras for /servers.json
             "name": name, "url": entry["url"], "up": entry["state"] == "up", "model": stats.get("model"), "pid": master,
             "pid_list": [p["pid"] for p in procs], "pss_bytes": totals.get("pss"), "rss_bytes": totals.get("rss"),

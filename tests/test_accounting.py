@@ -235,3 +235,31 @@ def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_pa
     assert row["ok"] + row["expected"] + row["collateral"] == row["requests"]
     # the server refused at least that many (the Servers panel's own /_lab/stats polls may add a few)
     assert srv.stats()["counters"]["rejected_503"] >= row["collateral"]
+
+
+def test_backoff_is_split_from_the_models_own_start():
+    from loadtest.accounting import restart_split
+    # the supervisor's records: died → (waited) → started → (the model starts) → accepting
+    restarts = [{"died_at": 10.0, "started_at": 16.4, "ready_at": 16.6},  # 6.4 s of back-off, 0.2 s of start
+                {"died_at": 30.0, "started_at": 30.1, "ready_at": 30.3},
+                {"died_at": 50.0, "started_at": None, "ready_at": None}]  # still waiting when the run ended
+    down = {"from": 10.01, "to": 16.59}  # the longest all-failed streak, from requests
+    s = restart_split(restarts, down, run_from=5.0, run_to=51.0)
+    assert s["restarts"] == 3
+    assert abs(s["backoff_ms"] - 6390.0) < 0.01  # the wait inside the streak: "of which back-off"
+    assert abs(s["backoff_total_ms"] - (6400 + 100 + 1000)) < 0.01  # the last wait counts up to the run's end
+    assert abs(s["start_total_ms"] - 400.0) < 0.01
+    assert restart_split(None, down, 5.0, 51.0)["backoff_ms"] is None  # no supervisor (compose): unknown
+    assert restart_split([], down, 5.0, 51.0)["backoff_ms"] == 0.0  # a supervisor and no restart: none
+
+
+def test_table_has_a_backoff_column():
+    t = Tally()
+    feed(t, "eventloop", [(10.0, True), (10.5, False), (16.5, False), (16.7, True)])
+    summary = t.summary(["eventloop"], {"eventloop": [{"died_at": 10.4, "started_at": 16.4, "ready_at": 16.6}]},
+                        run_from=9.0, run_to=17.0)
+    row = summary["eventloop"]
+    assert row["downtime_ms"] == 6000.0 and abs(row["backoff_ms"] - 5900.0) < 0.01
+    table = format_table(summary)
+    assert "back-off ms" in table.splitlines()[0] and "5900.0" in table.splitlines()[2]
+    assert format_table(t.summary(["eventloop"])).splitlines()[2].split()[6] == "-"  # unknown: no supervisor

@@ -20,7 +20,8 @@ from .support import wait_for
 
 pytestmark = pytest.mark.compose
 PROJECT = "webmodels-e2e"
-PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003}
+PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003, "hybrid-threads": 8004, "hybrid-loop": 8005}
+USERS = ("ThreadpoolUser", "PreforkUser", "EventloopUser", "HybridThreadsUser", "HybridLoopUser")
 
 
 def _compose_cmd() -> list[str]:
@@ -60,7 +61,7 @@ def compose():
     t0 = time.monotonic()
     run("build", timeout=1200)
     print(f"compose build: {time.monotonic() - t0:.1f}s")
-    run("up", "-d", "threadpool", "prefork", "eventloop", timeout=300)
+    run("up", "-d", *PORTS, timeout=300)
     try:
         yield run
     finally:
@@ -87,31 +88,34 @@ def _get(model: str, path: str, **kw: object) -> httpx.Response:
 
 
 def test_compose_lab_end_to_end(compose) -> None:
-    # 1. the three servers become healthy on their ports
+    # 1. the five servers become healthy on their ports
     for model in PORTS:
         wait_for(lambda: _inspect(model, "{{.State.Health.Status}}") == "healthy", timeout=120, interval=1,
                  what=f"{model} healthy")
         stats = _get(model, "/_lab/stats").json()
         assert stats["model"] == model and stats["config"]["faults"] is True
 
-    # 2. a headless Locust run from the compose `locust` service against all three
-    res = compose("run", "--rm", "locust", "locust", "--headless", "-u", "6", "-r", "6", "-t", "6s",
-                  "--workload", "io", "--io-ms", "20", "ThreadpoolUser", "PreforkUser", "EventloopUser",
-                  timeout=180, check=False)
+    # 2. a headless Locust run from the compose `locust` service against all five
+    res = compose("run", "--rm", "locust", "locust", "--headless", "-u", "10", "-r", "10", "-t", "6s",
+                  "--workload", "io", "--io-ms", "20", *USERS, timeout=180, check=False)
     out = res.stdout + res.stderr
     for model in PORTS:
         assert f"{model} /io" in out, f"no row for {model} in the Locust run:\n{out[-4000:]}"
     assert res.returncode == 0, out[-4000:]
 
-    # 3. killing a prefork worker leaves prefork serving
-    before = {p["pid"] for p in _get("prefork", "/_lab/stats").json()["processes"] if p["role"] == "worker"}
-    r = httpx.post("http://127.0.0.1:8002/_lab/kill?target=worker", timeout=5)
-    assert r.status_code == 202 and r.json()["pid"] in before
-    wait_for(lambda: _get("prefork", "/_lab/stats").json()["counters"]["worker_exits"]["signal"] >= 1,
-             timeout=15, what="the kill seen by the master")
-    assert _get("prefork", "/").status_code == 200
-    workers = [p for p in _get("prefork", "/_lab/stats").json()["processes"] if p["role"] == "worker"]
-    assert len(workers) == 4 and r.json()["pid"] not in {p["pid"] for p in workers}
+    # 3. killing a worker of each master model leaves it serving with its full count of workers
+    for model, count in (("prefork", 4), ("hybrid-threads", 2), ("hybrid-loop", 2)):
+        before = {p["pid"] for p in _get(model, "/_lab/stats").json()["processes"] if p["role"] == "worker"}
+        r = httpx.post(f"http://127.0.0.1:{PORTS[model]}/_lab/kill?target=worker", timeout=5)
+        assert r.status_code == 202 and r.json()["pid"] in before, (model, r.text)
+        wait_for(lambda: _get(model, "/_lab/stats").json()["counters"]["worker_exits"]["signal"] >= 1,
+                 timeout=15, what=f"the kill seen by the {model} master")
+        assert _get(model, "/").status_code == 200
+
+        def replaced() -> bool:
+            workers = {p["pid"] for p in _get(model, "/_lab/stats").json()["processes"] if p["role"] == "worker"}
+            return len(workers) == count and r.json()["pid"] not in workers
+        wait_for(replaced, timeout=15, what=f"{model}: the killed worker replaced")
 
     # 4. /fault/crash on the event loop: Docker restarts the container and it serves again
     restarts = int(_inspect("eventloop", "{{.RestartCount}}"))

@@ -1,9 +1,12 @@
-"""`webmodels up` for real: four URLs answer, a crashed event loop is restarted, SIGTERM leaves nothing."""
+"""`webmodels up` for real: six URLs answer, a crashed event loop is restarted with Docker's back-off (or a
+fixed delay), `status`/`kill` know the five servers, SIGTERM leaves nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -15,9 +18,12 @@ import httpx
 import psutil
 import pytest
 
+from webmodels.lab import supervisor_state_path
+
 from .support import addr_in_use, wait_for
 
-PORTS = (8001, 8002, 8003, 8089)
+PORTS = (8001, 8002, 8003, 8004, 8005, 8089)
+EVENTLOOP = 8003
 
 
 def _free_offset() -> int:
@@ -34,13 +40,15 @@ def _free_offset() -> int:
 
 
 class Lab:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        extra = env or {}
         for attempt in range(5):  # the ports were free a moment ago; if one was taken meanwhile, `up` says so
             self.offset = _free_offset()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+            full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+            full_env.update(extra)
             self.proc = subprocess.Popen([sys.executable, "-m", "webmodels.cli", "up", "--port-offset",
                                           str(self.offset), *args], stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, env=env)
+                                         stderr=subprocess.STDOUT, text=True, env=full_env)
             self.lines: list[str] = []
             threading.Thread(target=self._read, daemon=True).start()
             wait_for(lambda: self.proc.poll() is not None or "listening on" in self.log, timeout=45,
@@ -59,6 +67,33 @@ class Lab:
     def log(self) -> str:
         return "\n".join(self.lines)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `webmodels ARGS --port-offset <this lab's>`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+        return subprocess.run([sys.executable, "-m", "webmodels.cli", *args, "--port-offset", str(self.offset)],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    def state(self) -> dict:
+        """The supervisor's state file."""
+        return json.loads(supervisor_state_path(self.offset).read_text())
+
+    def crash_eventloop(self) -> None:
+        """Wait until the event loop answers, then crash it; return once the supervisor has noted the death."""
+        url = self.url(EVENTLOOP)
+        wait_for(lambda: _answers(url), timeout=30, interval=0.01, what="the event loop answering")
+        deaths = len(self.state()["servers"]["eventloop"]["history"])
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url + "/fault/crash", timeout=5)
+        wait_for(lambda: len(self.state()["servers"]["eventloop"]["history"]) > deaths, timeout=10,
+                 interval=0.01, what="the supervisor noting the crash")
+
+    def restart_delays(self) -> list[float]:
+        """Seconds from each death of the event loop to its restart, from the supervisor's own timestamps."""
+        hist = wait_for(lambda: [h for h in self.state()["servers"]["eventloop"]["history"]]
+                        if all(h["started_at"] for h in self.state()["servers"]["eventloop"]["history"]) else None,
+                        timeout=70, interval=0.02, what="every restart done")
+        return [h["started_at"] - h["died_at"] for h in hist]  # type: ignore[union-attr]
+
     def descendants(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.proc.pid).children(recursive=True)
@@ -70,8 +105,8 @@ class Lab:
 def lab():
     labs: list[Lab] = []
 
-    def start(*args: str) -> Lab:
-        labs.append(Lab(*args))
+    def start(*args: str, env: dict[str, str] | None = None) -> Lab:
+        labs.append(Lab(*args, env=env))
         return labs[-1]
 
     yield start
@@ -91,18 +126,46 @@ def lab():
 
 
 def _answers(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
-def test_up_serves_four_urls_restarts_a_crash_and_stops_clean(lab) -> None:
+def test_up_serves_six_urls_restarts_a_crash_and_stops_clean(lab) -> None:
     lab_ = lab()
     for port in PORTS:
         wait_for(lambda: _answers(lab_.url(port)), timeout=45, interval=0.2, what=f"port {port} answering")
     assert "webmodels lab is up" in "\n".join(lab_.lines) or wait_for(
         lambda: "webmodels lab is up" in lab_.log, timeout=10, what="the welcome text")
-    # same settings as compose: faults are on, prefork runs lab/prefork.env's worker count
-    stats = httpx.get(lab_.url(8002) + "/_lab/stats", timeout=5).json()
-    assert stats["config"]["faults"] is True and stats["counters"]["workers"] == 4
+    # same settings as compose: faults are on, the master models run lab/<model>.env's worker counts
+    for port, model, workers in ((8002, "prefork", 4), (8004, "hybrid-threads", 2), (8005, "hybrid-loop", 2)):
+        stats = httpx.get(lab_.url(port) + "/_lab/stats", timeout=5).json()
+        assert stats["model"] == model and stats["config"]["faults"] is True, stats
+        assert stats["counters"]["workers"] == workers and len(stats["per_worker"]) == workers, stats
+    assert httpx.get(lab_.url(8004) + "/_lab/stats", timeout=5).json()["config"]["threads"] == 16
+
+    # `webmodels status` knows all five, by the lab's ports
+    res = lab_.cli("status", "--json")
+    rows = json.loads(res.stdout)
+    assert res.returncode == 0 and [r["model"] for r in rows] == ["threadpool", "prefork", "eventloop",
+                                                                  "hybrid-threads", "hybrid-loop"], res
+    assert all(r["up"] for r in rows) and rows[3]["size"].startswith("2 workers"), rows
+    assert [r["port"] for r in rows] == [p + lab_.offset for p in PORTS[:5]]
+
+    # `webmodels kill hybrid-threads` kills one worker (the default for a master model); the master respawns it
+    before = httpx.get(lab_.url(8004) + "/_lab/stats", timeout=5).json()
+    res = lab_.cli("kill", "hybrid-threads")
+    assert res.returncode == 0 and "killed worker pid" in res.stdout, res
+    killed = int(res.stdout.split()[-1])
+    assert killed in {w["pid"] for w in before["per_worker"]} and killed != before["pid"]
+
+    def respawned() -> bool:
+        st = httpx.get(lab_.url(8004) + "/_lab/stats", timeout=5).json()
+        pids = {w["pid"] for w in st["per_worker"]}
+        return st["pid"] == before["pid"] and len(pids) == 2 and killed not in pids
+    wait_for(respawned, timeout=15, interval=0.1, what="hybrid-threads: the killed worker replaced")
+    assert lab_.cli("kill", "threadpool", "--worker").returncode == 2  # no workers: a clear error
 
     old_pid = httpx.get(lab_.url(8003) + "/whoami", timeout=5).json()["pid"]
     t_crash = time.monotonic()
@@ -117,7 +180,7 @@ def test_up_serves_four_urls_restarts_a_crash_and_stops_clean(lab) -> None:
     assert httpx.get(lab_.url(8003) + "/_lab/stats", timeout=5).json()["restarts"] == 1
 
     kids = lab_.descendants()
-    assert len(kids) >= 7  # 3 servers + 4 prefork workers (+ locust)
+    assert len(kids) >= 13  # 5 servers + 4 prefork and 2 + 2 hybrid workers (+ locust)
     lab_.proc.send_signal(signal.SIGTERM)
     assert lab_.proc.wait(30) == 0
     wait_for(lambda: not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE],
@@ -136,3 +199,56 @@ def test_busy_port_is_a_clear_error(lab) -> None:
     assert f"port {8001 + lab_.offset} (threadpool)" in second.stderr
     assert "already in use" in second.stderr
     assert "listening" not in second.stderr
+
+
+def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
+    # Docker's policy with its real first wait (0.1 s); only the reset period is shortened (10 s → 5 s)
+    lab_ = lab("--no-locust", env={"WEBMODELS_BACKOFF_RESET_AFTER": "5"})
+    wait_for(lambda: supervisor_state_path(lab_.offset).exists(), timeout=30, what="the state file")
+    assert lab_.state()["policy"] == "back-off"
+    for _ in range(4):  # each crash as soon as the server answers, well within 5 s of its start: no reset
+        lab_.crash_eventloop()
+    delays = lab_.restart_delays()
+    print("restart delays (s):", [round(d, 3) for d in delays])
+    for want, got in zip((0.1, 0.2, 0.4, 0.8), delays):
+        assert want <= got < want + 0.3, delays
+    assert "restarting in 0.8s (back-off)" in lab_.log
+
+    # a server that stayed up past the reset period starts again from the first wait
+    wait_for(lambda: httpx.get(lab_.url(EVENTLOOP) + "/_lab/stats", timeout=2).json()["uptime_s"] > 5.5,
+             timeout=15, interval=0.1, what="the event loop up for longer than the reset period")
+    lab_.crash_eventloop()
+    delays = lab_.restart_delays()
+    assert 0.1 <= delays[4] < 0.4, delays
+    wait_for(lambda: re.search(r"eventloop serving again on :\d+ after \d+ ms down \(restart #5: back-off "
+                               r"100 ms, start \d+ ms\)", lab_.log), timeout=10, what="the restart log line")
+    assert "restarting in 0.1s (back-off)" in lab_.log
+
+
+def test_restart_delay_gives_a_fixed_delay_and_status_shows_it(lab) -> None:
+    lab_ = lab("--no-locust", "--restart-delay", "2")
+    wait_for(lambda: supervisor_state_path(lab_.offset).exists(), timeout=30, what="the state file")
+    assert lab_.state()["policy"] == "fixed delay"
+    lab_.crash_eventloop()
+    # while the supervisor waits, `webmodels status` says so, with the time left
+    res = lab_.cli("status")
+    assert re.search(r"eventloop +\d+ DOWN — restart in [01]\.\d s \(fixed delay\)", res.stdout), res.stdout
+    for _ in range(2):
+        lab_.crash_eventloop()
+    delays = lab_.restart_delays()
+    print("restart delays (s):", [round(d, 3) for d in delays])
+    assert len(delays) == 3 and all(2.0 <= d < 2.3 for d in delays), delays
+    assert "restarting in 2.0s (fixed delay)" in lab_.log
+
+
+def test_restart_policy_is_dockers_back_off_or_a_fixed_delay() -> None:
+    from webmodels.supervisor import RestartPolicy
+    docker = RestartPolicy()
+    waits, prev = [], 0.0
+    for _ in range(12):  # crash after crash, each within 10 s of its start
+        prev = docker.next_delay(prev, uptime=1.0)
+        waits.append(prev)
+    assert waits[:6] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2] and waits[-1] == 60.0  # capped at 1 min, as Docker
+    assert docker.next_delay(12.8, uptime=10.0) == 0.1  # 10 s up: the back-off is forgotten
+    assert RestartPolicy(fixed=0.5).next_delay(12.8, uptime=1.0) == 0.5
+    assert RestartPolicy(fixed=0.0).next_delay(0.0, uptime=0.0) == 0.0

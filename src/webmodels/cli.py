@@ -57,11 +57,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value:g} is out of range 0-3600")
+    return value
+
+
 def _add_up(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("up", help="run the whole lab natively: three servers + Locust UI, with restarts",
-                       description="Start the three servers on 127.0.0.1:8001-8003 with the settings in lab/*.env "
+    p = sub.add_parser("up", help="run the whole lab natively: five servers + Locust UI, with restarts",
+                       description="Start the five servers on 127.0.0.1:8001-8005 with the settings in lab/*.env "
                        "and the Locust web UI on 127.0.0.1:8089; restart a crashed server as Docker's restart "
-                       "policy would. Ctrl-C stops everything.")
+                       "policy would (100 ms, doubling up to 1 min, reset after 10 s up). Ctrl-C stops everything.",
+                       epilog="The supervisor's state (restarts, back-off) is kept in a JSON file that `webmodels "
+                       "status` and Locust's Servers tab read. For short experiments WEBMODELS_BACKOFF_FIRST and "
+                       "WEBMODELS_BACKOFF_RESET_AFTER (seconds) change the back-off's first wait and reset period.")
     p.add_argument("--no-locust", dest="locust", action="store_false", help="servers only")
     p.add_argument("--locust-processes", type=int, default=0, metavar="N",
                    help="run Locust with --processes N (more load than one core can generate)")
@@ -69,13 +82,17 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
                    help="also run Prometheus on 127.0.0.1:9090 scraping every server's /metrics (needs a "
                    "`prometheus` binary: apt-get install prometheus)")
     p.add_argument("--port-offset", type=int, default=int(os.environ.get("WEBMODELS_PORT_OFFSET", "0")),
-                   metavar="N", help="shift every lab port by N (e.g. 10000 → 18001-18003, 18089)")
+                   metavar="N", help="shift every lab port by N (e.g. 10000 → 18001-18005, 18089; also "
+                   "WEBMODELS_PORT_OFFSET, read by status, kill and scale too)")
+    p.add_argument("--restart-delay", type=_seconds, default=None, metavar="S",
+                   help="restart a crashed server after a fixed S seconds instead of Docker's growing back-off "
+                   "(0 = at once), so repeated crashes measure the model, not the restart policy")
     p.set_defaults(func=cmd_up)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .log import log, setup
-    from .supervisor import PortBusy, up
+    from .supervisor import PortBusy, RestartPolicy, up
 
     setup()
     extra = ["--processes", str(args.locust_processes)] if args.locust_processes else []
@@ -85,32 +102,45 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(MISSING, file=sys.stderr)
             return EXIT_CONFIG
     try:
-        return up(locust=args.locust, locust_args=extra, offset=args.port_offset, metrics=args.metrics)
-    except PortBusy as exc:
+        policy = RestartPolicy.from_env(fixed=args.restart_delay)  # WEBMODELS_BACKOFF_* may be malformed
+        return up(locust=args.locust, locust_args=extra, offset=args.port_offset, policy=policy,
+                  metrics=args.metrics)
+    except (PortBusy, ValueError) as exc:
         log.error("cannot start the lab: %s", exc)
         return EXIT_CONFIG
 
 
+def _add_offset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port-offset", type=int, default=int(os.environ.get("WEBMODELS_PORT_OFFSET", "0")),
+                   metavar="N", help="the lab started with `webmodels up --port-offset N`")
+
+
 def _add_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="table of the three lab servers (native or compose)")
+    p = sub.add_parser("status", help="table of the five lab servers (native or compose)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).print_status(a.json))
+    _add_offset(p)
+    p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).print_status(a.json, a.port_offset))
 
 
 def _add_kill(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kill", help="SIGKILL a worker (master models) or a whole lab server",
+    from .lab import LAB_PORTS, MASTER_MODELS
+    p = sub.add_parser("kill", help="SIGKILL one worker of a master model or a whole lab server",
                        description="Kill through the server's own POST /_lab/kill route (needs faults on, as in "
-                       f"the lab). Default: --worker for {', '.join(MASTER_MODELS)}, --process for the others.")
-    p.add_argument("model", choices=MODELS)
+                       f"the lab). Default: --worker for the master models ({', '.join(MASTER_MODELS)}), "
+                       "--process for the others.")
+    p.add_argument("model", choices=tuple(LAB_PORTS))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--worker", dest="target", action="store_const", const="worker",
-                   help=f"one worker ({', '.join(MASTER_MODELS)} only)")
-    g.add_argument("--process", dest="target", action="store_const", const="process", help="the whole server")
+                   help=f"one worker ({', '.join(MASTER_MODELS)})")
+    g.add_argument("--process", dest="target", action="store_const", const="process",
+                   help="the whole server (for a master model: the master, and its workers with it)")
     p.add_argument("--pid", type=int, help="with --worker: this worker")
+    _add_offset(p)
     p.set_defaults(func=cmd_kill)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    from .lab import MASTER_MODELS
     from .labctl import kill
 
     target = args.target or ("worker" if args.model in MASTER_MODELS else "process")
@@ -118,7 +148,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print(f"webmodels kill: error: the {args.model} model has no worker processes; use --process",
               file=sys.stderr)
         return EXIT_CONFIG
-    return kill(args.model, target, args.pid)
+    return kill(args.model, target, args.pid, args.port_offset)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -160,12 +190,15 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_scale(sub: argparse._SubParsersAction) -> None:
+    from .lab import MASTER_MODELS
     p = sub.add_parser("scale", help="add or remove workers of a master model (SIGTTIN/SIGTTOU to the master)",
                        description="Works natively and in Docker alike (docker-init does not forward SIGTTIN): the "
                        "server's POST /_lab/scale route signals its own master.")
-    p.add_argument("model", choices=MODELS)
+    p.add_argument("model", choices=MASTER_MODELS)
     p.add_argument("delta", type=int, help="workers to add (+N) or remove (-N), at most 16 at a time")
-    p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).scale(a.model, a.delta))
+    _add_offset(p)
+    p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).scale(a.model, a.delta,
+                                                                                         a.port_offset))
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill, _add_scale,

@@ -8,11 +8,24 @@ each launcher sets it (compose binds 0.0.0.0 inside its container and publishes 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-LAB_PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003}
+from . import config
+
+LAB_PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003, "hybrid-threads": 8004, "hybrid-loop": 8005}
 LOCUST_PORT = 8089
-URL_ENV = {model: f"WEBMODELS_{model.upper()}_URL" for model in LAB_PORTS}  # read by the locustfile
+# The models with a master and worker processes: `kill --worker`, `scale` and per-worker stats apply to them.
+# webmodels.config owns the list; the fallback only covers a checkout from before config had it.
+MASTER_MODELS: tuple[str, ...] = getattr(config, "MASTER_MODELS", ("prefork", "hybrid-threads", "hybrid-loop"))
+
+
+def url_env(model: str) -> str:
+    """The environment variable holding MODEL's URL for Locust: WEBMODELS_HYBRID_LOOP_URL for hybrid-loop."""
+    return "WEBMODELS_" + model.upper().replace("-", "_") + "_URL"
+
+
+URL_ENV = {model: url_env(model) for model in LAB_PORTS}  # read by the locustfile
 
 
 def project_root() -> Path:
@@ -39,6 +52,11 @@ def read_env_file(path: Path) -> dict[str, str]:
             raise ValueError(f"{path}:{lineno}: expected KEY=VALUE, got {line!r}")
         env[key.strip()] = value.strip()
     return env
+
+
+def supervisor_state_path(offset: int = 0) -> Path:
+    """Where `webmodels up` (with this port offset) keeps its JSON state for `status` and the Servers tab."""
+    return Path(tempfile.gettempdir()) / f"webmodels-up-{os.getuid()}-{LOCUST_PORT + offset}.json"
 
 
 def server_env(model: str, host: str = "127.0.0.1", offset: int = 0) -> dict[str, str]:

@@ -1,19 +1,35 @@
-"""`webmodels up`: the lab without Docker — three servers, Locust, and Docker's restart policy in Python.
+"""`webmodels up`: the lab without Docker — five servers, Locust, and Docker's restart policy in Python.
 
 The thread pool and the event loop are single processes: when one crashes, nothing inside it can bring it
 back. In compose, Docker's `restart: unless-stopped` does that; here this supervisor does the same thing
-the same way: restart at once, and if the server keeps crashing, back off (100 ms, doubling up to 1 min),
-forgetting the back-off once a server has stayed up for 10 s. Each restart is logged with how long the
-server was down (from its death to the first accepted connection). The prefork server needs no help for a
-dead worker — its master is its supervisor — but if the master itself dies it is restarted the same way.
+the same way, back-off included: wait 100 ms before the first restart, double the wait after every crash
+(up to 1 min), and forget it once a server has stayed up for 10 s (moby's restartmanager does exactly
+this). Each restart is logged with how long the server was down (from its death to the first accepted
+connection) and how much of that was the back-off. The master models (prefork and the two hybrids) need no
+help for a dead worker — their master is their supervisor — but a dead master is restarted the same way.
 
-Every child runs in its own process group, so stopping (Ctrl-C, SIGTERM) reaches the prefork workers and
-Locust's worker processes too, and leaves no orphan behind.
+The back-off is the supervisor's policy, not the model's cost: under a crash every 6 s the waits grow to
+3.2 s, 6.4 s, 12.8 s while the model itself starts in a fraction of a second. So the supervisor shows it:
+  - `--restart-delay S` replaces the back-off with a fixed wait of S seconds (0 = at once);
+  - its state goes to a small JSON file, rewritten (atomically) at every change and removed at exit:
+    lab.supervisor_state_path(offset), e.g. /tmp/webmodels-up-<uid>-8089.json, also handed to Locust as
+    WEBMODELS_SUPERVISOR_STATE. Per server: state (starting / up / waiting / stopped), pid, restarts, the
+    policy, `restart_at` while it waits, and the recent restarts as {died_at, started_at, ready_at, delay_s}
+    (epoch seconds). The Servers tab turns it into "down — restart in 6.4 s (back-off)", the fault
+    accounting into its "back-off" column, `webmodels status` into its state column.
+    A file, not an endpoint: no port to choose or free, no thread to serve it, readable after the fact,
+    and a reader can tell a stale one (its supervisor_pid is gone).
+For short tests, WEBMODELS_BACKOFF_FIRST (seconds, default 0.1) and WEBMODELS_BACKOFF_RESET_AFTER (seconds
+of uptime, default 10) change the back-off's first wait and its reset period.
+
+Every child runs in its own process group, so stopping (Ctrl-C, SIGTERM) reaches the master models' workers
+and Locust's worker processes too, and leaves no orphan behind.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import signal
@@ -23,15 +39,65 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from .faults import EXIT_NAMES
-from .lab import LAB_PORTS, LOCUST_PORT, URL_ENV, project_root, server_env, server_url
+from .lab import LAB_PORTS, LOCUST_PORT, URL_ENV, project_root, server_env, server_url, supervisor_state_path
 from .log import log
 
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 60.0
+BACKOFF_FIRST = 0.1  # Docker's defaultTimeout
+BACKOFF_MAX = 60.0  # Docker's maxRestartTimeout
 BACKOFF_RESET_AFTER = 10.0  # seconds of uptime after which a crash counts as a first crash again
 STOP_GRACE = 10.0
+HISTORY = 50  # restarts kept per server in the state file
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}: expected seconds, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name}: expected seconds >= 0, got {raw!r}")
+    return value
+
+
+@dataclass
+class RestartPolicy:
+    """How long to wait before restarting a server that died after UPTIME seconds.
+
+    Docker's back-off by default; `fixed` (from --restart-delay) waits the same time after every crash.
+    """
+
+    fixed: float | None = None
+    first: float = BACKOFF_FIRST
+    reset_after: float = BACKOFF_RESET_AFTER
+    cap: float = BACKOFF_MAX
+
+    @classmethod
+    def from_env(cls, fixed: float | None = None) -> "RestartPolicy":
+        return cls(fixed=fixed, first=_env_seconds("WEBMODELS_BACKOFF_FIRST", BACKOFF_FIRST),
+                   reset_after=_env_seconds("WEBMODELS_BACKOFF_RESET_AFTER", BACKOFF_RESET_AFTER))
+
+    @property
+    def name(self) -> str:
+        return "back-off" if self.fixed is None else "fixed delay"
+
+    def next_delay(self, previous: float, uptime: float) -> float:
+        """The wait before this restart, given the previous wait (0 = none yet) and how long the server ran."""
+        if self.fixed is not None:
+            return self.fixed
+        if uptime >= self.reset_after:
+            previous = 0.0
+        return min(self.cap, self.first if not previous else previous * 2)
+
+    def describe(self) -> str:
+        if self.fixed is not None:
+            return f"fixed delay of {self.fixed:g} s"
+        return (f"Docker's back-off: {self.first:g} s doubling to {self.cap:g} s, reset after "
+                f"{self.reset_after:g} s up")
 
 
 class PortBusy(RuntimeError):
@@ -74,13 +140,16 @@ class Child:
     backoff: float = 0.0
     next_start: float = 0.0  # when a pending restart is due (0 = none pending)
     died_at: float = 0.0
-    log_file: object = field(default=None, repr=False)
+    state: str = "starting"  # starting → up → waiting (for its restart) → starting …; stopped: not restarted
+    last_exit: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)  # recent restarts, epoch seconds
 
     def start(self) -> None:
         env = {**os.environ, **self.env, "WEBMODELS_RESTARTS": str(self.restarts)}
         self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True, cwd=project_root())
         self.started = time.monotonic()
         self.next_start = 0.0
+        self.state = "starting"
 
     def signal_group(self, sig: int) -> None:
         if self.proc is not None:
@@ -99,23 +168,16 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _wait_ready(child: Child, died_at: float, deadline: float = 30.0) -> None:
-    """Poll the child's port; log the downtime once it accepts a connection again."""
-    assert child.port is not None
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if _accepts(child.port):
-            down_ms = (time.monotonic() - died_at) * 1000
-            log.info("%s serving again on :%d after %.0f ms down (restart #%d)", child.name, child.port,
-                     down_ms, child.restarts)
-            return
-        time.sleep(0.005)
-    log.warning("%s did not accept connections within %.0fs of its restart", child.name, deadline)
-
-
 class Supervisor:
-    def __init__(self, children: list[Child]) -> None:
+    def __init__(self, children: list[Child], policy: RestartPolicy | None = None,
+                 state_path: Path | None = None) -> None:
         self.children = children
+        self.policy = policy or RestartPolicy()
+        self.state_path = state_path
+        self.state_lock = threading.Lock()
+        # Recorded times are epoch seconds for other processes to read, all from the monotonic clock and one
+        # offset, so a recorded wait is exactly the wait (time.time() read separately can step or lag).
+        self.epoch_offset = time.time() - time.monotonic()
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -125,8 +187,12 @@ class Supervisor:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal numbers
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        log.info("restart policy: %s", self.policy.describe())
         for child in self.children:
             child.start()
+            if child.port:
+                self._watch_ready(child, None)
+        self.write_state()
         try:
             while not self.stopping:
                 self._wait(self._next_timeout())
@@ -158,6 +224,7 @@ class Supervisor:
 
     def _reap(self) -> None:
         now = time.monotonic()
+        changed = False
         for child in self.children:
             if child.proc is None or child.next_start or child.proc.poll() is None:
                 continue
@@ -172,24 +239,98 @@ class Supervisor:
                 log.error("%s exited (%s); it is not restarted — stop with Ctrl-C", child.name,
                           describe_status(status))
                 child.proc = None
+                child.state, child.last_exit, changed = "stopped", describe_status(status), True
                 continue
-            if uptime >= BACKOFF_RESET_AFTER:
-                child.backoff = 0.0
-            delay = child.backoff
-            child.backoff = BACKOFF_FIRST if not child.backoff else min(BACKOFF_MAX, child.backoff * 2)
+            delay = self.policy.next_delay(child.backoff, uptime)
+            child.backoff = delay
             child.died_at = now
             child.next_start = now + delay
-            log.warning("%s died after %.1fs up (%s); restarting %s", child.name, uptime,
-                        describe_status(status), "now" if not delay else f"in {delay:.1f}s (back-off)")
+            child.state = "waiting"
+            child.last_exit = describe_status(status)
+            wall = self.wall(now)
+            child.history = [*child.history, {"died_at": wall, "restart_at": wall + delay, "delay_s": delay,
+                                              "policy": self.policy.name, "exit": child.last_exit,
+                                              "uptime_s": round(uptime, 3), "started_at": None,
+                                              "ready_at": None}][-HISTORY:]
+            log.warning("%s died after %.1fs up (%s); restarting %s", child.name, uptime, child.last_exit,
+                        "now" if not delay else f"in {delay:.1f}s ({self.policy.name})")
+            changed = True
+        if changed:
+            self.write_state()
 
     def _start_due(self) -> None:
         now = time.monotonic()
         for child in self.children:
             if child.next_start and now >= child.next_start and not self.stopping:
                 child.restarts += 1
+                record = child.history[-1] if child.history else None
+                if record is not None:
+                    record["started_at"] = self.wall(now)  # the wait ends here; fork/exec is the start's cost
                 child.start()
+                self.write_state()
                 if child.port:
-                    threading.Thread(target=_wait_ready, args=(child, child.died_at), daemon=True).start()
+                    self._watch_ready(child, record)
+
+    def _watch_ready(self, child: Child, record: dict[str, Any] | None) -> None:
+        """Poll the child's port in a thread; mark it up (and log the downtime of a restart) once it accepts."""
+        threading.Thread(target=self._wait_ready, args=(child, child.proc, record), daemon=True).start()
+
+    def _wait_ready(self, child: Child, proc: subprocess.Popen | None, record: dict[str, Any] | None,
+                    deadline: float = 30.0) -> None:
+        assert child.port is not None
+        end = time.monotonic() + deadline
+        while time.monotonic() < end and not self.stopping:
+            if child.proc is not proc or (proc is not None and proc.poll() is not None):
+                return  # died (or was replaced) before it accepted anything
+            if _accepts(child.port):
+                with self.state_lock:
+                    if child.proc is not proc:
+                        return
+                    child.state = "up"
+                    if record is not None:
+                        record["ready_at"] = self.wall(time.monotonic())
+                if record is not None:
+                    down_ms = (time.monotonic() - child.died_at) * 1000
+                    start_ms = (record["ready_at"] - record["started_at"]) * 1000
+                    log.info("%s serving again on :%d after %.0f ms down (restart #%d: %s %.0f ms, start "
+                             "%.0f ms)", child.name, child.port, down_ms, child.restarts, self.policy.name,
+                             record["delay_s"] * 1000, start_ms)
+                self.write_state()
+                return
+            time.sleep(0.005)
+        if not self.stopping:
+            log.warning("%s did not accept connections within %.0fs of its start", child.name, deadline)
+
+    def wall(self, mono: float) -> float:
+        """Epoch seconds of a monotonic time."""
+        return mono + self.epoch_offset
+
+    def state(self) -> dict[str, Any]:
+        """The supervisor's view of its children, as written to the state file."""
+        servers = {}
+        for c in self.children:
+            restart_at = None
+            if c.next_start:
+                restart_at = self.wall(c.next_start)
+            servers[c.name] = {"state": c.state, "pid": c.proc.pid if c.proc else None, "port": c.port,
+                               "restarts": c.restarts, "restart_at": restart_at,
+                               "delay_s": c.backoff if c.next_start else None, "last_exit": c.last_exit or None,
+                               "history": list(c.history)}
+        return {"supervisor_pid": os.getpid(), "updated_at": time.time(), "policy": self.policy.name,
+                "policy_text": self.policy.describe(), "servers": servers}
+
+    def write_state(self) -> None:
+        """Replace the state file atomically (readers never see half a file)."""
+        if self.state_path is None:
+            return
+        with self.state_lock:
+            try:
+                doc = self.state()
+                tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, self.state_path)
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a dict changed size under the thread
+                log.debug("state file %s not written: %s", self.state_path, exc)
 
     def stop_all(self) -> None:
         live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
@@ -208,10 +349,16 @@ class Supervisor:
                     child.proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
+        if self.state_path is not None:
+            try:
+                self.state_path.unlink()
+            except OSError:
+                pass
         log.info("lab stopped")
 
 
-def lab_children(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0) -> list[Child]:
+def lab_children(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
+                 state_path: Path | None = None) -> list[Child]:
     py = sys.executable
     children = [Child(model, [py, "-m", "webmodels.cli", "serve", model], server_env(model, offset=offset),
                       port=port + offset) for model, port in LAB_PORTS.items()]
@@ -219,31 +366,37 @@ def lab_children(locust: bool = True, locust_args: list[str] | None = None, offs
         locust_bin = os.path.join(os.path.dirname(py), "locust")
         argv = [locust_bin if os.path.exists(locust_bin) else "locust", "-f",
                 str(project_root() / "loadtest" / "locustfile.py"), "--class-picker",
-                "--users", "30", "--spawn-rate", "10",  # form defaults: a multiple of 3, one third each
+                "--users", "30", "--spawn-rate", "10",  # form defaults: a multiple of 5, one fifth each
                 "--web-host", "127.0.0.1", "--web-port", str(LOCUST_PORT + offset), *(locust_args or [])]
         env = {URL_ENV[m]: server_url(m, offset=offset) for m in LAB_PORTS}
+        if state_path is not None:
+            env["WEBMODELS_SUPERVISOR_STATE"] = str(state_path)  # the Servers tab shows restarts waiting
         children.append(Child("locust", argv, env, port=LOCUST_PORT + offset))
     return children
 
 
 WELCOME = """
   webmodels lab is up.
-    Locust UI      http://127.0.0.1:{lp}   (tab "Servers" shows the three models live)
-    thread pool    http://127.0.0.1:8001
-    prefork        http://127.0.0.1:8002
-    event loop     http://127.0.0.1:8003
+    Locust UI       http://127.0.0.1:{locust}   (tab "Servers" shows the five servers live)
+    thread pool     http://127.0.0.1:{threadpool}
+    prefork         http://127.0.0.1:{prefork}
+    event loop      http://127.0.0.1:{eventloop}
+    hybrid-threads  http://127.0.0.1:{hybrid_threads}   (2 worker processes × 16 threads)
+    hybrid-loop     http://127.0.0.1:{hybrid_loop}   (2 worker processes × an event loop)
+    restarts        {policy}
 
   Try first:
-    1. In Locust pick all three user classes, 30 users, workload "io", Start.
+    1. In Locust pick all five user classes, 30 users, workload "io", Start.
     2. Crash a prefork worker, then the event loop, and watch the Servers tab:
          webmodels kill prefork --worker
-         curl http://127.0.0.1:8003/fault/crash
+         curl http://127.0.0.1:{eventloop}/fault/crash
     3. webmodels status      (memory: RSS vs USS vs PSS per model)
   Ctrl-C stops everything.
 """
 
 
-def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0, metrics: bool = False) -> int:
+def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
+       policy: RestartPolicy | None = None, metrics: bool = False) -> int:
     ports = {m: p + offset for m, p in LAB_PORTS.items()}
     if locust:
         ports["locust"] = LOCUST_PORT + offset
@@ -253,7 +406,9 @@ def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 
         extra.append(native_child({m: p + offset for m, p in LAB_PORTS.items()}, offset))
         ports["prometheus"] = extra[-1].port
     check_ports_free(ports)
-    sup = Supervisor(lab_children(locust, locust_args, offset) + extra)
+    policy = policy or RestartPolicy()
+    state_path = supervisor_state_path(offset)
+    sup = Supervisor(lab_children(locust, locust_args, offset, state_path) + extra, policy, state_path)
     threading.Thread(target=_announce, args=(sup, locust, offset), daemon=True).start()
     return sup.run()
 
@@ -268,9 +423,8 @@ def _announce(sup: Supervisor, locust: bool, offset: int) -> None:
     if pending:
         log.warning("not answering after 30 s: %s", ", ".join(pending))
     elif not sup.stopping:
-        text = WELCOME.format(lp=LOCUST_PORT)
-        for port in (*LAB_PORTS.values(), LOCUST_PORT):
-            text = text.replace(f":{port}", f":{port + offset}")
+        ports = {m.replace("-", "_"): p + offset for m, p in LAB_PORTS.items()}
+        text = WELCOME.format(locust=LOCUST_PORT + offset, policy=sup.policy.describe(), **ports)
         if any(c.name == "prometheus" for c in sup.children):
             port = next(c.port for c in sup.children if c.name == "prometheus")
             text = text.replace("\n  Try first", f"    Prometheus     http://127.0.0.1:{port}   (every server's /metrics, "
