@@ -21,7 +21,7 @@ import pytest
 from loadtest.charts import METRICS, Charts, p99_between
 
 from .support import free_port, wait_for
-from .test_locust import SERVERS, locust_cmd, locust_env
+from .test_locust import ALL as SERVERS, locust_cmd, locust_env  # all five: the tab draws a line per lab server
 
 pytestmark = pytest.mark.slow
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
