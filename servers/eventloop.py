@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import signal
 import socket
@@ -446,6 +447,11 @@ class LoopEngine:
                                                                 backlog=self.config.backlog)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             self.loop.add_signal_handler(sig, self._on_signal, sig.name)
+        # What exists at boot (modules, routes, caches) lives as long as the process: keep it out of every
+        # later full collection, which then scans only what connections made (a pause of milliseconds
+        # per 10k connections instead of tens).
+        gc.collect()
+        gc.freeze()
         helpers = [self.loop.create_task(self._measure_lag()), self.loop.create_task(self._run_deadlines())]
         if self.config.watchdog > 0:
             watchdog = Watchdog(self, self.config.watchdog)
