@@ -194,7 +194,32 @@ class HttpProtocol(asyncio.Protocol):
             queue = self.queue
             if queue is None:
                 if self.task is None and not self.write_paused and len(events) == 1:
-                    self._answer_one(events[0])  # the common case: one request, nothing pipelined
+                    # The common case, one request and nothing pipelined: _answer_one → _respond → _write
+                    # unrolled (this runs for every request; each call saved is measurable at 50k rps).
+                    event = events[0]
+                    if event.__class__ is Request:
+                        server = self.server
+                        result = dispatch_fast(event, server.rt)
+                        if result.__class__ is Response:
+                            now = monotonic()
+                            out = c.respond(event, result, now)
+                            if server.policy.exhausted and not server.stopping:
+                                server.stop("max-requests")  # before the bytes go (see _respond)
+                            transport = self.transport
+                            transport.write(out)
+                            unsent = transport.get_write_buffer_size()
+                            c.sending(unsent, now)
+                            if unsent and not self.polling and not self.write_paused:
+                                self.polling = True
+                                server.loop.call_later(UNSENT_POLL_S, self._poll_unsent)
+                            if c.closing:
+                                self._end()
+                            else:
+                                self._arm(now)
+                            return
+                        self.task = server.loop.create_task(self._finish(event, result))
+                        return
+                    self._answer_one(event)
                     if not c.closing:
                         self._arm(now)
                     return
