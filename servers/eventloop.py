@@ -7,47 +7,63 @@ socket and a runtime by whoever hosts it.
 # What the one thread owns
 Everything. One thread runs one loop (uvloop by default, `--loop asyncio` for the standard one), created
 in `run()` and nowhere earlier — in a prefork worker that means after the fork, never in the master. The
-loop owns the listening socket, every connection (an `asyncio.Protocol` with its own sans-IO
-`RequestParser`), the timers, and the handler while it runs. There is nothing to lock in the engine itself
-because nothing runs concurrently with anything else: a request is handled between two returns to the
-loop. The only other thread is the optional watchdog (the `eventloop` model only), which reads one
-timestamp and never touches a connection.
+loop owns the listening socket, every connection (an `asyncio.Protocol` holding its `connection.Connection`,
+the sans-IO policy that every engine shares, with its parser inside), the deadlines, and the handler while
+it runs. There is nothing to lock in the engine itself because nothing runs concurrently with anything
+else: a request is handled between two returns to the loop. The only other thread is the optional watchdog
+(the `eventloop` model only), which reads one timestamp and never touches a connection.
 
 # How a request flows
-The loop reads bytes and calls `HttpProtocol.data_received`, which feeds the parser. Complete requests
-(several at once when the client pipelines) go to the connection's queue and are answered strictly in
-order. The fast path runs the handler right there: `dispatch_fast` drives the handler's generator, and if
-it finishes without yielding an effect (hello, bytes, cpu, stats...) the response is rendered and handed to
-`transport.write` before `data_received` returns — no task, no future, no extra trip round the loop. A
-route that must wait (`/io` yields `Sleep`) comes back as a coroutine; the connection wraps it in one task,
-stops answering its queue until that task has written its response, then carries on with the queue. So
-there is at most one task per connection, and only while a request is waiting.
+The loop reads bytes and calls `HttpProtocol.data_received`, which feeds the policy (`conn.receive`).
+Complete requests (several at once when the client pipelines) are answered strictly in order. The fast
+path runs the handler right there: `dispatch_fast` calls the route, and if it returns without yielding an
+effect (hello, bytes, cpu, stats...) the policy renders the response (`conn.respond` decides keep-alive)
+and it is handed to `transport.write` before `data_received` returns — no task, no future, no queue, no
+extra trip round the loop. A route that must wait (`/io` yields `Sleep`) comes back as a coroutine; the
+connection wraps it in one task, stops answering until that task has written its response, then carries on
+with what was pipelined behind it. So there is at most one task per connection, and only while a request
+is waiting. After every write the transport's buffer size goes to `conn.sending()`: that is how the policy
+knows the response left (the idle clock starts, an after-hook runs) or is stuck (the send clock runs).
 
 Writes are flow-controlled. When the transport's buffer passes its high-water mark the loop calls
-`pause_writing`: we stop answering (the queue waits) and stop reading from that client. We also stop
-reading when more than `MAX_QUEUED` pipelined requests are waiting. Reading resumes when both clear.
-A client that sends fast but reads slowly thus costs us one buffer, not unbounded memory.
+`pause_writing`: we stop answering and stop reading from that client. We also stop reading when more than
+`MAX_QUEUED` pipelined requests are waiting. Reading resumes when both clear. A client that sends fast but
+reads slowly thus costs us one buffer, not unbounded memory.
+
+# What waiting costs the loop
+An idle keep-alive connection is a protocol object, a policy `Connection` with its parser, and a uvloop
+transport: measured, about 3.2 KiB of RSS each (benchmarks/c10k.py: 10,000 idle connections), and no
+thread. Its deadlines (which one applies, what its expiry answers: `connection.py`) are kept in
+`Deadlines`, buckets of `BUCKET_S` keyed by time with lazy invalidation: a connection sits in the bucket of
+its earliest deadline; a deadline that moves later (every response pushes keep-alive on) touches nothing,
+the old bucket fires and re-files the connection. A tick costs the buckets that came due, never a pass over
+every connection: the periodic sweep this replaced walked all 10,000 idle connections twice a second, about
+12% of the loop's busy time during a probe and single stalls of up to 26 ms (py-spy, c10k.py --py-spy);
+with buckets the probe's p99 with 10,000 idle connections is that with none. A timer handle per connection
+(`call_later`) would cost arming and cancelling one per request; a heap would cost O(log n) per re-arm.
+The price of buckets: a deadline fires up to one bucket (50 ms) late.
+
+What still grows with connections is the garbage collector's full pass: it walks every live object, a few
+per connection, so with 10,000 connections one full collection takes tens of milliseconds. It runs only
+after the number of long-lived objects grew by a quarter (while connections pile up, not while they idle);
+we `gc.freeze()` everything that exists at boot so that pass covers only what connections made.
 
 # How it fails
-- **Slow client**: cheap. A connection trickling its head holds a parser and a few hundred bytes, not a
-  thread; the header timeout (408, then close) bounds it. A client that never reads a large response
-  only holds its transport buffer (there is no write timeout: an admitted limit).
+- **Slow client**: cheap. A connection trickling its head holds its parser and a few hundred bytes, not a
+  thread; the head (and body) deadline of `--header-timeout`, extended by `--min-rate`, bounds it (408,
+  then close). A client that does not read its response holds its transport buffer until `--send-timeout`
+  after the last progress, then is aborted with a reset (SO_LINGER 0: the kernel drops its copy too). A
+  refusal with input still arriving (413 during an upload) is a lingering close: write side shut, read and
+  discard for up to `LINGER_S`, so the client reads its 413 instead of a reset — it costs the loop nothing
+  but the reads.
 - **Hung handler**: blocks *everyone*. `/fault/hang` and `/cpu?ms=5000` run inline on the one thread; until
-  they return no other connection is read, no timer fires, no signal is handled. That is the lesson of
+  they return no other connection is read, no deadline fires, no signal is handled. That is the lesson of
   this model, not a bug: the loop is fast only as long as every handler yields quickly. `loop_lag_ms` in
   `/_lab/stats` shows it.
 - **Crash**: shared fate. `/fault/crash` (or a segfault) ends the one process, and with it every
   connection and every in-flight request — all of them in the `eventloop` model, one worker's share
   under a master.
 - **Leak**: shared too. Every request's garbage lives in the one heap; nothing is recycled.
-
-# Keep-alive policy
-An idle keep-alive connection costs a parser and a socket, not a thread, so we keep them: a connection
-idle for `--keepalive` seconds after its last response is closed; `--keepalive 0` closes after each
-response. A connection that has sent nothing at all gets `--header-timeout` and is then closed silently;
-one that started a head and did not finish it in `--header-timeout` gets 408 and is closed. One periodic
-sweep (every ≤ 0.5 s) checks every connection, which is far cheaper at 50k rps than arming and cancelling
-a timer handle per request; the price is that a timeout fires up to one sweep late.
 
 # The watchdog, and why a side thread is right here
 Blocking work blocks the loop, so anything that must notice "the loop is stuck" cannot run on the loop.
@@ -68,13 +84,23 @@ connection (a thundering herd: one accepts, the others find nothing); with `--re
 own listener and the kernel picks one.
 
 # Shutdown
-SIGTERM: stop accepting, close idle connections, let in-flight requests finish (each connection then
-closes after its response) for up to `--graceful-timeout`, then abort the rest. SIGINT/SIGQUIT: abort at
-once. Either way `run()` returns 0. `--max-requests` (in a worker): once the worker has answered that many
-requests over all its connections, the same graceful shutdown, and `run()` returns EXIT_RECYCLED.
-Signals are handled by the loop (`add_signal_handler`), so a loop blocked by a hung handler notices them
-only when the handler returns — the watchdog (alone) or the master's `--timeout` (in a worker) exists for
-that.
+SIGTERM (and, in a worker, the master's SIGTERM for a SIGHUP reload, or `--max-requests` reached): stop
+accepting without losing what is queued, finish in-flight requests for up to `--graceful-timeout`, then
+abort the rest. Closing a listening socket resets every connection still waiting in its accept queue —
+requests their clients have already sent — so `_stop_listening` keeps a duplicate of the socket, closes
+the loop's server, and accepts from the duplicate until the kernel says the queue is empty (non-blocking),
+then closes it. Those connections are served like any other; the policy is draining, so every response now
+says `Connection: close`. Idle keep-alive connections are closed at once; a connection that has not asked
+anything yet keeps its `--header-timeout` to ask (it was established before we stopped: its request may be
+on the way). The window that remains: a connection the kernel completes between our last accept and the
+close of our copy is reset *if ours was the last copy of the listener* — the `eventloop` model, or a
+`--reuseport` worker (its own queue; Linux does not hand it to a sibling). A worker on the shared listener
+never closes it for everyone: the master and its siblings still hold it, they accept what we leave.
+tests/test_claims.py checks zero loss under SIGTERM, SIGHUP and recycling with a loop kept busy, so the
+queue is full when the signal comes. SIGINT/SIGQUIT: abort at once. Either way `run()` returns 0
+(`EXIT_RECYCLED` after `--max-requests`). Signals are handled by the loop (`add_signal_handler`), so a loop
+blocked by a hung handler notices them only when the handler returns — the watchdog (alone) or the
+master's `--timeout` (in a worker) exists for that.
 """
 
 from __future__ import annotations
