@@ -218,7 +218,7 @@ class HttpProtocol(asyncio.Protocol):
         events = c.receive(data, now)
         if events:
             queue = self.queue
-            if queue is None:
+            if not queue:
                 if self.task is None and not self.write_paused and len(events) == 1:
                     # The common case, one request and nothing pipelined: _answer_one → _respond → _write
                     # unrolled (this runs for every request; each call saved is measurable at 50k rps).
@@ -249,7 +249,8 @@ class HttpProtocol(asyncio.Protocol):
                     if not c.closing:
                         self._arm(now)
                     return
-                queue = self.queue = collections.deque()
+                if queue is None:
+                    queue = self.queue = collections.deque()
             queue.extend(events)
             if self.task is None:
                 self._answer_queue()
