@@ -229,7 +229,8 @@ class HttpProtocol(asyncio.Protocol):
                         if result.__class__ is Response:
                             now = monotonic()
                             out = c.respond(event, result, now)
-                            if server.policy.exhausted and not server.stopping:
+                            policy = server.policy
+                            if policy.limits.max_requests and policy.exhausted and not server.stopping:
                                 server.stop("max-requests")  # before the bytes go (see _respond)
                             transport = self.transport
                             transport.write(out)
@@ -430,7 +431,9 @@ class HttpProtocol(asyncio.Protocol):
         if when == INF:
             return
         timers = self.server.timers
-        key = timers.key(when)
+        key = int(when / BUCKET_S) + 1  # timers.key(when), inlined: this runs for every request
+        if key <= timers.done:
+            key = timers.done + 1
         if key < self.wake:
             self.wake = key
             timers.add(key, self)
