@@ -249,7 +249,8 @@ def main() -> int:
     ap.add_argument("--client-core", type=int, default=1, help="-1: do not pin")
     ap.add_argument("--runs", type=int, default=1, help="repeat each server; medians are printed")
     ap.add_argument("--py-spy", default="", metavar="PREFIX",
-                    help="record the server with py-spy during the probe into PREFIX-<model>.txt (collapsed stacks)")
+                    help="record the server with py-spy (pip install py-spy) during the probe into "
+                         "PREFIX-<model>.txt (collapsed stacks, nonblocking sampling)")
     args = ap.parse_args()
     limit = raise_nofile()
     n = min(args.connections, limit - 200)  # the client holds N sockets in this one process
