@@ -8,6 +8,7 @@ hits both; the server is pinned to one core and wrk to the other (taskset). We p
 each side, the min–max range, and the ratio of medians against the target. Pairs compare like with like:
 
   eventloop              vs uvicorn (uvloop + httptools), raw ASGI hello     keep-alive, 50 connections
+  prefork --engine loop -w 1 vs the same uvicorn (the loop engine as a worker) keep-alive, 50 connections
   threadpool --threads 32 vs gunicorn -k gthread --threads 32 -w 1           keep-alive, 32 connections
   prefork --workers 1    vs gunicorn -k sync -w 1                             Connection: close, 8 connections
 
@@ -73,7 +74,11 @@ def pairs(appdir: str) -> list[Pair]:
         Pair("eventloop", wb + ["eventloop"],
              [str(BIN / "uvicorn"), "--app-dir", appdir, "--loop", "uvloop", "--http", "httptools",
               "--no-access-log", "--log-level", "warning", "asgi_hello:app"],
-             "uvicorn (uvloop+httptools)", 1.25, ["-c", "50"]),
+             "uvicorn (uvloop+httptools)", 1.6, ["-c", "50"]),
+        Pair("prefork-loop", wb + ["prefork", "--engine", "loop", "--workers", "1"],
+             [str(BIN / "uvicorn"), "--app-dir", appdir, "--loop", "uvloop", "--http", "httptools",
+              "--no-access-log", "--log-level", "warning", "asgi_hello:app"],
+             "uvicorn (uvloop+httptools)", 1.6, ["-c", "50"]),
         Pair("threadpool", wb + ["threadpool", "--threads", "32"],
              gun + ["-k", "gthread", "--threads", "32", "-w", "1", "wsgi_hello:app"],
              "gunicorn gthread 32 threads", 1.5, ["-c", "32"]),
@@ -102,11 +107,34 @@ def wait_up(port: int, timeout: float = 15) -> None:
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def run_wrk(port: int, args: list[str], duration: int, core: int) -> tuple[float, str]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of PID and its descendants (a master's workers), from /proc."""
+    ticks, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            total += (int(parts[11]) + int(parts[12])) / ticks
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return total
+
+
+def run_wrk(port: int, args: list[str], duration: int, core: int, pid: int = 0) -> tuple[float, str]:
     cmd = ["taskset", "-c", str(core), "wrk", "-t1", f"-d{duration}s", *args, f"http://127.0.0.1:{port}/"]
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     notes = []
+    total = re.search(r"(\d+) requests in", out)
+    if pid and total and int(total.group(1)):
+        # The server's own CPU per request: steadier than rps on a busy machine (neighbours steal time,
+        # not instructions).
+        notes.append(f"server CPU {(cpu_seconds(pid) - cpu0) * 1e6 / int(total.group(1)):.1f} µs/req")
     if "Socket errors" in out:
         notes.append(re.search(r"Socket errors:.*", out).group(0))  # type: ignore[union-attr]
     if "Non-2xx" in out:
@@ -122,7 +150,7 @@ def measure(cmd: list[str], pair: Pair, duration: int, server_core: int, wrk_cor
     try:
         wait_up(port)
         run_wrk(port, pair.wrk, 1, wrk_core)  # warm-up: imports, caches, first connections
-        return run_wrk(port, pair.wrk, duration, wrk_core)
+        return run_wrk(port, pair.wrk, duration, wrk_core, proc.pid)
     finally:
         # stop the server and its children (gunicorn and prefork fork) by the process group we created
         try:
@@ -139,7 +167,7 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--wrk-core", type=int, default=1)
-    ap.add_argument("--only", default="", help="comma-separated: eventloop,threadpool,prefork")
+    ap.add_argument("--only", default="", help="comma-separated: eventloop,prefork-loop,threadpool,prefork")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)

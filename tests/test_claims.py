@@ -194,7 +194,9 @@ def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
     ("eventloop", ()),
     pytest.param("prefork", ("--workers", "2"), marks=pytest.mark.xfail(strict=True, reason=(
         "issue 11 §1: connections waiting in the listen backlog are reset when the master closes the listener"))),
-], ids=["threadpool", "eventloop", "prefork"])
+    ("hybrid-loop", ("--workers", "2")),
+    ("hybrid-loop", ("--workers", "2", "--reuseport")),
+], ids=["threadpool", "eventloop", "prefork", "hybrid-loop", "hybrid-loop-reuseport"])
 def test_sigterm_loses_no_request_whose_connection_was_established_before_it(start_server, model: str,
                                                                               flags: tuple[str, ...]) -> None:
     # More clients than workers/threads, each on a fresh connection: some wait in the backlog at the signal.
@@ -235,6 +237,115 @@ def test_sigterm_loses_no_request_whose_connection_was_established_before_it(sta
     lost = before.count(False)
     print(f"{model}: SIGTERM lost {lost} of {len(before)} requests established before it")
     assert len(before) >= 8 and lost == 0, f"{lost} of {len(before)} lost"
+
+
+# -- the loop engine: reload and recycling lose nothing either ---------------------------------------------------
+def fresh_connection_clients(srv: Server, n: int, path: str, until: threading.Event) -> list[tuple[float, bool]]:
+    """N threads, each looping: connect, send GET PATH (Connection: close), read the status; until UNTIL.
+
+    Return (connected at, answered 200) per request whose connection was established (a refused connect
+    sent nothing and is not listed).
+    """
+    results: list[tuple[float, bool]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        while not until.is_set():
+            try:
+                s = socket.create_connection((srv.host, srv.port), timeout=15)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            connected, ok = time.monotonic(), False
+            with s:
+                try:
+                    s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
+                    ok = s.recv(100).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            with lock:
+                results.append((connected, ok))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    results_view = results
+    until.wait()
+    for t in threads:
+        t.join(20)
+    return results_view
+
+
+# The loop accepts as fast as it can, so its listen queue fills only while a handler blocks it: the clients
+# ask for CPU work (/cpu), so at the signal a dozen connections wait in the kernel's queue, already sent.
+@pytest.mark.parametrize("model, flags", [
+    ("eventloop", ()), ("hybrid-loop", ("--workers", "2")), ("hybrid-loop", ("--workers", "2", "--reuseport")),
+], ids=["eventloop", "hybrid-loop", "hybrid-loop-reuseport"])
+def test_loop_engine_sigterm_serves_what_waits_in_the_listen_queue(start_server, model: str,
+                                                                     flags: tuple[str, ...]) -> None:
+    srv = start_server(model, *flags, "--graceful-timeout", "10")
+    done = threading.Event()
+    out: list[list[tuple[float, bool]]] = []
+    runner = threading.Thread(target=lambda: out.append(fresh_connection_clients(srv, 24, "/cpu?ms=20", done)),
+                              daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    t_signal = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    time.sleep(0.05)  # whoever connects from now on, connects after the signal
+    done.set()
+    runner.join(30)
+    assert srv.wait_exit(15) == 0
+    before = [ok for connected, ok in out[0] if connected < t_signal]
+    lost = before.count(False)
+    print(f"{model} {flags}: SIGTERM lost {lost} of {len(before)} requests established before it")
+    assert len(before) >= 24 and lost == 0, f"{lost} of {len(before)} lost"
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_hybrid_loop_sighup_loses_no_request(start_server, flags: tuple[str, ...]) -> None:
+    srv = start_server("hybrid-loop", "--workers", "2", "--graceful-timeout", "10", *flags)
+    old = n_workers(srv, 2)
+    done = threading.Event()
+    out: list[list[tuple[float, bool]]] = []
+    runner = threading.Thread(target=lambda: out.append(fresh_connection_clients(srv, 24, "/cpu?ms=5", done)),
+                              daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: len(children(srv.pid) - old) == 2 and not children(srv.pid) & old, timeout=15,
+             what="two fresh workers, the old ones gone")
+    time.sleep(0.5)
+    done.set()
+    runner.join(30)
+    results = out[0]
+    lost = [ok for _, ok in results].count(False)
+    print(f"hybrid-loop {flags}: SIGHUP lost {lost} of {len(results)} requests")
+    assert len(results) >= 50 and lost == 0, f"{lost} of {len(results)} lost"
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_hybrid_loop_recycling_under_load_loses_no_request(start_server, flags: tuple[str, ...]) -> None:
+    srv = start_server("hybrid-loop", "--workers", "2", "--max-requests", "40", "--graceful-timeout", "10", *flags)
+    first = n_workers(srv, 2)
+    done = threading.Event()
+    out: list[list[tuple[float, bool]]] = []
+    runner = threading.Thread(target=lambda: out.append(fresh_connection_clients(srv, 24, "/cpu?ms=5", done)),
+                              daemon=True)
+    runner.start()
+    seen: set[int] = set(first)
+
+    def recycled_a_few() -> bool:
+        seen.update(children(srv.pid))
+        return len(seen) >= 6  # each of the two first workers recycled at least twice
+
+    wait_for(recycled_a_few, timeout=30, interval=0.05, what="workers recycled under load")
+    done.set()
+    runner.join(30)
+    results = out[0]
+    lost = [ok for _, ok in results].count(False)
+    print(f"hybrid-loop {flags}: recycling ({len(seen)} workers seen) lost {lost} of {len(results)} requests")
+    assert len(results) >= 100 and lost == 0, f"{lost} of {len(results)} lost"
 
 
 # -- thread pool: a waiting client is served while another keeps its connection busy -----------------------------

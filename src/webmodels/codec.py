@@ -15,9 +15,10 @@ server sends `error_response(err)` and closes.
 from __future__ import annotations
 
 import json
+import re
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 from urllib.parse import parse_qsl, unquote
 
 import httptools
@@ -33,7 +34,7 @@ REASONS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     target: str  # the raw request-target, e.g. /io?ms=5
@@ -52,12 +53,12 @@ class Request:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: Sequence[tuple[str, str]] = ()  # extra header fields (a tuple by default: no list per response)
     close: bool = False  # close the connection after sending
     after: Callable[[], None] | None = None  # run after the bytes are sent (e.g. kill this process)
 
@@ -71,6 +72,9 @@ class HttpError:
 IDLE, HEAD, BODY = 0, 1, 2  # RequestParser.phase
 
 _HOST_FORBIDDEN = frozenset(b" \t/\\?#@")
+_host_forbidden = re.compile(b"[" + re.escape(bytes(sorted(_HOST_FORBIDDEN))) + b"]").search
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_bad_value = re.compile(b"[\x00\x7f\r\n]").search  # NUL, DEL, CR, LF in a header value
 
 
 class _Reject(Exception):
@@ -134,6 +138,22 @@ class RequestParser:
         """Parse DATA; return the requests it completed (in order), ending with an HttpError if any."""
         if self._failed or not data:
             return []
+        if not self._headers_done and self._chunks is None and not self._upgrade and data[0] not in (10, 13):
+            at = data.find(b"\r\n\r\n")
+            if (at < 0 or at + 4 == len(data)) and len(data) < self._guard - self._head_raw:
+                # The common case (one loop turn below, inlined): the read holds one head or the start of
+                # one, nothing after it, and cannot pass the 431 guard.
+                self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
+                failed = self._feed_piece(data)
+                if failed is not None:
+                    return failed
+                if self._headers_done and self._in_message and self._chunked and not self._chunk_headers \
+                        and not self._body_len:
+                    self._chunks = _ChunkScan(self.max_body)
+                out, self._done = self._done, []
+                if self._upgrade:
+                    self._failed = True
+                return out
         while data and not self._upgrade:
             if self._chunks is not None:
                 # We are at a known place in a chunked body: read the chunk sizes before llhttp does, so
@@ -213,7 +233,7 @@ class RequestParser:
             if "Content-Length overflow" in msg:
                 return self._fail(413, "Content-Length too large")
             return self._fail(400, msg or "malformed request")
-        if self.in_head and self._head_raw >= self._guard:
+        if self._head_raw >= self._guard and self.in_head:
             # checked after feeding, so one big read and the same bytes one at a time get the same answer
             return self._fail(431, "request head too large")
         return None
@@ -233,7 +253,8 @@ class RequestParser:
 
     # -- httptools callbacks ------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._reset()
+        # No _reset() here: the state is clean already (__init__, or the previous message's end reset it;
+        # a parser that failed is never fed again).
         self._in_message = True
         self.phase = HEAD
 
@@ -259,7 +280,7 @@ class RequestParser:
         elif len(self._headers) >= self.max_headers:
             self._refused = _Reject(431, f"more than {self.max_headers} header fields")
         # llhttp rejects most control characters; NUL and DEL still need an explicit check (RFC 9110 5.5)
-        elif b"\x00" in value or b"\x7f" in value or b"\r" in value or b"\n" in value:
+        elif _bad_value(value):
             self._refused = _Reject(400, "invalid character in header value")
         else:
             self._headers.append((name, value))
@@ -290,7 +311,7 @@ class RequestParser:
             raise _Reject(400, "the asterisk form is only for OPTIONS")  # RFC 9112 3.2.4
         if version == "1.1" and len(hosts) != 1:
             raise _Reject(400, "missing Host header" if not hosts else "more than one Host header")
-        if hosts and any(c in _HOST_FORBIDDEN for c in hosts[0]):
+        if hosts and _host_forbidden(hosts[0]):
             raise _Reject(400, "invalid Host header")  # RFC 9112 3.2: Host is uri-host [":" port], no more
         self._keep_alive = (b"keep-alive" in connection) if version == "1.0" else (b"close" not in connection)
 
@@ -304,12 +325,16 @@ class RequestParser:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        target = self._url.decode("latin-1")
-        path, query = _split_target(target, self._url)
+        url = self._url
+        target = url.decode("latin-1")
+        path, query = _split_target(target, url)
+        body = self._body
+        method = self._parser.get_method()
+        # Positional: a keyword call costs more than the dataclass's work (this runs for every request).
         self._done.append(Request(
-            method=self._parser.get_method().decode("ascii"), target=target, path=path, query=dict(query),
-            headers=self._headers, body=b"".join(self._body), version=self._version,
-            keep_alive=self._keep_alive))
+            _METHODS.get(method) or method.decode("ascii"), target, path, dict(query) if query else {},
+            self._headers, (body[0] if len(body) == 1 else b"".join(body)) if body else b"", self._version,
+            self._keep_alive))
         self._in_message = False
         self.phase = IDLE
         self._reset()
@@ -425,10 +450,34 @@ def _date() -> bytes:
 
 def render(resp: Response, keep_alive: bool) -> bytes:
     """Serialize RESP; keep_alive=False adds `Connection: close` (the caller then closes)."""
+    body = resp.body
+    if resp.headers:
+        return _render_head(resp, keep_alive, _date()) + body
+    # A response without extra headers has a head that depends only on these four and the Date, which
+    # changes once a second: render it once per second and key (a hello is then one lookup and one concat).
+    global _heads_date
+    date = _date()
+    if date is not _heads_date:
+        _heads.clear()
+        _heads_date = date
+    key = (resp.status, resp.content_type, len(body), keep_alive)
+    head = _heads.get(key)
+    if head is None:
+        head = _render_head(resp, keep_alive, date)
+        if len(_heads) < 256:  # bodies of many sizes (/bytes?kb=N): a bounded cache, cleared every second
+            _heads[key] = head
+    return head + body
+
+
+_heads: dict[tuple[int, str, int, bool], bytes] = {}
+_heads_date = b""
+
+
+def _render_head(resp: Response, keep_alive: bool, date: bytes) -> bytes:
     reason = REASONS.get(resp.status, "Unknown")
     head = [
         b"HTTP/1.1 %d %s\r\n" % (resp.status, reason.encode()),
-        b"Server: webmodels\r\nDate: " + _date() + b"\r\n",
+        b"Server: webmodels\r\nDate: " + date + b"\r\n",
         b"Content-Type: " + resp.content_type.encode() + b"\r\n",
         b"Content-Length: %d\r\n" % len(resp.body),
     ]
@@ -437,7 +486,7 @@ def render(resp: Response, keep_alive: bool) -> bytes:
     if not keep_alive:
         head.append(b"Connection: close\r\n")
     head.append(b"\r\n")
-    return b"".join(head) + resp.body
+    return b"".join(head)
 
 
 def json_response(status: int, payload: object, **kw: object) -> Response:
