@@ -37,7 +37,7 @@ import psutil
 BIN = Path(sys.executable).parent
 WSGI_APP = '''
 def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "13")])
     return [b"Hello, world!"]
 '''
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
