@@ -5,6 +5,7 @@ Real `webmodels serve threadpool` subprocesses on 127.0.0.1; the shared conforma
 
 from __future__ import annotations
 
+import selectors
 import signal
 import socket
 import threading
@@ -297,3 +298,33 @@ def test_more_connections_than_threads_take_turns_and_an_admitted_one_never_gets
     assert statuses == {200}, "an admitted connection was answered something else (a 503?)"
     assert ordered[0] >= 1, "a connection never got a second turn"
     assert ordered[0] / median >= 0.5, done
+
+
+def test_a_stop_accepts_what_the_backlog_holds_before_closing_the_listener() -> None:
+    """Issue 11 §1, the drain itself (no threads started): 12 connections in the backlog are let in, not reset."""
+    from webmodels.config import build_config
+    from webmodels.runtime import Runtime
+    from webmodels.servers.threadpool import ThreadsEngine
+
+    config = build_config("threadpool", {"threads": 2}, {})
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    engine = ThreadsEngine(config, listener, Runtime(config))
+    clients = [socket.create_connection(listener.getsockname()[:2], timeout=5) for _ in range(12)]
+    for c in clients:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.1)  # loopback: the requests are in the kernel by now
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    engine._grace_until = time.monotonic() + 1.0
+    engine.stopping = True
+    engine._stop_accepting(sel)
+    try:
+        assert listener.fileno() == -1, "the listener is closed after the drain"
+        assert len(engine._new) == 12 and engine.rejected_503 == 0  # all admitted, none refused at a stop
+    finally:
+        for conn in list(engine._new) + list(engine._fresh):
+            conn.sock.close()
+        for c in clients:
+            c.close()
+        sel.close()
