@@ -277,23 +277,23 @@ class ThreadsEngine:
             for key, _ in sel.select(self._next_expiry()):
                 tag = key.data
                 if tag is _LISTENER:
-                    self._accept(sel)
+                    if not stopped:  # (closed earlier in this batch otherwise)
+                        self._accept(sel)
                 elif tag is _WAKE:
                     if self._adopt(sel) and not stopped:
                         stopped = True
                         self._stop_accepting(sel)
-                else:
-                    conn: Conn = tag
-                    if conn in self._lingering:
-                        self._discard(sel, conn)
-                        continue
-                    sel.unregister(conn.sock)
-                    if conn.admitted:
-                        del self._idle[conn]
-                        self._enqueue(conn, self._turns)
-                    else:
-                        del self._fresh[conn]
-                        self._admit(conn)
+                elif tag in self._lingering:
+                    self._discard(sel, tag)
+                elif tag in self._idle:
+                    del self._idle[tag]
+                    sel.unregister(tag.sock)
+                    self._enqueue(tag, self._turns)
+                elif tag in self._fresh:
+                    del self._fresh[tag]
+                    sel.unregister(tag.sock)
+                    self._admit(tag)
+                # else: closed earlier in this batch (a stop closes the idle ones)
             self._expire(sel, monotonic())
             if stopped and not (self._fresh or self._lingering):
                 return  # nothing left for the acceptor: the pool finishes what it holds
