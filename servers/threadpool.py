@@ -96,9 +96,9 @@ a hung one does not keep it alive. SIGINT/SIGQUIT (or a second signal during the
 waiting or draining. `--max-requests` (in a worker) starts the same graceful shutdown once the worker has
 started that many responses over all its connections (`Policy.exhausted`), and exits EXIT_RECYCLED; a
 master's SIGHUP reaches a worker as SIGTERM. The window that remains: a connection that completes its
-handshake after the drain's last accept and before the close (microseconds) is reset by the kernel; with a
-shared listener (prefork without `--reuseport`) it usually lands on a sibling, the master or the new
-worker instead. A request sent on an idle keep-alive connection as we close it is lost the way HTTP/1.1
+handshake after the drain's last accept and before the close (microseconds) is reset by the kernel — alone
+or under `--reuseport`; with a shared listener (a master without `--reuseport`) the master keeps the socket
+open, so it waits in the queue for a sibling or the next worker instead. A request sent on an idle keep-alive connection as we close it is lost the way HTTP/1.1
 always loses it (the client sees the close and may retry an idempotent request); and a client that
 connected but sends its request more than FRESH_AT_STOP_S later is closed unanswered.
 """
