@@ -5,6 +5,7 @@ Real `webmodels serve threadpool` subprocesses on 127.0.0.1; the shared conforma
 
 from __future__ import annotations
 
+import selectors
 import signal
 import socket
 import threading
@@ -258,3 +259,72 @@ def test_sigint_stops_without_waiting(start_server) -> None:
     assert time.monotonic() - t0 < 2.0
     with pytest.raises(httpx.TransportError):
         slow.result(timeout=10)
+
+
+def test_more_connections_than_threads_take_turns_and_an_admitted_one_never_gets_503(start_server) -> None:
+    """Issue 9 §2: 8 keep-alive connections sending back to back on 2 threads are all served, evenly."""
+    srv = start_server("threadpool", "--threads", "2")  # --queue defaults to 2: new ones beyond it would get 503
+    n, seconds = 8, 2.0
+    conns = []
+    for _ in range(n):  # admitted one at a time: each first request finds a free thread or room in the queue
+        c = Raw(srv, timeout=10)
+        assert c.get("/")[0] == 200
+        conns.append(c)
+    done = [0] * n
+    statuses: set[int] = set()
+    stop = time.monotonic() + seconds
+    go = threading.Barrier(n)
+
+    def client(i: int) -> None:
+        go.wait()
+        while time.monotonic() < stop:
+            status, headers, _ = conns[i].get("/")
+            statuses.add(status)
+            if status != 200 or headers.get(b"connection") == b"close":
+                return
+            done[i] += 1
+
+    workers = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(seconds + 10)
+    for c in conns:
+        c.close()
+    ordered = sorted(done)
+    median = (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    print(f"thread pool, 2 threads, {n} busy keep-alive connections for {seconds}s: per connection {done} "
+          f"(min/median {ordered[0] / median:.2f}), statuses {statuses}, stats {counters(srv)}")
+    assert statuses == {200}, "an admitted connection was answered something else (a 503?)"
+    assert ordered[0] >= 1, "a connection never got a second turn"
+    assert ordered[0] / median >= 0.5, done
+
+
+def test_a_stop_accepts_what_the_backlog_holds_before_closing_the_listener() -> None:
+    """Issue 11 §1, the drain itself (no threads started): 12 connections in the backlog are let in, not reset."""
+    from webmodels.config import build_config
+    from webmodels.runtime import Runtime
+    from webmodels.servers.threadpool import ThreadsEngine
+
+    config = build_config("threadpool", {"threads": 2}, {})
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    engine = ThreadsEngine(config, listener, Runtime(config))
+    clients = [socket.create_connection(listener.getsockname()[:2], timeout=5) for _ in range(12)]
+    for c in clients:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.1)  # loopback: the requests are in the kernel by now
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    engine._grace_until = time.monotonic() + 1.0
+    engine.stopping = True
+    engine._stop_accepting(sel)
+    try:
+        assert listener.fileno() == -1, "the listener is closed after the drain"
+        assert len(engine._new) == 12 and engine.rejected_503 == 0  # all admitted, none refused at a stop
+    finally:
+        for conn in list(engine._new) + list(engine._fresh):
+            conn.sock.close()
+        for c in clients:
+            c.close()
+        sel.close()

@@ -71,8 +71,8 @@ OPTIONS: tuple[Option, ...] = (
            "(uvloop)", MASTER_MODELS, choices=ENGINES),
     Option("workers", int, "worker processes", MASTER_MODELS, 1, 64),
     Option("threads", int, "thread-pool size", ("threadpool",), 1, 4096, engines=("threads",)),
-    Option("queue", int, "connections waiting for a free thread before new ones get a fast 503",
-           ("threadpool",), 0, 65536, engines=("threads",)),
+    Option("queue", int, "new connections waiting for their first turn (no thread free) before the next new one "
+           "gets a fast 503", ("threadpool",), 0, 65536, engines=("threads",)),
     Option("timeout", float, "kill a worker that is stuck for longer than S seconds (0 = never): sync busy on one "
            "request, threads all busy, loop not ticking", MASTER_MODELS, 0, 86400),
     Option("graceful_timeout", float, "on SIGTERM, let in-flight requests finish for up to S seconds",
