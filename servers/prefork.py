@@ -103,7 +103,14 @@ def _die_with_parent() -> None:
 
 
 def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot: Slot, index: int) -> int:
-    """Boot a worker in the child after fork() and run its engine; return the status to os._exit() with."""
+    """Boot a worker in the child after fork() and run its engine; return the status to os._exit() with.
+
+    The master forked us with its signals blocked (see spawn_worker): a TERM sent to us now waits, instead
+    of reaching the master's inherited do-nothing handler and being lost. We unblock once our own
+    handlers are in place, so such a TERM ends us at once.
+    """
+    if config.faults and (delay := os.environ.get("WEBMODELS_FAULT_BOOT_DELAY")):
+        time.sleep(float(delay))  # a slow boot, to test the window above (imports, a big app)
     for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     # Until the engine installs its own: the master's stop signals simply end a worker that is still booting.
@@ -111,6 +118,7 @@ def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot
         signal.signal(sig, lambda *_: os._exit(0))
     # The master's verdict "you are hung": leave at once with a status that says so.
     signal.signal(signal.SIGABRT, lambda *_: os._exit(EXIT_TIMEOUT))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, Master.SIGNALS)
     _die_with_parent()
     if os.getppid() != runtime.board.master_pid:
         return 0  # the master died between fork and prctl
@@ -162,6 +170,7 @@ class Master:
         self.stopping = False
         self.stop_deadline = 0.0
         self.stop_started = 0.0
+        self.forced = False  # the stop killed requests in flight: the log must not say "drained"
         self.exit_code = 0
         self.pending_replacements = 0
         self.wake_r, self.wake_w = os.pipe()
@@ -192,7 +201,9 @@ class Master:
             self.murder_workers()
             if self.stopping:
                 if not self.workers:
-                    log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
+                    self.sock.close()  # only now: until the last worker left, its queue was still being served
+                    if not self.forced:
+                        log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
                     self.metrics_store.close()
                     return self.exit_code
                 if time.monotonic() >= self.stop_deadline:
@@ -330,6 +341,8 @@ class Master:
         slot = self.board.slots[slot_no]
         clear(slot)
         slot.index = index
+        # Signals wait while we fork: the child unblocks them once it has its own handlers (worker_main).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         pid = os.fork()
         if pid == 0:  # -- child --
             code = 1
@@ -347,6 +360,7 @@ class Master:
             finally:
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         slot.pid = pid  # also written by the child; whoever is first, stats see the worker at once
         self.workers[pid] = WorkerInfo(pid, index, slot_no, time.monotonic())
         self.board.spawns += 1
@@ -388,12 +402,18 @@ class Master:
     def _begin_stop(self, why: str, fast: bool) -> None:
         if self.stopping and not fast:
             return
+        in_flight = sum(self.board.slots[w.slot].in_flight for w in self.workers.values())
         if not self.stopping:
             self.stop_started = time.monotonic()
-            in_flight = sum(self.board.slots[w.slot].in_flight for w in self.workers.values())
             log_shutdown_begin(why, in_flight, 0.0 if fast else self.config.graceful_timeout)
+        if fast and in_flight:
+            self.forced = True
+            log.warning("shutdown (%s): not waiting; forcing %d in flight", why, in_flight)
         self.stopping = True
-        self.sock.close()  # stop accepting here; workers drop their copies as they leave
+        # The listener stays open: closing it would reset every connection queued in its backlog (requests
+        # clients have already sent). Workers drain that queue (board.stopping says this TERM is a stop, not
+        # a retire); the master closes its copy once the last worker has left (run()).
+        self.board.stopping = 1
         grace = FAST_STOP_GRACE if fast else self.config.graceful_timeout
         self.stop_deadline = min(self.stop_deadline or float("inf"), time.monotonic() + grace)
         for w in self.workers.values():
@@ -402,6 +422,7 @@ class Master:
 
     def _force_stop(self) -> None:
         in_flight = sum(self.board.slots[w.slot].in_flight for w in self.workers.values())
+        self.forced = True
         log_shutdown_end(False, in_flight, time.monotonic() - self.stop_started)
         for w in self.workers.values():
             self._signal(w.pid, signal.SIGKILL)

@@ -114,11 +114,7 @@ def test_a_stalled_head_gets_408_not_a_silent_close(start_server, model: str) ->
     assert srv.get("/").status_code == 200
 
 
-@pytest.mark.parametrize("model", [
-    "threadpool", "eventloop",
-    pytest.param("prefork", marks=pytest.mark.xfail(strict=True, reason=(
-        "prefork closes a stalled body without a word: Worker._timed_out answers 408 only while in_head"))),
-])
+@pytest.mark.parametrize("model", MODELS)
 def test_a_stalled_body_gets_408_not_a_silent_close(start_server, model: str) -> None:
     srv = start_server(model, "--header-timeout", "0.5")
     status, elapsed = stalled(srv, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
@@ -173,8 +169,6 @@ def test_prefork_sigterm_lets_a_3s_request_finish_within_graceful_timeout_10(sta
     assert "drained" in srv.log and "forcing" not in srv.log
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 §1: after forcing in-flight requests, prefork's master still "
-                                       "logs 'shutdown: drained … bye' (it logs both lines)")
 def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
     srv = start_server("prefork", "--workers", "2", "--graceful-timeout", "1")
     slow = Background(srv, "/io?ms=5000")
@@ -192,9 +186,9 @@ def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
 @pytest.mark.parametrize("model, flags", [
     ("threadpool", ("--threads", "4", "--queue", "16")),  # a queue for every client: no 503
     ("eventloop", ()),
-    pytest.param("prefork", ("--workers", "2"), marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 11 §1: connections waiting in the listen backlog are reset when the master closes the listener"))),
-], ids=["threadpool", "eventloop", "prefork"])
+    ("prefork", ("--workers", "2")),
+    ("prefork", ("--workers", "2", "--reuseport")),
+], ids=["threadpool", "eventloop", "prefork", "prefork-reuseport"])
 def test_sigterm_loses_no_request_whose_connection_was_established_before_it(start_server, model: str,
                                                                               flags: tuple[str, ...]) -> None:
     # More clients than workers/threads, each on a fresh connection: some wait in the backlog at the signal.

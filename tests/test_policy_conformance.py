@@ -324,20 +324,14 @@ CASES = [
 # main at e590803; each reason is what that server did instead.
 NOT_YET: dict[tuple[str, str], str] = {
     ("stalled-body", "threadpool"): "408 whose message says 'head'",
-    ("stalled-body", "prefork"): "silent close (its timer only knows heads)",
     ("stalled-body", "eventloop"): "408 whose message says 'head'",
     ("413-lingering-close", "threadpool"): "closes over unread input: the upload fails (EPIPE/reset)",
-    ("413-lingering-close", "prefork"): "closes over unread input: the upload fails (EPIPE/reset)",
     ("413-lingering-close", "eventloop"): "closes over unread input: the upload fails (reset)",
     ("never-reads", "threadpool"): "fixed 30 s SO_SNDTIMEO: the only thread stays stuck, others wait",
-    ("never-reads", "prefork"): "gives up after --header-timeout but closes (FIN) instead of aborting",
     ("never-reads", "eventloop"): "no send timeout at all: the response is buffered until read",
-    ("slow-reader", "prefork"): "sendall's timeout (--header-timeout) is a total: a slow reader is cut off",
     ("min-rate-trickle", "threadpool"): "no --min-rate: 408 at --header-timeout",
-    ("min-rate-trickle", "prefork"): "no --min-rate: 408 at --header-timeout",
     ("min-rate-trickle", "eventloop"): "no --min-rate: 408 at --header-timeout",
     ("reset-mid-request", "threadpool"): "a reset mid-request is not counted (only a FIN is)",
-    ("reset-mid-request", "prefork"): "a reset mid-request is not counted (only a FIN is)",
 }
 
 
