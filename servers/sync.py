@@ -68,6 +68,7 @@ from webmodels.log import log
 from webmodels.runtime import Runtime
 
 monotonic = time.monotonic
+DRAIN_QUIET_S = 0.02  # a drain ends once the listener has been empty this long
 ACCEPT_AGAIN = (errno.EAGAIN, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.EINTR)
 
 
@@ -118,10 +119,19 @@ class SyncEngine:
         return True if stopping is None else bool(stopping())
 
     def _drain_queue(self) -> None:
-        """Serve every connection already queued at the listener (accept until EAGAIN); then we may leave."""
+        """Serve every connection queued at the listener: accept until it stays empty for DRAIN_QUIET_S."""
         self.policy.drain()
         served = 0
-        while (conn := self._accept()) is not None:
+        quiet = select.poll()
+        quiet.register(self.sock.fileno(), select.POLLIN)
+        while True:
+            conn = self._accept()
+            if conn is None:
+                # Empty now. A client whose last response we just sent often reconnects within a millisecond,
+                # and with --reuseport the kernel may hash it to this listener again: wait a moment for it.
+                if quiet.poll(DRAIN_QUIET_S * 1000):
+                    continue
+                break
             self.serve(conn)
             served += 1
         if served:

@@ -16,6 +16,7 @@ import socket
 import statistics
 import threading
 import time
+from typing import Callable
 
 import httpx
 import psutil
@@ -193,6 +194,7 @@ def test_sigterm_loses_no_request_whose_connection_was_established_before_it(sta
                                                                               flags: tuple[str, ...]) -> None:
     # More clients than workers/threads, each on a fresh connection: some wait in the backlog at the signal.
     srv = start_server(model, *flags, "--graceful-timeout", "10")
+    serving(srv)
     signalled = threading.Event()
     t_signal = [float("inf")]
     results: list[tuple[float, bool]] = []  # (connected at, answered 200)
@@ -229,6 +231,90 @@ def test_sigterm_loses_no_request_whose_connection_was_established_before_it(sta
     lost = before.count(False)
     print(f"{model}: SIGTERM lost {lost} of {len(before)} requests established before it")
     assert len(before) >= 8 and lost == 0, f"{lost} of {len(before)} lost"
+
+
+def serving(srv: Server) -> None:
+    """Wait until 10 fresh connections in a row are answered (with --reuseport: every worker listens)."""
+    def ten() -> bool:
+        with httpx.Client(base_url=srv.url, timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            return all(c.get("/").status_code == 200 for _ in range(10))
+    wait_for(ten, timeout=10, what="every worker serving")
+
+
+def load(srv: Server, seconds: float, during: Callable[[], None] | None = None, at: float = 0.0,
+         clients: int = 8, pause: float = 0.05) -> tuple[list[bool], int]:
+    """CLIENTS threads loop `GET /io?ms=100` on fresh connections for SECONDS; call DURING at AT seconds.
+
+    Each client sends its request PAUSE seconds after connecting, so a stopping worker often holds an accepted
+    connection with no request yet: it must wait for the request and answer it, not drop it. Returns
+    (answered 200 or not, per established connection) and the number of connections refused.
+    """
+    stop = threading.Event()
+    results: list[bool] = []
+    refused = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                s = socket.create_connection((srv.host, srv.port), timeout=15)
+            except OSError:
+                with lock:
+                    refused[0] += 1
+                time.sleep(0.01)
+                continue
+            ok = False
+            with s:
+                try:
+                    time.sleep(pause)
+                    s.sendall(b"GET /io?ms=100 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    ok = s.recv(100).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    if during is not None:
+        time.sleep(at)
+        during()
+    time.sleep(max(0.0, seconds - at))
+    stop.set()
+    for t in threads:
+        t.join(20)
+    return results, refused[0]
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_prefork_sighup_under_load_loses_nothing(start_server, flags: tuple[str, ...]) -> None:
+    # Replaced workers finish what they hold and drain nothing away: with a shared listener the new ones
+    # accept from the same queue; with --reuseport each old worker drains its own listener before closing it.
+    srv = start_server("prefork", "--workers", "2", *flags)
+    n_workers(srv, 2)
+    serving(srv)
+    # as many clients as workers, each pausing 0.3 s before its request: at the HUP, the workers most likely
+    # hold a connection whose request has not come yet
+    results, refused = load(srv, 3.0, lambda: srv.signal(signal.SIGHUP), at=1.0, clients=2, pause=0.3)
+    print(f"prefork {' '.join(flags)} SIGHUP under load: {results.count(False)} of {len(results)} failed, "
+          f"{refused} connections refused")
+    assert len(results) >= 10 and results.count(False) == 0
+    wait_for(lambda: srv.stats()["counters"]["worker_exits"]["clean"] == 2, timeout=5, what="2 workers replaced")
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_prefork_max_requests_recycling_under_load_loses_nothing(start_server, flags: tuple[str, ...]) -> None:
+    # (with --reuseport and both workers recycling at once, there is a moment with no listener at all:
+    # connections are refused then — new ones, a client retries them; none established is lost)
+    srv = start_server("prefork", "--workers", "2", "--max-requests", "5", *flags)
+    serving(srv)
+    results, refused = load(srv, 3.0, clients=3)
+    recycled = srv.stats()["counters"]["worker_exits"]["recycled"]
+    print(f"prefork {' '.join(flags)} --max-requests 5 under load: {results.count(False)} of {len(results)} "
+          f"failed, {refused} connections refused, {recycled} recycles")
+    assert len(results) >= 30 and results.count(False) == 0
+    assert recycled >= 2
 
 
 # -- thread pool: a waiting client is served while another keeps its connection busy -----------------------------
