@@ -189,7 +189,12 @@ def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
     ("eventloop", ()),
     ("prefork", ("--workers", "2")),
     ("prefork", ("--workers", "2", "--reuseport")),
-], ids=["threadpool", "eventloop", "prefork", "prefork-reuseport"])
+    pytest.param("prefork", ("--workers", "2", "--engine", "threads", "--threads", "2"),
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "the threads engine closes its copy of the listener on SIGTERM without draining the queue: "
+                     "the master now keeps the queue alive, but nothing accepts from it (threads helper's branch)"))),
+    ("prefork", ("--workers", "2", "--engine", "loop")),
+], ids=["threadpool", "eventloop", "prefork", "prefork-reuseport", "prefork-threads", "prefork-loop"])
 def test_sigterm_loses_no_request_whose_connection_was_established_before_it(start_server, model: str,
                                                                               flags: tuple[str, ...]) -> None:
     # More clients than workers/threads, each on a fresh connection: some wait in the backlog at the signal.
