@@ -24,10 +24,10 @@ liveness: `busy_since` (sync and threads: since when *every* handler thread is b
 its lag task's last tick). Any worker can answer `/_lab/stats` for the whole server by reading the board.
 
 # How a connection reaches a worker
-By default all workers wait on the one listening socket inherited from the master. A sync worker blocks in
-`accept()`, and Linux wakes exactly one of the processes blocked there per connection (an exclusive wait
-queue), so there is no thundering herd; the threads and loop engines wait in epoll first, and all their
-idle workers wake for each connection (one wins, the others find EAGAIN). Which worker gets a connection is
+By default all workers wait on the one listening socket inherited from the master. A sync worker waits in
+its own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection: no thundering
+herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each connection
+(one wins, the others find EAGAIN). Which worker gets a connection is
 whoever asks first: a busy worker simply does not ask, so a shared socket balances by availability.
 
 With `--reuseport` each worker opens its *own* listener on the same address (SO_REUSEPORT) and the kernel
@@ -38,7 +38,8 @@ workers do not inherit it (they close their copy before opening their own). The 
 connection is queued at one worker's listener the moment it arrives. If that worker hangs, the
 connections queued behind it wait for it, not for a free sibling; when the master kills it, its listener
 closes and the kernel resets every connection still in its queue — those requests are lost, where a shared
-socket would have handed them to another worker. A gracefully stopping worker loses its queue the same way.
+socket would have handed them to another worker. A gracefully stopping worker drains its own queue before it
+closes it (see Shutdown), with a window the shared socket does not have.
 
 # How it fails
 - **A crash** (`/fault/crash`, a segfault, `kill -9`) costs what that worker held: one request for sync,
@@ -50,7 +51,8 @@ socket would have handed them to another worker. A gracefully stopping worker lo
   and, if that is not enough within 0.15 s, SIGKILL; then it respawns. One hung thread of a threads worker
   is not a hung worker: the others still serve. A hung loop is: nothing else runs on it. Between the hang
   and the kill, the server has one worker fewer.
-- **A slow client** holds a sync worker only until the header timeout (408), not forever.
+- **A slow client** holds a sync worker only as long as the connection policy allows (servers/sync.py lists
+  the price of each wait), not forever — but N trickling clients do take N sync workers.
 - **A leak** stays in the worker that leaked. `--max-requests N` (+ `--max-requests-jitter`, so workers do
   not all restart together) recycles workers and bounds it: a threads or loop worker counts requests over
   all its connections, stops accepting, finishes what it holds and exits with status 88.
@@ -58,8 +60,40 @@ socket would have handed them to another worker. A gracefully stopping worker lo
   clear error, instead of being respawned in a tight loop forever.
 - **The master dying** takes every worker with it (`PR_SET_PDEATHSIG`), so no orphan keeps the port.
 
+# Shutdown, reload, recycle: nothing already queued is lost
+The listen queue is the trap: the kernel completes handshakes for connections nobody has accepted yet, the
+clients send their requests, and when the last descriptor of the listener closes, every one of them is
+reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
+- **SIGTERM** (stop): the master marks the board `stopping`, TERMs the workers and keeps *its* copy of the
+  listener open. Each worker stops waiting for new connections, finishes what it holds (an accepted
+  connection whose request has not arrived yet is held too: it is waited for, under the policy's
+  deadline), then accepts non-blocking until the queue stays empty for 20 ms and serves what it finds —
+  all within `--graceful-timeout`. The master closes the listener only after the last worker has left.
+  The remaining window, honestly: a connection whose handshake completes after the last worker's last
+  empty `accept()` and before the master's `close()` is reset. It was established after the signal
+  (every worker drains after receiving it), so no request sent before the signal is lost; a client still
+  connecting during the stop may be, as it would be refused a moment later anyway. Under load that never
+  pauses, the drain keeps serving newcomers until `--graceful-timeout`, and then the force-kill costs
+  what is in flight: stop sending traffic first (take the server out of the balancer), then TERM.
+- **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): a shared listener stays open the whole
+  time and the replacements (forked at once) accept from the same queue, so the retiring worker only
+  finishes what it holds and drains nothing away. With `--reuseport` the retiring worker's listener is its
+  own: it drains it as above before closing it. Its window: a connection hashed to it between its last
+  empty `accept()` (after 20 ms of quiet) and its exit is reset — rare, but not impossible, under a steady
+  stream. (Linux ≥ 5.14 with `net.ipv4.tcp_migrate_req = 1` migrates such connections to a sibling
+  instead.) And if every worker recycles at the same moment, there is briefly no listener at all: new
+  connections are refused (not reset; a client retries) — `--max-requests-jitter` spreads the recycles.
+- A worker is forked with the master's signals *blocked*, and unblocks them once it has its own handlers:
+  a TERM that reaches it while it boots waits for them, instead of hitting the master's inherited
+  handler (which does nothing) and being lost until the force-kill.
+- The log tells the truth: "shutdown: drained in …; bye" only when nothing was forced; after
+  `--graceful-timeout` it says "forcing N in flight" and nothing more.
+
+The threads and loop engines take the same TERM and do their own drain (their essays); the master's side —
+the listener kept open, `board.stopping`, the blocked signals, the honest log — is the same for all.
+
 # Signals (to the master)
-TERM graceful stop (workers finish what they hold, up to `--graceful-timeout`) · INT/QUIT fast stop ·
+TERM graceful stop (workers finish what they hold and drain the queue, up to `--graceful-timeout`) · INT/QUIT fast stop ·
 TTIN one worker more · TTOU one worker fewer · HUP replace every worker · CHLD a worker died. A worker
 takes the same TERM/INT/QUIT as its engine would alone.
 """
