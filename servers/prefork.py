@@ -65,7 +65,8 @@ The listen queue is the trap: the kernel completes handshakes for connections no
 clients send their requests, and when the last descriptor of the listener closes, every one of them is
 reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
 - **SIGTERM** (stop): the master marks the board `stopping`, TERMs the workers and keeps *its* copy of the
-  listener open. Each worker stops waiting for new connections, finishes what it holds (an accepted
+  listener open (the queue lives while any copy is open; what saves the queued requests is the workers'
+  drain, the master's copy only makes sure the queue never dies before its last worker has looked). Each worker stops waiting for new connections, finishes what it holds (an accepted
   connection whose request has not arrived yet is held too: it is waited for, under the policy's
   deadline), then accepts non-blocking until the queue stays empty for 20 ms and serves what it finds —
   all within `--graceful-timeout`. The master closes the listener only after the last worker has left.
@@ -444,9 +445,9 @@ class Master:
             self.forced = True
             log.warning("shutdown (%s): not waiting; forcing %d in flight", why, in_flight)
         self.stopping = True
-        # The listener stays open: closing it would reset every connection queued in its backlog (requests
-        # clients have already sent). Workers drain that queue (board.stopping says this TERM is a stop, not
-        # a retire); the master closes its copy once the last worker has left (run()).
+        # The listener stays open: when its last copy closes, every connection queued in its backlog is reset
+        # (requests clients have already sent). Workers drain that queue (board.stopping says this TERM is a
+        # stop, not a retire); the master closes its copy once the last worker has left (run()).
         self.board.stopping = 1
         grace = FAST_STOP_GRACE if fast else self.config.graceful_timeout
         self.stop_deadline = min(self.stop_deadline or float("inf"), time.monotonic() + grace)

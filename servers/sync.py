@@ -39,8 +39,9 @@ SIGTERM is never an exception here: the handler only sets flags (`alive`, `polic
 response says `Connection: close`) and the wake-up pipe makes a waiting epoll/poll return. The worker
 finishes the connection it holds — whatever phase it is in: a request it has accepted is a request it
 owes — and closes an idle keep-alive connection at once. Then, if the master is stopping the server, it
-drains the listen queue: accepts non-blocking until EAGAIN and serves each connection (the master keeps
-its copy of the listener open until every worker has left, so nothing queued is reset meanwhile). On a
+drains the listen queue: accepts non-blocking until it has stayed empty for 20 ms and serves each
+connection. (The queue lives while any copy of the listener is open — this worker's, a sibling's, the
+master's — so it is reset only when the last of them closes; the worker closes its copy after draining.) On a
 retire (SIGHUP, SIGTTOU) or a recycle (`--max-requests`) it drains nothing: the queue is shared, the
 siblings and the replacements keep accepting from it. With `--reuseport` the listener is this worker's
 own, so it always drains it before closing it. SIGINT/SIGQUIT: leave at once. `--max-requests`: once the
