@@ -184,6 +184,8 @@ class SyncEngine:
                     if act is not None and act.reply and not self.send(sock, c, act.reply):
                         break
                     continue
+                if sock.gettimeout() is not None:
+                    sock.settimeout(None)  # send() left a timeout: Python would poll with it before recv
                 try:
                     data = sock.recv(65536, socket.MSG_DONTWAIT)
                 except BlockingIOError:
