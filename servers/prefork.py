@@ -65,11 +65,12 @@ The listen queue is the trap: the kernel completes handshakes for connections no
 clients send their requests, and when the last descriptor of the listener closes, every one of them is
 reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
 - **SIGTERM** (stop): the master marks the board `stopping`, TERMs the workers and keeps *its* copy of the
-  listener open (the queue lives while any copy is open; what saves the queued requests is the workers'
-  drain, the master's copy only makes sure the queue never dies before its last worker has looked). Each worker stops waiting for new connections, finishes what it holds (an accepted
+  listener open. Each worker stops waiting for new connections, finishes what it holds (an accepted
   connection whose request has not arrived yet is held too: it is waited for, under the policy's
   deadline), then accepts non-blocking until the queue stays empty for 20 ms and serves what it finds —
   all within `--graceful-timeout`. The master closes the listener only after the last worker has left.
+  (The queue lives while any copy of the listener is open: what saves the queued requests is the
+  workers' drain; the master's copy only makes sure the queue never dies before the last worker looked.)
   The remaining window, honestly: a connection whose handshake completes after the last worker's last
   empty `accept()` and before the master's `close()` is reset. It was established after the signal
   (every worker drains after receiving it), so no request sent before the signal is lost; a client still
