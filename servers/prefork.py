@@ -25,8 +25,8 @@ its lag task's last tick). Any worker can answer `/_lab/stats` for the whole ser
 
 # How a connection reaches a worker
 By default all workers wait on the one listening socket inherited from the master. A sync worker waits in
-its own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection: no thundering
-herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each connection
+its own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection, idle ones in
+turn: no thundering herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each connection
 (one wins, the others find EAGAIN). Which worker gets a connection is
 whoever asks first: a busy worker simply does not ask, so a shared socket balances by availability.
 

@@ -16,7 +16,10 @@ else; set `--keepalive S` to watch other clients starve).
 
 The thundering herd: the listener is shared by every worker. Each waits in its own epoll with
 EPOLLEXCLUSIVE, so the kernel wakes one waiter (rarely a few) per connection, not all of them; one that
-wakes for nothing finds EAGAIN and waits again.
+wakes for nothing finds EAGAIN and waits again. The kernel wakes the first idle waiter in the order they
+registered, so after each connection a worker registers again, at the back of the line: idle workers take
+turns, as processes blocked in accept() do (without it, one worker would take every connection of a light
+load — and a counter per process would show one process).
 
 # What waiting costs it
 Everything: whoever holds the connection holds the whole process. The policy bounds each hold, and the
@@ -103,7 +106,8 @@ class SyncEngine:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.sock.setblocking(False)  # (shared by every worker: they all accept non-blocking)
         waiter = select.epoll()
-        waiter.register(self.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        listener, exclusive = self.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE
+        waiter.register(listener, exclusive)
         waiter.register(self.wake_r, select.EPOLLIN)
         while self.alive:
             conn = self._accept()
@@ -114,6 +118,11 @@ class SyncEngine:
             self.serve(conn)
             if self.policy.exhausted:
                 break
+            # To the back of the line: the kernel wakes the first idle waiter in the order they registered,
+            # so without this one worker would take every connection of a light load (a blocked accept()
+            # queues its waiters in order of arrival; this gives the same turn-taking).
+            waiter.unregister(listener)
+            waiter.register(listener, exclusive)
         waiter.close()
         recycled = self.alive  # we left the loop without being told to: --max-requests
         if self.config.reuseport or (not recycled and self._master_stopping()):

@@ -325,6 +325,19 @@ def test_each_worker_has_its_own_counter(start_server) -> None:
     assert max(max(v) for v in by_pid.values()) < 6
 
 
+def test_idle_workers_take_turns(start_server) -> None:
+    # One client, one request at a time: every worker is idle at each connection, and each must get its turn
+    # (the bench reads each process's /counter back this way; a worker that took them all would hide the rest).
+    srv = start(start_server, "--workers", "4")
+    workers = workers_become(srv, 4)
+    seen: dict[int, int] = {}
+    with httpx.Client(base_url=srv.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        for _ in range(40):
+            pid = c.get("/whoami").json()["pid"]
+            seen[pid] = seen.get(pid, 0) + 1
+    assert set(seen) == workers and min(seen.values()) >= 5, seen
+
+
 def _live_workers(srv: Server) -> int:
     return sum(1 for p in srv.stats()["processes"] if p["role"] == "worker")
 
