@@ -67,8 +67,11 @@ def copy_tree(dest: Path) -> None:
                            capture_output=True, check=True).stdout.split(b"\0")
     for name in filter(None, files):
         src = ROOT / os.fsdecode(name)
-        if src.is_file():  # (a file deleted in the work tree is still listed by --cached)
-            target = dest / os.fsdecode(name)
+        target = dest / os.fsdecode(name)
+        if src.is_symlink():  # e.g. src/webmodels/servers → ../../servers: the copy must resolve in the copy
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(os.readlink(src))
+        elif src.is_file():  # (a file deleted in the work tree is still listed by --cached)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
 

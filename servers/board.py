@@ -46,6 +46,7 @@ class Board(ctypes.Structure):
     _fields_ = [
         ("master_pid", ctypes.c_int64), ("target_workers", ctypes.c_int64), ("spawns", ctypes.c_int64),
         ("respawns", ctypes.c_int64),  # spawns that replaced a worker which died without being asked to
+        ("stopping", ctypes.c_int64),  # 1 once the master stops the server (a TERM then means: drain the queue)
         *[(f"exits_{cause}", ctypes.c_int64) for cause in EXIT_CAUSES],
         # counters of workers that have died, folded in by the master when it reaps them
         ("retired_requests", ctypes.c_int64), ("retired_4xx", ctypes.c_int64), ("retired_5xx", ctypes.c_int64),
@@ -99,6 +100,10 @@ class BoardRuntime(Runtime):
         slot.heartbeat, slot.loop_lag_ms = now, lag_ms  # type: ignore[union-attr]
 
     # -- read by the handler: the whole server ---------------------------------------------------------------
+    def server_stopping(self) -> bool:
+        """True once the master is stopping the whole server (not merely retiring this worker)."""
+        return bool(self.board.stopping)
+
     def requests_here(self) -> int:
         return self.slot.requests if self.slot else 0
 

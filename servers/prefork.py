@@ -24,10 +24,10 @@ liveness: `busy_since` (sync and threads: since when *every* handler thread is b
 its lag task's last tick). Any worker can answer `/_lab/stats` for the whole server by reading the board.
 
 # How a connection reaches a worker
-By default all workers wait on the one listening socket inherited from the master. A sync worker blocks in
-`accept()`, and Linux wakes exactly one of the processes blocked there per connection (an exclusive wait
-queue), so there is no thundering herd; the threads and loop engines wait in epoll first, and all their
-idle workers wake for each connection (one wins, the others find EAGAIN). Which worker gets a connection is
+By default all workers wait on the one listening socket inherited from the master. A sync worker waits in
+its own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection, idle ones in
+turn: no thundering herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each connection
+(one wins, the others find EAGAIN). Which worker gets a connection is
 whoever asks first: a busy worker simply does not ask, so a shared socket balances by availability.
 
 With `--reuseport` each worker opens its *own* listener on the same address (SO_REUSEPORT) and the kernel
@@ -38,7 +38,8 @@ workers do not inherit it (they close their copy before opening their own). The 
 connection is queued at one worker's listener the moment it arrives. If that worker hangs, the
 connections queued behind it wait for it, not for a free sibling; when the master kills it, its listener
 closes and the kernel resets every connection still in its queue — those requests are lost, where a shared
-socket would have handed them to another worker. A gracefully stopping worker loses its queue the same way.
+socket would have handed them to another worker. A gracefully stopping worker drains its own queue before it
+closes it (see Shutdown), with a window the shared socket does not have.
 
 # How it fails
 - **A crash** (`/fault/crash`, a segfault, `kill -9`) costs what that worker held: one request for sync,
@@ -50,7 +51,8 @@ socket would have handed them to another worker. A gracefully stopping worker lo
   and, if that is not enough within 0.15 s, SIGKILL; then it respawns. One hung thread of a threads worker
   is not a hung worker: the others still serve. A hung loop is: nothing else runs on it. Between the hang
   and the kill, the server has one worker fewer.
-- **A slow client** holds a sync worker only until the header timeout (408), not forever.
+- **A slow client** holds a sync worker only as long as the connection policy allows (servers/sync.py lists
+  the price of each wait), not forever — but N trickling clients do take N sync workers.
 - **A leak** stays in the worker that leaked. `--max-requests N` (+ `--max-requests-jitter`, so workers do
   not all restart together) recycles workers and bounds it: a threads or loop worker counts requests over
   all its connections, stops accepting, finishes what it holds and exits with status 88.
@@ -58,8 +60,42 @@ socket would have handed them to another worker. A gracefully stopping worker lo
   clear error, instead of being respawned in a tight loop forever.
 - **The master dying** takes every worker with it (`PR_SET_PDEATHSIG`), so no orphan keeps the port.
 
+# Shutdown, reload, recycle: nothing already queued is lost
+The listen queue is the trap: the kernel completes handshakes for connections nobody has accepted yet, the
+clients send their requests, and when the last descriptor of the listener closes, every one of them is
+reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
+- **SIGTERM** (stop): the master marks the board `stopping`, TERMs the workers and keeps *its* copy of the
+  listener open. Each worker stops waiting for new connections, finishes what it holds (an accepted
+  connection whose request has not arrived yet is held too: it is waited for, under the policy's
+  deadline), then accepts non-blocking until the queue stays empty for 20 ms and serves what it finds —
+  all within `--graceful-timeout`. The master closes the listener only after the last worker has left.
+  (The queue lives while any copy of the listener is open: what saves the queued requests is the
+  workers' drain; the master's copy only makes sure the queue never dies before the last worker looked.)
+  The remaining window, honestly: a connection whose handshake completes after the last worker's last
+  empty `accept()` and before the master's `close()` is reset. It was established after the signal
+  (every worker drains after receiving it), so no request sent before the signal is lost; a client still
+  connecting during the stop may be, as it would be refused a moment later anyway. Under load that never
+  pauses, the drain keeps serving newcomers until `--graceful-timeout`, and then the force-kill costs
+  what is in flight: stop sending traffic first (take the server out of the balancer), then TERM.
+- **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): a shared listener stays open the whole
+  time and the replacements (forked at once) accept from the same queue, so the retiring worker only
+  finishes what it holds and drains nothing away. With `--reuseport` the retiring worker's listener is its
+  own: it drains it as above before closing it. Its window: a connection hashed to it between its last
+  empty `accept()` (after 20 ms of quiet) and its exit is reset — rare, but not impossible, under a steady
+  stream. (Linux ≥ 5.14 with `net.ipv4.tcp_migrate_req = 1` migrates such connections to a sibling
+  instead.) And if every worker recycles at the same moment, there is briefly no listener at all: new
+  connections are refused (not reset; a client retries) — `--max-requests-jitter` spreads the recycles.
+- A worker is forked with the master's signals *blocked*, and unblocks them once it has its own handlers:
+  a TERM that reaches it while it boots waits for them, instead of hitting the master's inherited
+  handler (which does nothing) and being lost until the force-kill.
+- The log tells the truth: "shutdown: drained in …; bye" only when nothing was forced; after
+  `--graceful-timeout` it says "forcing N in flight" and nothing more.
+
+The threads and loop engines take the same TERM and do their own drain (their essays); the master's side —
+the listener kept open, `board.stopping`, the blocked signals, the honest log — is the same for all.
+
 # Signals (to the master)
-TERM graceful stop (workers finish what they hold, up to `--graceful-timeout`) · INT/QUIT fast stop ·
+TERM graceful stop (workers finish what they hold and drain the queue, up to `--graceful-timeout`) · INT/QUIT fast stop ·
 TTIN one worker more · TTOU one worker fewer · HUP replace every worker · CHLD a worker died. A worker
 takes the same TERM/INT/QUIT as its engine would alone.
 """
@@ -103,7 +139,14 @@ def _die_with_parent() -> None:
 
 
 def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot: Slot, index: int) -> int:
-    """Boot a worker in the child after fork() and run its engine; return the status to os._exit() with."""
+    """Boot a worker in the child after fork() and run its engine; return the status to os._exit() with.
+
+    The master forked us with its signals blocked (see spawn_worker): a TERM sent to us now waits, instead
+    of reaching the master's inherited do-nothing handler and being lost. We unblock once our own
+    handlers are in place, so such a TERM ends us at once.
+    """
+    if config.faults and (delay := os.environ.get("WEBMODELS_FAULT_BOOT_DELAY")):
+        time.sleep(float(delay))  # a slow boot, to test the window above (imports, a big app)
     for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     # Until the engine installs its own: the master's stop signals simply end a worker that is still booting.
@@ -111,6 +154,7 @@ def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot
         signal.signal(sig, lambda *_: os._exit(0))
     # The master's verdict "you are hung": leave at once with a status that says so.
     signal.signal(signal.SIGABRT, lambda *_: os._exit(EXIT_TIMEOUT))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, Master.SIGNALS)
     _die_with_parent()
     if os.getppid() != runtime.board.master_pid:
         return 0  # the master died between fork and prctl
@@ -162,6 +206,7 @@ class Master:
         self.stopping = False
         self.stop_deadline = 0.0
         self.stop_started = 0.0
+        self.forced = False  # the stop killed requests in flight: the log must not say "drained"
         self.exit_code = 0
         self.pending_replacements = 0
         self.wake_r, self.wake_w = os.pipe()
@@ -192,7 +237,9 @@ class Master:
             self.murder_workers()
             if self.stopping:
                 if not self.workers:
-                    log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
+                    self.sock.close()  # only now: until the last worker left, its queue was still being served
+                    if not self.forced:
+                        log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
                     self.metrics_store.close()
                     return self.exit_code
                 if time.monotonic() >= self.stop_deadline:
@@ -330,6 +377,8 @@ class Master:
         slot = self.board.slots[slot_no]
         clear(slot)
         slot.index = index
+        # Signals wait while we fork: the child unblocks them once it has its own handlers (worker_main).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         pid = os.fork()
         if pid == 0:  # -- child --
             code = 1
@@ -347,6 +396,7 @@ class Master:
             finally:
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         slot.pid = pid  # also written by the child; whoever is first, stats see the worker at once
         self.workers[pid] = WorkerInfo(pid, index, slot_no, time.monotonic())
         self.board.spawns += 1
@@ -388,12 +438,18 @@ class Master:
     def _begin_stop(self, why: str, fast: bool) -> None:
         if self.stopping and not fast:
             return
+        in_flight = sum(self.board.slots[w.slot].in_flight for w in self.workers.values())
         if not self.stopping:
             self.stop_started = time.monotonic()
-            in_flight = sum(self.board.slots[w.slot].in_flight for w in self.workers.values())
             log_shutdown_begin(why, in_flight, 0.0 if fast else self.config.graceful_timeout)
+        if fast and in_flight:
+            self.forced = True
+            log.warning("shutdown (%s): not waiting; forcing %d in flight", why, in_flight)
         self.stopping = True
-        self.sock.close()  # stop accepting here; workers drop their copies as they leave
+        # The listener stays open: when its last copy closes, every connection queued in its backlog is reset
+        # (requests clients have already sent). Workers drain that queue (board.stopping says this TERM is a
+        # stop, not a retire); the master closes its copy once the last worker has left (run()).
+        self.board.stopping = 1
         grace = FAST_STOP_GRACE if fast else self.config.graceful_timeout
         self.stop_deadline = min(self.stop_deadline or float("inf"), time.monotonic() + grace)
         for w in self.workers.values():
@@ -402,6 +458,7 @@ class Master:
 
     def _force_stop(self) -> None:
         in_flight = sum(self.board.slots[w.slot].in_flight for w in self.workers.values())
+        self.forced = True
         log_shutdown_end(False, in_flight, time.monotonic() - self.stop_started)
         for w in self.workers.values():
             self._signal(w.pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ import socket
 import statistics
 import threading
 import time
+from typing import Callable
 
 import httpx
 import psutil
@@ -114,11 +115,7 @@ def test_a_stalled_head_gets_408_not_a_silent_close(start_server, model: str) ->
     assert srv.get("/").status_code == 200
 
 
-@pytest.mark.parametrize("model", [
-    "threadpool", "eventloop",
-    pytest.param("prefork", marks=pytest.mark.xfail(strict=True, reason=(
-        "prefork closes a stalled body without a word: Worker._timed_out answers 408 only while in_head"))),
-])
+@pytest.mark.parametrize("model", MODELS)
 def test_a_stalled_body_gets_408_not_a_silent_close(start_server, model: str) -> None:
     srv = start_server(model, "--header-timeout", "0.5")
     status, elapsed = stalled(srv, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
@@ -173,8 +170,6 @@ def test_prefork_sigterm_lets_a_3s_request_finish_within_graceful_timeout_10(sta
     assert "drained" in srv.log and "forcing" not in srv.log
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 §1: after forcing in-flight requests, prefork's master still "
-                                       "logs 'shutdown: drained … bye' (it logs both lines)")
 def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
     srv = start_server("prefork", "--workers", "2", "--graceful-timeout", "1")
     slow = Background(srv, "/io?ms=5000")
@@ -192,15 +187,19 @@ def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
 @pytest.mark.parametrize("model, flags", [
     ("threadpool", ("--threads", "4", "--queue", "16")),  # a queue for every client: no 503
     ("eventloop", ()),
-    pytest.param("prefork", ("--workers", "2"), marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 11 §1: connections waiting in the listen backlog are reset when the master closes the listener"))),
+    ("prefork", ("--workers", "2")),
+    ("prefork", ("--workers", "2", "--reuseport")),
+    ("prefork", ("--workers", "2", "--engine", "threads", "--threads", "2")),
+    ("prefork", ("--workers", "2", "--engine", "loop")),
     ("hybrid-loop", ("--workers", "2")),
     ("hybrid-loop", ("--workers", "2", "--reuseport")),
-], ids=["threadpool", "eventloop", "prefork", "hybrid-loop", "hybrid-loop-reuseport"])
+], ids=["threadpool", "eventloop", "prefork", "prefork-reuseport", "prefork-threads", "prefork-loop", "hybrid-loop",
+        "hybrid-loop-reuseport"])
 def test_sigterm_loses_no_request_whose_connection_was_established_before_it(start_server, model: str,
                                                                               flags: tuple[str, ...]) -> None:
     # More clients than workers/threads, each on a fresh connection: some wait in the backlog at the signal.
     srv = start_server(model, *flags, "--graceful-timeout", "10")
+    serving(srv)
     signalled = threading.Event()
     t_signal = [float("inf")]
     results: list[tuple[float, bool]] = []  # (connected at, answered 200)
@@ -449,6 +448,90 @@ def test_hybrid_loop_recycling_under_load_loses_no_request(start_server, flags: 
     lost = [ok for _, ok in results].count(False)
     print(f"hybrid-loop {flags}: recycling ({len(seen)} workers seen) lost {lost} of {len(results)} requests")
     assert len(results) >= 100 and lost == 0, f"{lost} of {len(results)} lost"
+
+
+def serving(srv: Server) -> None:
+    """Wait until 10 fresh connections in a row are answered (with --reuseport: every worker listens)."""
+    def ten() -> bool:
+        with httpx.Client(base_url=srv.url, timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            return all(c.get("/").status_code == 200 for _ in range(10))
+    wait_for(ten, timeout=10, what="every worker serving")
+
+
+def load(srv: Server, seconds: float, during: Callable[[], None] | None = None, at: float = 0.0,
+         clients: int = 8, pause: float = 0.05) -> tuple[list[bool], int]:
+    """CLIENTS threads loop `GET /io?ms=100` on fresh connections for SECONDS; call DURING at AT seconds.
+
+    Each client sends its request PAUSE seconds after connecting, so a stopping worker often holds an accepted
+    connection with no request yet: it must wait for the request and answer it, not drop it. Returns
+    (answered 200 or not, per established connection) and the number of connections refused.
+    """
+    stop = threading.Event()
+    results: list[bool] = []
+    refused = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                s = socket.create_connection((srv.host, srv.port), timeout=15)
+            except OSError:
+                with lock:
+                    refused[0] += 1
+                time.sleep(0.01)
+                continue
+            ok = False
+            with s:
+                try:
+                    time.sleep(pause)
+                    s.sendall(b"GET /io?ms=100 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    ok = s.recv(100).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    if during is not None:
+        time.sleep(at)
+        during()
+    time.sleep(max(0.0, seconds - at))
+    stop.set()
+    for t in threads:
+        t.join(20)
+    return results, refused[0]
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_prefork_sighup_under_load_loses_nothing(start_server, flags: tuple[str, ...]) -> None:
+    # Replaced workers finish what they hold and drain nothing away: with a shared listener the new ones
+    # accept from the same queue; with --reuseport each old worker drains its own listener before closing it.
+    srv = start_server("prefork", "--workers", "2", *flags)
+    n_workers(srv, 2)
+    serving(srv)
+    # as many clients as workers, each pausing 0.3 s before its request: at the HUP, the workers most likely
+    # hold a connection whose request has not come yet
+    results, refused = load(srv, 3.0, lambda: srv.signal(signal.SIGHUP), at=1.0, clients=2, pause=0.3)
+    print(f"prefork {' '.join(flags)} SIGHUP under load: {results.count(False)} of {len(results)} failed, "
+          f"{refused} connections refused")
+    assert len(results) >= 10 and results.count(False) == 0
+    wait_for(lambda: srv.stats()["counters"]["worker_exits"]["clean"] == 2, timeout=5, what="2 workers replaced")
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_prefork_max_requests_recycling_under_load_loses_nothing(start_server, flags: tuple[str, ...]) -> None:
+    # (with --reuseport and both workers recycling at once, there is a moment with no listener at all:
+    # connections are refused then — new ones, a client retries them; none established is lost)
+    srv = start_server("prefork", "--workers", "2", "--max-requests", "5", *flags)
+    serving(srv)
+    results, refused = load(srv, 3.0, clients=3)
+    recycled = srv.stats()["counters"]["worker_exits"]["recycled"]
+    print(f"prefork {' '.join(flags)} --max-requests 5 under load: {results.count(False)} of {len(results)} "
+          f"failed, {refused} connections refused, {recycled} recycles")
+    assert len(results) >= 30 and results.count(False) == 0
+    assert recycled >= 2
 
 
 # -- thread pool: a waiting client is served while another keeps its connection busy -----------------------------

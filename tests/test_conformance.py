@@ -364,11 +364,11 @@ def test_bad_input_never_crashes_the_server(shared: Server) -> None:
                 c.sock.shutdown(socket.SHUT_WR)  # a half-close: whatever is not complete never will be
                 try:
                     reply = c.read_reply()
-                except (ConnectionError, OSError):
+                except ConnectionError:  # a close or a reset; a socket timeout (a server that hangs) fails
                     continue
                 assert reply.status < 500 or reply.status == 505, (data[:60], reply)
-        except OSError:
-            pass  # a reset is a fine answer to garbage
+        except ConnectionError:
+            pass  # a reset is a fine answer to garbage; a timeout is not
     # abrupt disconnects in the middle of requests
     for data in (b"GET / HT", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nxx"):
         s = socket.create_connection((shared.host, shared.port), timeout=2)
@@ -413,24 +413,6 @@ def test_faults_off_means_404(start_server, name: str) -> None:
         assert c.get("/").status_code == 200
     assert srv.alive()
     assert srv.stats()["config"]["faults"] is False
-
-
-@pytest.mark.parametrize("name", list(SERVERS))
-def test_slow_head_gets_408_or_close(start_server, name: str) -> None:
-    srv = start_server(*SERVERS[name], "--header-timeout", "0.5")
-    with conn(srv) as c:
-        t0 = time.monotonic()
-        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n")  # and never the blank line
-        try:
-            reply = c.read_reply()
-            assert reply.status == 408
-            assert c.read_eof()
-        except ConnectionError:
-            pass  # closing without a word is allowed too
-        elapsed = time.monotonic() - t0
-    print(f"{name}: slow head cut after {elapsed:.3f}s")
-    assert 0.4 <= elapsed < 3.0
-    assert srv.get("/").status_code == 200
 
 
 @pytest.mark.parametrize("model", ["threadpool", "eventloop"])

@@ -94,7 +94,7 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(start_server, engine: 
     wait_for(lambda: "drained" in srv.log, timeout=5, what="the master's 'drained' line")
 
 
-@pytest.mark.parametrize("engine", ["threads", "loop"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_max_requests_recycles_a_worker_without_failing_a_request(start_server, engine: str) -> None:
     srv = start(start_server, engine, "--workers", "2", "--max-requests", "10")
     workers_become(srv, 2)
@@ -110,7 +110,7 @@ def test_max_requests_recycles_a_worker_without_failing_a_request(start_server, 
     assert "--max-requests reached" in srv.log
 
 
-@pytest.mark.parametrize("engine", ["threads", "loop"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_recycling_worker_finishes_what_it_holds(start_server, engine: str) -> None:
     # One worker, --max-requests 1: the short request's answer starts the recycle while the long one is held.
     # No stats request before: with --max-requests 1 it would recycle the worker itself.

@@ -328,12 +328,6 @@ CASES = [
 # (case, model) pairs that fail on today's servers because the policy is not wired in yet — measured on
 # main at e590803; each reason is what that server did instead.
 NOT_YET: dict[tuple[str, str], str] = {
-    ("stalled-body", "prefork"): "silent close (its timer only knows heads)",
-    ("413-lingering-close", "prefork"): "closes over unread input: the upload fails (EPIPE/reset)",
-    ("never-reads", "prefork"): "gives up after --header-timeout but closes (FIN) instead of aborting",
-    ("slow-reader", "prefork"): "sendall's timeout (--header-timeout) is a total: a slow reader is cut off",
-    ("min-rate-trickle", "prefork"): "no --min-rate: 408 at --header-timeout",
-    ("reset-mid-request", "prefork"): "a reset mid-request is not counted (only a FIN is)",
 }
 
 
