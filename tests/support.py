@@ -81,6 +81,62 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
                          (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+class FreshClients:
+    """N threads looping: connect, wait PAUSE, send `GET PATH` with `Connection: close`, read the status line.
+
+    Each established connection is one request: `results` holds (connected at, answered 200). A refused
+    connect sent nothing and is not a request: it is counted in `refused` and retried after 10 ms (or, with
+    stop_on_refused, ends that client: the listener is gone for good). Used by the "nothing established
+    before a stop is lost" claims of every engine.
+    """
+
+    def __init__(self, srv: "Server", n: int, path: str = "/io?ms=100", pause: float = 0.0,
+                 stop_on_refused: bool = False) -> None:
+        self.srv, self.path, self.pause, self.stop_on_refused = srv, path, pause, stop_on_refused
+        self.results: list[tuple[float, bool]] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _client(self) -> None:
+        request = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % self.path.encode()
+        while not self._stop.is_set():
+            try:
+                s = socket.create_connection((self.srv.host, self.srv.port), timeout=15)
+            except OSError:
+                with self._lock:
+                    self.refused += 1
+                if self.stop_on_refused:
+                    return
+                time.sleep(0.01)
+                continue
+            connected, ok = time.monotonic(), False
+            with s:
+                try:
+                    if self.pause:
+                        time.sleep(self.pause)
+                    s.sendall(request)
+                    ok = s.recv(100).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            with self._lock:
+                self.results.append((connected, ok))
+
+    def stop(self) -> "FreshClients":
+        """Stop looping and wait for every client's last request."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+        return self
+
+    def answered(self, before: float = float("inf")) -> list[bool]:
+        """Answered or not, per request whose connection was established before BEFORE."""
+        return [ok for connected, ok in self.results if connected < before]
+
+
 class Server:
     """One `webmodels serve` subprocess on 127.0.0.1:<free port>."""
 

@@ -6,14 +6,10 @@ Each (case, model) gets its own server (real subprocess, port 0) with short time
 --keepalive 1 --send-timeout 1` — one worker or thread where that matters (a client that never reads must
 not keep the only worker from serving others), and generous client-side waits.
 
-The table also runs against `reference` and `reference-loop` (tests/policy_reference.py): minimal engines
-built on the policy alone, in-process, one with blocking sockets and one on uvloop with a sweep. They show
-that every expected outcome is what the policy produces under both ways of waiting, so a model that
-diverges has a wiring bug, not a table bug.
-
-A case a model does not pass yet, because the policy is not wired into that engine, is marked
-`xfail(strict=True)` in `NOT_YET`: the suite stays green and turns red the moment it starts passing, so
-whoever integrates the policy removes the mark. Nothing here is skipped.
+Every engine runs it alone and under the prefork master (the hybrids and `prefork --engine ...`), so a
+divergence between two ways of waiting is a wiring bug in one of them, never two right answers. A case a
+new engine does not pass yet goes in `NOT_YET` (xfail, strict: it turns red the moment it passes, so the
+mark cannot outlive the gap). Nothing here is skipped; today NOT_YET is empty.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from .policy_reference import LoopReferenceServer, ReferenceServer
 from .support import Server, wait_for
 
 BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1")
@@ -36,14 +31,13 @@ BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1"
 # engine joins the table when its integration does (with its ONE_WORKER flags and any NOT_YET entries).
 TABLE_MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop", "prefork-threads",
                 "prefork-loop")
-ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (), "reference": (),
-              "reference-loop": (), "hybrid-loop": ("--workers", "1"), "prefork-loop": ("--workers", "1"),
+ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (),
+              "hybrid-loop": ("--workers", "1"), "prefork-loop": ("--workers", "1"),
               "hybrid-threads": ("--workers", "1", "--threads", "1"),
               "prefork-threads": ("--workers", "1", "--threads", "1")}
 # Table ids that are a model plus flags rather than a served name.
 SERVED_AS = {"prefork-loop": ("prefork", "--engine", "loop"), "prefork-threads": ("prefork", "--engine", "threads")}
-REFERENCES = {"reference": ReferenceServer, "reference-loop": LoopReferenceServer}
-ENGINES = (*TABLE_MODELS, *REFERENCES)
+ENGINES = TABLE_MODELS
 BIG_KB = 10240  # /bytes?kb=10240: 10 MiB, far more than the kernel buffers for a client that does not read
 QUIET_S = 6.0  # how long a client waits for a server that says nothing before calling it "open"
 
@@ -359,16 +353,9 @@ def check(seen_: Seen, expect: Outcome) -> None:
 @pytest.mark.parametrize("case, model", _params())
 def test_policy_case(start_server, case: Case, model: str) -> None:
     flags = BASE_FLAGS + case.flags + (ONE_WORKER[model] if case.one_worker else ())
-    if model in REFERENCES:
-        srv = REFERENCES[model](*flags)
-    else:
-        name, *extra = SERVED_AS.get(model, (model,))
-        srv = start_server(name, *extra, *flags)
-    try:
-        seen_ = case.client(srv)  # type: ignore[arg-type]
-        print(f"{case.id} on {model}: {seen_}")
-        check(seen_, case.expect)
-        assert srv.alive()
-    finally:
-        if model in REFERENCES:
-            srv.stop()
+    name, *extra = SERVED_AS.get(model, (model,))
+    srv = start_server(name, *extra, *flags)
+    seen_ = case.client(srv)  # type: ignore[arg-type]
+    print(f"{case.id} on {model}: {seen_}")
+    check(seen_, case.expect)
+    assert srv.alive()

@@ -82,9 +82,9 @@ the process stops accepting; `policy.exhausted` tells a worker to recycle. Per c
 - to end, by `conn.closing`: CLOSE → close; ABORT → reset; LINGER → shut down writing, then read into
   `receive()` while `conn.lingering`; always `conn.closed(now)` once the socket is gone (or `abort(now)`
   when the server itself gives up, e.g. a forced shutdown).
-tests/policy_reference.py is that loop for blocking sockets, run by the conformance table. The event loop
-reports `transport.get_write_buffer_size()` to `sending()` after each write and from its sweep (progress
-is how the send deadline moves), and checks `expire()` in the sweep.
+servers/sync.py is that loop for blocking sockets. The event loop (servers/eventloop.py) reports
+`transport.get_write_buffer_size()` to `sending()` after each write and while the buffer drains (progress
+is how the send deadline moves), and checks `expire()` when a connection's deadline bucket comes due.
 """
 
 from __future__ import annotations
