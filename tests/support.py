@@ -81,6 +81,17 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
                          (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM PROC (by its PID, never by name), wait up to TIMEOUT, then SIGKILL it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class FreshClients:
     """N threads looping: connect, wait PAUSE, send `GET PATH` with `Connection: close`, read the status line.
 

@@ -11,7 +11,6 @@ import collections
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import Server, free_port, wait_for, with_free_port
+from .support import Server, free_port, stop_process, wait_for, with_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -188,12 +187,7 @@ def test_servers_tab_shows_a_restart_waiting_for_its_back_off(tmp_path):
             assert m and 10 < float(m.group(1)) <= 30, by["eventloop"]["state"]  # counts down from 30
             assert re.fullmatch(r"down \d+s", by["threadpool"]["state"]), by  # nothing pending: plain "down"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_web_ui_servers_tab(five, tmp_path):
@@ -260,9 +254,4 @@ def test_web_ui_servers_tab(five, tmp_path):
             assert set(acc["servers"]) == set(ALL)
             assert all(s["ok"] + s["expected"] + s["collateral"] == s["requests"] for s in acc["servers"].values())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)

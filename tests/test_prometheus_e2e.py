@@ -21,7 +21,7 @@ import pytest
 
 from webmodels import promlab
 
-from .support import free_port, wait_for
+from .support import free_port, stop_process, wait_for
 from .test_locust import ALL as MODELS, locust_cmd, locust_env  # all five lab servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +85,7 @@ class Prometheus:
 
     def stop(self) -> None:
         self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
 

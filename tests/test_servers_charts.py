@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 
@@ -20,7 +19,7 @@ import pytest
 
 from loadtest.charts import METRICS, Charts, p99_between
 
-from .support import free_port, wait_for
+from .support import free_port, stop_process, wait_for
 from .test_locust import ALL as SERVERS, locust_cmd, locust_env  # all five: the tab draws a line per lab server
 
 pytestmark = pytest.mark.slow
@@ -122,12 +121,7 @@ def test_servers_tab_draws_one_line_per_server_and_fault_markers(chrome, start_s
                              f"--screenshot={os.environ['WEBMODELS_SCREENSHOT']}", url)
             c.post("/stop")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
     assert 'id="webmodels-charts"' in dom, dom[-2000:]
     charts = re.findall(r'<svg[^>]*data-metric="(\w+)".*?</svg>', dom, re.S)
     assert charts == [k for k, _, _ in METRICS]
