@@ -100,6 +100,8 @@ def test_quick_bench_report_has_every_row_with_figures(quick_bench: Path) -> Non
         assert len(rows[label][-1]) > 20, f"row {label!r} has no why"
     for label in ("many idle clients", "slow clients"):  # rows for every model, not only some
         assert all(c != "–" for c in rows[label][:len(models)]), (label, rows[label])
+    assert re.search(r"/metrics scrape at 8 workers [\d.]+ ms \([\d.]+ ms CPU",
+                     rows["communication"][models.index("prefork")]), rows["communication"]
     assert "Every request accounted" in md and "balanced in every run" in md
     html = (quick_bench / "report.html").read_text()
     for png in sorted(p.name for p in quick_bench.glob("*.png")):
@@ -140,6 +142,10 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     comm = sc["communication"]["summary"]
     assert comm["threadpool unsafe"]["lost"] > 0 and comm["threadpool locked"]["lost"] == 0
     assert comm["prefork unsafe"]["lost"] == 0 and comm["prefork unsafe"]["processes"] > 1
+    # the IPC cost of prefork's /metrics: one scrape by a worker merging all 8 workers' files (issue 10)
+    sc8 = comm["scrape_8_workers"]
+    assert sc8["workers"] == sc8["workers_served"] == 8 and sc8["n"] >= 20 and sc8["samples"] > 50, sc8
+    assert 0 < sc8["cpu_ms_median"] <= sc8["wall_ms_median"] <= sc8["wall_ms_p90"] < 1000, sc8
     assert sc["hang"]["summary"]["prefork"]["timeout_kills"] >= 1
     mem = sc["memory"]["summary"]
     assert mem["prefork_pss_per_worker_mb"] > 0

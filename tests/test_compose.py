@@ -3,6 +3,10 @@
 Set up by scripts/ci-docker.sh: it exports PYTHON_IMAGE (the registry-free base image), COMPOSE_FILE
 (the host-network override, so everything stays on 127.0.0.1) and WEBMODELS_COMPOSE (the compose command).
 In CI a missing engine is a failure, never a skip.
+
+The `metrics` profile is up too: its Prometheus (Debian's package, built on the same base image) on the
+host network scrapes the five server containers, and the test asks it, not the servers, that every target
+is up and every model has request series. Grafana is not started: its image is pulled, which CI cannot.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -21,6 +26,7 @@ from .support import wait_for
 pytestmark = pytest.mark.compose
 PROJECT = "webmodels-e2e"
 PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003, "hybrid-threads": 8004, "hybrid-loop": 8005}
+PROMETHEUS = "http://127.0.0.1:9090"  # docker-compose.ci.yml: prometheus on the host network, loopback only
 USERS = ("ThreadpoolUser", "PreforkUser", "EventloopUser", "HybridThreadsUser", "HybridLoopUser")
 
 
@@ -47,7 +53,8 @@ def compose():
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT}
+    # the profile for every command, so that build, up and down all include the prometheus service
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "COMPOSE_PROFILES": "metrics"}
     env.setdefault("COMPOSE_FILE", "docker-compose.yml:docker-compose.ci.yml")
     base = _compose_cmd()
 
@@ -59,9 +66,9 @@ def compose():
         return res
 
     t0 = time.monotonic()
-    run("build", timeout=1200)
+    run("build", timeout=1200)  # the lab image and webmodels:prometheus (grafana is an image: skipped)
     print(f"compose build: {time.monotonic() - t0:.1f}s")
-    run("up", "-d", *PORTS, timeout=300)
+    run("up", "-d", "prometheus", *PORTS, timeout=300)
     try:
         yield run
     finally:
@@ -87,6 +94,41 @@ def _get(model: str, path: str, **kw: object) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{PORTS[model]}{path}", timeout=5, **kw)  # type: ignore[arg-type]
 
 
+def _promql(expr: str) -> dict[str, float]:
+    """An instant PromQL query on the profile's Prometheus: {model label: value}."""
+    r = httpx.get(f"{PROMETHEUS}/api/v1/query", params={"query": expr}, timeout=5)
+    r.raise_for_status()
+    return {s["metric"].get("model", ""): float(s["value"][1]) for s in r.json()["data"]["result"]}
+
+
+def _targets() -> dict[str, str]:
+    """Prometheus's view of its scrape targets: {model: health}."""
+    r = httpx.get(f"{PROMETHEUS}/api/v1/targets", timeout=5)
+    r.raise_for_status()
+    return {t["labels"]["model"]: t["health"] for t in r.json()["data"]["activeTargets"]}
+
+
+def _poll(read: Callable[[], Any], ok: Callable[[Any], bool], timeout: float, what: str) -> Any:
+    """wait_for READ() to satisfy OK, saying on timeout what READ returned last."""
+    last: list[Any] = [None]
+
+    def check() -> bool:
+        last[0] = read()
+        return ok(last[0])
+    try:
+        wait_for(check, timeout=timeout, interval=0.5, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {last[0]!r}") from None
+    return last[0]
+
+
+def _ready() -> bool:
+    try:
+        return httpx.get(f"{PROMETHEUS}/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_compose_lab_end_to_end(compose) -> None:
     # 1. the five servers become healthy on their ports
     for model in PORTS:
@@ -103,6 +145,15 @@ def test_compose_lab_end_to_end(compose) -> None:
         assert f"{model} /io" in out, f"no row for {model} in the Locust run:\n{out[-4000:]}"
     assert res.returncode == 0, out[-4000:]
 
+    # 2b. the metrics profile: Prometheus in its container scrapes all five, and has every model's requests
+    wait_for(_ready, timeout=60, interval=0.5, what="Prometheus ready on 127.0.0.1:9090")
+    _poll(_targets, lambda t: t == {m: "up" for m in PORTS}, 30, "all five targets up in Prometheus")
+    requests = "sum by (model) (http_server_request_duration_seconds_count)"
+    # every model served Locust's requests (its rows above): a scrape or two later, Prometheus has them all
+    counts = _poll(lambda: _promql(requests), lambda c: set(c) == set(PORTS) and min(c.values()) > 0, 30,
+                   "request series for every model in Prometheus")
+    prefork_before = counts["prefork"]
+
     # 3. killing a worker of each master model leaves it serving with its full count of workers
     for model, count in (("prefork", 4), ("hybrid-threads", 2), ("hybrid-loop", 2)):
         before = {p["pid"] for p in _get(model, "/_lab/stats").json()["processes"] if p["role"] == "worker"}
@@ -116,6 +167,12 @@ def test_compose_lab_end_to_end(compose) -> None:
             workers = {p["pid"] for p in _get(model, "/_lab/stats").json()["processes"] if p["role"] == "worker"}
             return len(workers) == count and r.json()["pid"] not in workers
         wait_for(replaced, timeout=15, what=f"{model}: the killed worker replaced")
+
+    # 3b. ... and prefork's count, scraped from whichever worker answers, did not go backwards
+    after_kills = time.time()  # the containers share this host's clock
+    _poll(lambda: _promql('timestamp(up{model="prefork"})'), lambda t: t.get("prefork", 0) > after_kills + 0.5,
+          15, "a prefork scrape after the kills")
+    assert _promql(requests)["prefork"] >= prefork_before, (prefork_before, _promql(requests))
 
     # 4. /fault/crash on the event loop: Docker restarts the container and it serves again
     restarts = int(_inspect("eventloop", "{{.RestartCount}}"))
@@ -131,6 +188,6 @@ def test_compose_lab_end_to_end(compose) -> None:
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"],
                           capture_output=True, text=True, timeout=30).stdout.split()
     assert left == [], f"containers left after down: {left}"
-    for port in PORTS.values():
+    for url in [f"http://127.0.0.1:{port}/" for port in PORTS.values()] + [f"{PROMETHEUS}/-/ready"]:
         with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+            httpx.get(url, timeout=2)

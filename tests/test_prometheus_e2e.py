@@ -40,9 +40,9 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
-def test_compose_config_is_generated_by_promlab():
-    assert (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text() == \
-        promlab.config_text(promlab.COMPOSE_TARGETS)
+def test_compose_configs_are_generated_by_promlab():
+    for flag, (name, targets) in promlab.COMPOSE_CONFIGS.items():
+        assert (ROOT / "deploy" / "prometheus" / name).read_text() == promlab.config_text(targets, flag=flag), name
 
 
 def test_up_metrics_without_prometheus_says_how_to_get_it(tmp_path):

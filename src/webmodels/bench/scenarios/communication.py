@@ -1,12 +1,14 @@
-"""Communication: the /counter race and the IPC of stats."""
+"""Communication: the /counter race, the IPC of stats, and what one /metrics scrape costs prefork at 8 workers."""
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import httpx
 
-from ..kit import MASTER_MODELS, Bench, accounting_rows, start_all, stop_all
+from ..kit import MASTER_MODELS, Bench, accounting_rows, med, pct, start_all, stop_all
 from ..report import REPORT_MODELS, Charts, Doc, chart_bars, fmt, sc_of
 from ..runner import RemoteServer, get_stats
 from . import Cells, Scenario
@@ -31,8 +33,54 @@ def read_counters(url: str, model: str) -> dict[str, Any]:
     return out
 
 
+SCRAPE_WORKERS = 8
+# a few routes and statuses, so the histogram has several label sets in every worker's file, as in a lab run
+SCRAPE_WARMUP = ("/", "/io?ms=1", "/counter?mode=locked&op=read", "/bytes?kb=1", "/no-such-route")
+SCRAPE_GAUGE = re.compile(rb"^webmodels_metrics_scrape_duration_seconds(?:\{[^}]*\})? (\S+)$", re.M)
+
+
+def scrape_cost(bench: Bench, scrapes: int) -> dict[str, Any]:
+    """Prefork with 8 workers: time SCRAPES GETs of /metrics, after every worker has served and has its file.
+
+    Wall time (client side, keep-alive) is what Prometheus waits; CPU time is what the answering worker's
+    thread spends (its own gauge, webmodels_metrics_scrape_duration_seconds, read from the next scrape's body):
+    merging the 8 workers' multiprocess files and rendering the text. The process tree's memory is read from
+    /proc on the worker's helper thread meanwhile: in the wall time, not in the CPU time.
+    """
+    srv = bench.server("prefork", ["--workers", str(SCRAPE_WORKERS)])
+    srv.start()
+    try:
+        served: set[int] = set()
+        warm = 0
+        with httpx.Client(timeout=5, headers={"Connection": "close"}) as c:  # a fresh connection, any worker
+            while warm < 80 * SCRAPE_WORKERS and (warm < 20 * SCRAPE_WORKERS or len(served) < SCRAPE_WORKERS):
+                c.get(f"{srv.url}{SCRAPE_WARMUP[warm % len(SCRAPE_WARMUP)]}")
+                warm += 1
+                if warm % 40 == 0:
+                    served = {w["pid"] for w in (get_stats(srv.url) or {}).get("per_worker", []) if w["requests"]}
+        wall, cpu, size, lines = [], [], 0, 0
+        with httpx.Client(timeout=5) as c:  # keep-alive: one worker answers every scrape, as for Prometheus
+            for i in range(scrapes + 1):
+                t = time.perf_counter()
+                r = c.get(f"{srv.url}/metrics")
+                ms = (time.perf_counter() - t) * 1000
+                r.raise_for_status()
+                m = SCRAPE_GAUGE.search(r.content)
+                if i:  # the gauge says what the previous scrape cost; the first one has no previous
+                    cpu.append(float(m.group(1)) * 1000 if m else None)
+                if i < scrapes:
+                    wall.append(ms)
+                    size, lines = len(r.content), sum(1 for ln in r.content.splitlines() if ln and ln[:1] != b"#")
+    finally:
+        srv.stop()
+    return {"workers": SCRAPE_WORKERS, "workers_served": len(served), "warmup_requests": warm, "n": len(wall),
+            "wall_ms_median": med(wall), "wall_ms_p90": pct(wall, 90),
+            "cpu_ms_median": med(cpu), "cpu_ms_p90": pct([x for x in cpu if x is not None], 90),
+            "bytes": size, "samples": lines}
+
+
 def run(bench: Bench) -> dict[str, Any]:
-    """/counter unsafe vs locked: lost updates per model; what reading prefork's counters costs."""
+    """/counter unsafe vs locked: lost updates per model; what reading prefork's counters (and metrics) costs."""
     p = bench.plan
     users = p.pick(8, 16)
     models = p.models
@@ -63,14 +111,23 @@ def run(bench: Bench) -> dict[str, Any]:
                                       "processes": len(finals[m][mode]["per_pid"]),
                                       "largest_single_counter": finals[m][mode]["max"]}
     result["accounting_rows"] = accounting_rows(result)
+    if "prefork" in models and bench.native:  # compose targets: the lab's prefork runs its own worker count
+        bench.progress.step(f"communication · /metrics scrapes of prefork at {SCRAPE_WORKERS} workers", 2.0)
+        summary["scrape_8_workers"] = scrape_cost(bench, p.pick(30, 100))
     return {"raw": {"run": result, "finals": finals}, "summary": summary}
 
 
 def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cells:
     s = sc["summary"]
-    return ({m: (f"lost {fmt(s[f'{m} unsafe']['lost_pct'])}% unsafe, {fmt(s[f'{m} locked']['lost_pct'])}% locked"
-                 + (f"; {s[f'{m} unsafe']['processes']} separate counters" if s[f"{m} unsafe"]["processes"] > 1 else ""))
-             for m in models if f"{m} unsafe" in s}, "/counter read → yield 1 ms → write")
+    out = {m: (f"lost {fmt(s[f'{m} unsafe']['lost_pct'])}% unsafe, {fmt(s[f'{m} locked']['lost_pct'])}% locked"
+               + (f"; {s[f'{m} unsafe']['processes']} separate counters" if s[f"{m} unsafe"]["processes"] > 1 else ""))
+           for m in models if f"{m} unsafe" in s}
+    conditions = "/counter read → yield 1 ms → write"
+    if (sc8 := s.get("scrape_8_workers")) and "prefork" in out:
+        out["prefork"] += (f"; one /metrics scrape at {sc8['workers']} workers {fmt(sc8['wall_ms_median'])} ms "
+                           f"({fmt(sc8['cpu_ms_median'])} ms CPU of the worker that merges their files)")
+        conditions += f"; scrape: median of {sc8['n']}"
+    return out, conditions
 
 
 def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
@@ -92,6 +149,20 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     d.note("Prefork loses nothing (each worker serves one request at a time, in its own memory), but no process holds "
            "the total: each worker's counter is its own. The thread pool's threads and the loop's tasks interleave "
            "inside read → write and overwrite each other unless the lock is taken.")
+    if sc8 := s.get("scrape_8_workers"):
+        d.p(f"**What a `/metrics` scrape costs prefork at {sc8['workers']} workers.** The histogram's counts live in "
+            "one file per worker in `/dev/shm` (prometheus_client's multiprocess mode), so whichever worker answers "
+            f"a scrape merges every worker's file. A fresh `--workers {sc8['workers']}` server served "
+            f"{sc8['warmup_requests']} requests on fresh connections ({sc8['workers_served']} of {sc8['workers']} "
+            f"workers had served, so had a file), then answered {sc8['n']} scrapes on one keep-alive connection "
+            f"(one worker, as for Prometheus; {sc8['samples']} samples, {fmt(sc8['bytes'] / 1024)} KiB each): "
+            f"**{fmt(sc8['wall_ms_median'], 2)} ms** median wall time (p90 {fmt(sc8['wall_ms_p90'], 2)}), what the "
+            f"scraper waits; of it, the answering worker's own CPU time (its "
+            f"`webmodels_metrics_scrape_duration_seconds`): median {fmt(sc8['cpu_ms_median'], 2)} ms "
+            f"(p90 {fmt(sc8['cpu_ms_p90'], 2)}) — merging the files and rendering the text. The rest is waiting, not "
+            "this worker's CPU: its helper thread reads the process tree's memory from `/proc` (smaps_rollup of the "
+            "master and every worker, as `/_lab/stats` does), and the server's core runs everything else. The "
+            "master does not answer scrapes; it only folds a dead worker's file into the archive when it reaps it.")
     mem = sc_of(results, "memory")
     if mem:
         d.p("The IPC cost of prefork's aggregated counters, as `GET /_lab/stats` time (median, ms): " + ", ".join(
@@ -104,6 +175,7 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 
 
 SCENARIO = Scenario(
-    name="communication", row="communication", title="Communication: the /counter race and the IPC of stats",
+    name="communication", row="communication",
+    title="Communication: the /counter race and the IPC of stats and metrics",
     why="threads and tasks share memory (and race on it); processes share nothing unless they set up IPC",
-    run=run, section=section, cells=cells, quick_s=5, full_s=10)
+    run=run, section=section, cells=cells, quick_s=7, full_s=12)
