@@ -45,6 +45,28 @@ def server(request: pytest.FixtureRequest, start_server) -> Server:
     return start_server(request.param)
 
 
+# -- `make test` runs the suite on several pytest-xdist workers (`-n`, `--dist loadgroup`) ----------------------------
+# Most tests wait (timeouts, deadlines, a server's graceful drain), so several run at once even on two cores.
+# The quick bench is one module-scoped run shared by its checks: they form one group, so one worker runs it
+# once. The long ones are queued first (xdist hands out the largest group first, then collection order), so
+# the short tests fill the other workers while they run instead of the suite ending on a lone bench.
+LONG_FIRST = ("quick_bench", "test_soak_")
+
+
+def _rank(item: pytest.Item) -> int:
+    if "quick_bench" in getattr(item, "fixturenames", ()):
+        return 0
+    return 1 if item.name.startswith(LONG_FIRST[1]) else 2
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _rank(item) == 0:
+            item.add_marker(pytest.mark.xdist_group("quick_bench"))
+    items.sort(key=_rank)  # stable: the rest keep pytest's order (fixtures grouped by parameter)
+
+
 # -- in CI a skipped test is a failure: a CI that lacks a tool must say so, not pass without the check ----------
 def _ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
