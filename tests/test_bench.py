@@ -78,7 +78,9 @@ def allowed_skips() -> set[str]:
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    proc = webmodels("bench", "--quick", "--out", str(out), timeout=600)
+    # one-second load steps (--quick's default is 2): this run checks that every row is measured and every
+    # lesson shows, within make test's few minutes; the figures worth quoting come from full runs
+    proc = webmodels("bench", "--quick", "--duration", "1", "--out", str(out), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "accounting:" in proc.stdout and "balanced in every run" in proc.stdout, proc.stdout
     return out

@@ -201,14 +201,20 @@ def _add_scale(sub: argparse._SubParsersAction) -> None:
                                                                                          a.port_offset))
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_serve, _add_up, _add_status, _add_kill, _add_scale,
-                                                                _add_bench, _add_report]
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "serve": _add_serve, "up": _add_up, "status": _add_status, "kill": _add_kill, "scale": _add_scale,
+    "bench": _add_bench, "report": _add_report}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="webmodels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
+    # Build only the parser of the command named, when one is: `serve` starts hundreds of times (tests, the
+    # lab, the bench), and the bench's parser imports every scenario to list their names (~180 ms, two
+    # thirds of a server's start). Anything else (`--help`, a typo) gets every command, as argparse shows.
+    named = COMMANDS.get(argv[0]) if argv else None
+    for add in [named] if named else COMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
     return args.func(args)

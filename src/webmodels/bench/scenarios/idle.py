@@ -115,7 +115,7 @@ def run(bench: Bench) -> dict[str, Any]:
     want = p.connections or p.pick(200, 10000)
     limits = raise_nofile(want + FD_MARGIN)
     n = min(want, limits["soft_used"] - FD_MARGIN)
-    connect_s, answer_s, probe_s = 1.0, p.pick(1.0, 2.0), p.pick(2.0, 5.0)
+    connect_s, answer_s, probe_s = 1.0, p.pick(1.0, 2.0), p.pick(p.step, 5.0)  # quick: one load step
     per_model: dict[str, Any] = {}
     for m in p.models:
         bench.progress.step(f"many idle clients · {n} connections · {m}", n / 2000 + answer_s + probe_s + 1.5)

@@ -80,7 +80,7 @@ async def _attack(host: str, port: int, seconds: float, head_start: float) -> di
     return {"normal": probe.summary(), "attack": stats}
 
 
-async def _attack_all(targets: dict[str, tuple[str, int]], seconds: float, head_start: float) -> dict[str, Any]:
+async def _attack_all(targets: dict[Any, tuple[str, int]], seconds: float, head_start: float) -> dict[Any, Any]:
     labels = list(targets)
     got = await asyncio.gather(*(_attack(*targets[label], seconds, head_start) for label in labels))
     return dict(zip(labels, got))
@@ -92,6 +92,7 @@ def run(bench: Bench) -> dict[str, Any]:
     A model's variants (plain and each defence) run at once, each on its own server with its own 100 slow
     connections and its own probe: the attack is pure waiting (a byte a second per connection), so the
     servers do not compete for the core, and the scenario takes a third of the time it would in turn.
+    With --quick, all models at once as well.
     """
     if (skip := native_only(bench, "server flags (--header-timeout, --min-rate)")):
         return skip
@@ -99,26 +100,30 @@ def run(bench: Bench) -> dict[str, Any]:
     seconds, head_start = p.pick(2.5, max(p.step, 8.0)), p.pick(0.8, 1.0)
     has_min_rate = serve_has_flag("--min-rate")
     per: dict[str, dict[str, Any]] = {}
-    for m in p.models:
-        per[m] = {label: {"na": "n/a (flag missing)"} for label, _ in VARIANTS
-                  if label.startswith("--min-rate") and not has_min_rate}
-        variants = {label: flags for label, flags in VARIANTS if label not in per[m]}
-        bench.progress.step(f"slow clients · {m} · {', '.join(variants)}", seconds + head_start + 1.5)
-        servers = {label: bench.server(m, flags) for label, flags in variants.items()}
-        start_all(servers)
+    # --quick: every model at once too (15 servers, 1,500 slow connections: still waiting, not CPU)
+    for batch in p.pick([list(p.models)], [[m] for m in p.models]):
+        servers: dict[tuple[str, str], Any] = {}
+        for m in batch:
+            per[m] = {label: {"na": "n/a (flag missing)"} for label, _ in VARIANTS
+                      if label.startswith("--min-rate") and not has_min_rate}
+            servers.update({(m, label): bench.server(m, flags) for label, flags in VARIANTS if label not in per[m]})
+        bench.progress.step(f"slow clients · {', '.join(batch)} · " + ", ".join(dict.fromkeys(l for _, l in servers)),
+                            seconds + head_start + 1.5)
+        start_all(servers)  # type: ignore[arg-type]
         try:
             targets = {}
-            for label, srv in servers.items():
+            for key, srv in servers.items():
                 u = urlsplit(srv.url)
-                targets[label] = (u.hostname or "127.0.0.1", u.port or 80)
+                targets[key] = (u.hostname or "127.0.0.1", u.port or 80)
             t0 = time.monotonic()
             got = asyncio.run(_attack_all(targets, seconds, head_start))
             wall = round(time.monotonic() - t0, 2)
         finally:
-            stop_all(servers)
-        for label in variants:
-            per[m][label] = {**got[label], "wall_s": wall}
-        per[m] = {label: per[m][label] for label, _ in VARIANTS}  # the table's order, whatever ran
+            stop_all(servers)  # type: ignore[arg-type]
+        for (m, label) in servers:
+            per[m][label] = {**got[(m, label)], "wall_s": wall}
+        for m in batch:
+            per[m] = {label: per[m][label] for label, _ in VARIANTS}  # the table's order, whatever ran
     summary: dict[str, Any] = {"attackers": ATTACKERS, "seconds": seconds, "head_start_s": head_start,
                                "min_rate_flag": has_min_rate, "variants_at_once": True}
     for m, variants in per.items():
@@ -150,8 +155,10 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
 
 def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
     s = sc["summary"]
-    how = ("Each model with its default size; its plain run and each defence at once, on separate servers (the "
-           "attack is waiting, not CPU: nothing competes for the core)." if s.get("variants_at_once") else
+    how = ("Each model with its default size; its plain run and each defence at once" +
+           (" (with --quick, every model at once too)" if results["settings"].get("quick") else "") +
+           ", on separate servers (the attack is waiting, not CPU: nothing competes for the core)."
+           if s.get("variants_at_once") else
            "Each model alone with its default size.")  # results.json from before the variants ran at once
     d.p(f"{how} {s['attackers']} connections each send a request head one byte a "
         "second and never finish it; one the server closes is reopened 100 ms later. After a "
