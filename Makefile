@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Everything but the Docker end-to-end test (that one needs an engine: `make test-compose`, run by .ci/run).
-# TEST_WORKERS pytest-xdist workers: most tests wait on timeouts, so 6 share two cores (tests/conftest.py
+# TEST_WORKERS pytest-xdist workers: most tests wait on timeouts, so 4 share two cores (tests/conftest.py
 # groups the quick bench on one worker and queues the long ones first); TEST_WORKERS=0 runs them in turn.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider -m 'not compose' -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
