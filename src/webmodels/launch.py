@@ -132,8 +132,9 @@ class Process(subprocess.Popen):
 
     def __init__(self, argv: list[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
                  capture: bool = True, max_lines: int = MAX_LINES) -> None:
-        out = subprocess.PIPE if capture else None
-        super().__init__(argv, stdout=out, stderr=subprocess.STDOUT if capture else None, text=True, bufsize=1,
+        # errors="replace": one undecodable byte in a log must not end the reader (and with it the readiness)
+        super().__init__(argv, stdout=subprocess.PIPE if capture else None,
+                         stderr=subprocess.STDOUT if capture else None, text=True, errors="replace", bufsize=1,
                          env=env, cwd=cwd, start_new_session=True)
         self.lines: list[str] = []
         self.max_lines = max_lines
