@@ -6,14 +6,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from typing import Callable, TypeVar
 
 import httpx
 
-from webmodels.listen import LISTEN_RE
+from webmodels import launch
+from webmodels.launch import addr_in_use
 
 MODELS = ("threadpool", "prefork", "eventloop")
 # Every configuration the conformance suite runs, by test id: (model, flags). Every engine alone and under a
@@ -34,15 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-ADDR_IN_USE = ("address already in use", "eaddrinuse", "errno 98", "already in use")
-
-
-def addr_in_use(text: str) -> bool:
-    """True if TEXT (an exception, a process's output) says a port was taken."""
-    text = text.lower()
-    return any(marker in text for marker in ADDR_IN_USE)
 
 
 T = TypeVar("T")
@@ -83,13 +74,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     """SIGTERM PROC (by its PID, never by name), wait up to TIMEOUT, then SIGKILL it."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    launch.stop(proc, timeout)
 
 
 class FreshClients:
@@ -149,40 +134,25 @@ class FreshClients:
 
 
 class Server:
-    """One `webmodels serve` subprocess on 127.0.0.1:<free port>."""
+    """One `webmodels serve` subprocess on 127.0.0.1:<the port it bound>, in its own session (launch.Process)."""
 
     def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, faults: bool = True) -> None:
         self.model = model
-        cmd = [sys.executable, "-m", "webmodels.cli", "serve", model, "--bind", "127.0.0.1:0", *args]
-        if faults:
-            cmd.append("--faults")
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                                     text=True, bufsize=1)
+        self.proc = launch.Process(launch.serve_argv(model, *args, faults=faults), env=launch.clean_env(env))
         self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self._listening = threading.Event()
-        self.address = ""
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._listening.wait(20):
+        if not self.proc.wait_listening(20):
             self.kill()
             raise AssertionError(f"{model} did not start:\n{self.log}")
+        self.address, self.host, self.port = self.proc.address, self.proc.host, self.proc.port
         self.url = f"http://{self.address}"
-        self.host, self.port = self.address.rsplit(":", 1)[0], int(self.address.rsplit(":", 1)[1])
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            m = LISTEN_RE.search(line)
-            if m and not self._listening.is_set():
-                self.address = m.group(1)
-                self._listening.set()
+    @property
+    def lines(self) -> list[str]:
+        return self.proc.lines
 
     @property
     def log(self) -> str:
-        return "\n".join(self.lines)
+        return self.proc.log
 
     def client(self, **kw: object) -> httpx.Client:
         kw.setdefault("timeout", 10.0)
@@ -196,24 +166,18 @@ class Server:
         return self.get("/_lab/stats").json()
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.alive()
 
     def signal(self, sig: int) -> None:
+        """SIG to the server's own process (a master, not its workers): what the test is about."""
         os.kill(self.pid, sig)
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        """SIGTERM (the server's own graceful stop), then SIGKILL after TIMEOUT; either way, sweep its group."""
+        return self.proc.stop(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.proc.stop(10, signal.SIGKILL, group=True)

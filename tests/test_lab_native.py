@@ -4,20 +4,19 @@ fixed delay), `status`/`kill` know the five servers, SIGTERM leaves nothing."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import psutil
 import pytest
 
+from webmodels import launch
 from webmodels.lab import supervisor_state_path
 
 from .support import addr_in_use, wait_for
@@ -41,37 +40,30 @@ def _free_offset() -> int:
 
 class Lab:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        extra = env or {}
         for attempt in range(5):  # the ports were free a moment ago; if one was taken meanwhile, `up` says so
             self.offset = _free_offset()
-            full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
-            full_env.update(extra)
-            self.proc = subprocess.Popen([sys.executable, "-m", "webmodels.cli", "up", "--port-offset",
-                                          str(self.offset), *args], stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, env=full_env)
-            self.lines: list[str] = []
-            threading.Thread(target=self._read, daemon=True).start()
+            self.proc = launch.Process([sys.executable, "-m", "webmodels.cli", "up", "--port-offset",
+                                        str(self.offset), *args], env=launch.clean_env(env))
             wait_for(lambda: self.proc.poll() is not None or "listening on" in self.log, timeout=45,
                      what="the lab to start or refuse")
             if self.proc.poll() is None or attempt == 4 or not addr_in_use(self.log):
                 break
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.append(line.rstrip())
+    @property
+    def lines(self) -> list[str]:
+        return self.proc.lines
 
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port + self.offset}"
 
     @property
     def log(self) -> str:
-        return "\n".join(self.lines)
+        return self.proc.log
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """Run `webmodels ARGS --port-offset <this lab's>`."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
         return subprocess.run([sys.executable, "-m", "webmodels.cli", *args, "--port-offset", str(self.offset)],
-                              capture_output=True, text=True, timeout=60, env=env)
+                              capture_output=True, text=True, timeout=60, env=launch.clean_env())
 
     def state(self) -> dict:
         """The supervisor's state file."""
@@ -112,12 +104,7 @@ def lab():
     yield start
     for lab_ in labs:
         kids = lab_.descendants()
-        if lab_.proc.poll() is None:
-            lab_.proc.send_signal(signal.SIGTERM)
-            try:
-                lab_.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                lab_.proc.kill()
+        lab_.proc.stop(20)
         for kid in kids:  # belt and braces: the test must not leak processes even when it fails
             try:
                 kid.kill()
@@ -192,9 +179,8 @@ def test_busy_port_is_a_clear_error(lab) -> None:
     lab_ = lab("--no-locust")
     wait_for(lambda: _answers(lab_.url(8001)), timeout=45, interval=0.2, what="first lab up")
     # a second lab on the same ports must refuse to start, naming the port, and start nothing
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
     second = subprocess.run([sys.executable, "-m", "webmodels.cli", "up", "--no-locust", "--port-offset",
-                             str(lab_.offset)], capture_output=True, text=True, timeout=30, env=env)
+                             str(lab_.offset)], capture_output=True, text=True, timeout=30, env=launch.clean_env())
     assert second.returncode == 2
     assert f"port {8001 + lab_.offset} (threadpool)" in second.stderr
     assert "already in use" in second.stderr

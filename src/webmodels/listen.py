@@ -51,7 +51,7 @@ def address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# What launchers (tests, the bench) look for in a server's log to learn its bound address (port 0 → real port).
+# What launch.Process looks for in a server's log to learn its bound address (port 0 → real port).
 LISTEN_RE = re.compile(r"listening on http://(\S+)")
 
 

@@ -34,7 +34,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .faults import EXIT_NAMES
+from .launch import Process, accepts, serve_argv, stop_all
 from .lab import LAB_PORTS, LOCUST_PORT, URL_ENV, project_root, server_env, server_url, supervisor_state_path
 from .log import log
 
@@ -134,7 +134,7 @@ class Child:
     env: dict[str, str]
     port: int | None = None  # when set, readiness = the port accepts connections
     restart: bool = True
-    proc: subprocess.Popen | None = None
+    proc: Process | None = None
     started: float = 0.0
     restarts: int = 0
     backoff: float = 0.0
@@ -145,27 +145,17 @@ class Child:
     history: list[dict[str, Any]] = field(default_factory=list)  # recent restarts, epoch seconds
 
     def start(self) -> None:
+        # Not a clean environment: the lab's servers take the user's WEBMODELS_* settings, then the lab's own.
+        # Output not captured: the children write to the lab's terminal, so readiness is by port.
         env = {**os.environ, **self.env, "WEBMODELS_RESTARTS": str(self.restarts)}
-        self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True, cwd=project_root())
+        self.proc = Process(self.argv, env=env, cwd=project_root(), capture=False)
         self.started = time.monotonic()
         self.next_start = 0.0
         self.state = "starting"
 
     def signal_group(self, sig: int) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _accepts(port: int) -> bool:
-    """True if something accepts a TCP connection on 127.0.0.1:PORT."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+            self.proc.signal_group(sig)
 
 
 class Supervisor:
@@ -275,31 +265,26 @@ class Supervisor:
         """Poll the child's port in a thread; mark it up (and log the downtime of a restart) once it accepts."""
         threading.Thread(target=self._wait_ready, args=(child, child.proc, record), daemon=True).start()
 
-    def _wait_ready(self, child: Child, proc: subprocess.Popen | None, record: dict[str, Any] | None,
+    def _wait_ready(self, child: Child, proc: Process | None, record: dict[str, Any] | None,
                     deadline: float = 30.0) -> None:
-        assert child.port is not None
-        end = time.monotonic() + deadline
-        while time.monotonic() < end and not self.stopping:
-            if child.proc is not proc or (proc is not None and proc.poll() is not None):
-                return  # died (or was replaced) before it accepted anything
-            if _accepts(child.port):
-                with self.state_lock:
-                    if child.proc is not proc:
-                        return
-                    child.state = "up"
-                    if record is not None:
-                        record["ready_at"] = self.wall(time.monotonic())
-                if record is not None:
-                    down_ms = (time.monotonic() - child.died_at) * 1000
-                    start_ms = (record["ready_at"] - record["started_at"]) * 1000
-                    log.info("%s serving again on :%d after %.0f ms down (restart #%d: %s %.0f ms, start "
-                             "%.0f ms)", child.name, child.port, down_ms, child.restarts, self.policy.name,
-                             record["delay_s"] * 1000, start_ms)
-                self.write_state()
+        assert child.port is not None and proc is not None
+        if not proc.wait_accepting(child.port, deadline, cancelled=lambda: self.stopping or child.proc is not proc):
+            if not self.stopping and child.proc is proc and proc.poll() is None:  # not: died or replaced meanwhile
+                log.warning("%s did not accept connections within %.0fs of its start", child.name, deadline)
+            return
+        with self.state_lock:
+            if child.proc is not proc:
                 return
-            time.sleep(0.005)
-        if not self.stopping:
-            log.warning("%s did not accept connections within %.0fs of its start", child.name, deadline)
+            child.state = "up"
+            if record is not None:
+                record["ready_at"] = self.wall(time.monotonic())
+        if record is not None:
+            down_ms = (time.monotonic() - child.died_at) * 1000
+            start_ms = (record["ready_at"] - record["started_at"]) * 1000
+            log.info("%s serving again on :%d after %.0f ms down (restart #%d: %s %.0f ms, start "
+                     "%.0f ms)", child.name, child.port, down_ms, child.restarts, self.policy.name,
+                     record["delay_s"] * 1000, start_ms)
+        self.write_state()
 
     def wall(self, mono: float) -> float:
         """Epoch seconds of a monotonic time."""
@@ -333,22 +318,12 @@ class Supervisor:
                 log.debug("state file %s not written: %s", self.state_path, exc)
 
     def stop_all(self) -> None:
-        live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
-        for child in live:
-            child.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for child in live:
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs: SIGKILL", child.name, STOP_GRACE)
+        # SIGTERM to every group at once (the master models' workers, Locust's workers), one STOP_GRACE for all,
+        # then SIGKILL whatever is left in any group
+        late = stop_all([c.proc for c in self.children if c.proc is not None], STOP_GRACE, group=True)
         for child in self.children:
-            child.signal_group(signal.SIGKILL)  # whatever is left in any group: workers, locust workers
-            if child.proc is not None:
-                try:
-                    child.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+            if child.proc is not None and child.proc in late:
+                log.warning("%s did not stop within %.0fs: SIGKILL", child.name, STOP_GRACE)
         if self.state_path is not None:
             try:
                 self.state_path.unlink()
@@ -360,7 +335,8 @@ class Supervisor:
 def lab_children(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
                  state_path: Path | None = None) -> list[Child]:
     py = sys.executable
-    children = [Child(model, [py, "-m", "webmodels.cli", "serve", model], server_env(model, offset=offset),
+    # bind and faults come from the lab's env files (server_env), as in compose
+    children = [Child(model, serve_argv(model, bind=None, faults=False), server_env(model, offset=offset),
                       port=port + offset) for model, port in LAB_PORTS.items()]
     if locust:
         locust_bin = os.path.join(os.path.dirname(py), "locust")
@@ -418,7 +394,7 @@ def _announce(sup: Supervisor, locust: bool, offset: int) -> None:
     end = time.monotonic() + 30
     pending = {c.name: c.port for c in sup.children if c.port}
     while pending and time.monotonic() < end and not sup.stopping:
-        pending = {name: port for name, port in pending.items() if not _accepts(port)}
+        pending = {name: port for name, port in pending.items() if not accepts(port)}
         time.sleep(0.1)
     if pending:
         log.warning("not answering after 30 s: %s", ", ".join(pending))

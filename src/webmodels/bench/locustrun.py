@@ -22,7 +22,8 @@ from typing import Any
 import psutil
 
 from ..lab import project_root
-from .runner import clean_env, taskset
+from ..launch import clean_env
+from .runner import taskset
 
 
 def user_class(model: str) -> str:

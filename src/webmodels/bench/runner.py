@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from ..listen import LISTEN_RE
+from .. import launch
 
 STATS_TIMEOUT = 1.0  # a stalled event loop must not stall the sampler
 
@@ -60,11 +60,6 @@ def taskset(cpus: tuple[int, ...], argv: list[str]) -> list[str]:
     return argv
 
 
-def clean_env() -> dict[str, str]:
-    """Our environment without WEBMODELS_* settings, so only the bench's flags configure a server."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
-
-
 class BenchServer:
     """One `webmodels serve` subprocess on loopback, optionally restarted when it dies.
 
@@ -86,18 +81,21 @@ class BenchServer:
         self.cpus = cpus
         self.restart = restart
         self.port = port
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: launch.Process | None = None  # the current server process (a new one after each restart)
         self.deaths: list[dict[str, Any]] = []  # when and how the server process died, and when it was back
-        self.lines: list[str] = []
         self.bind_retries = 0
         self._stopping = False
-        self._ready = threading.Event()
         self._lock = threading.Lock()
         self._watch: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def lines(self) -> list[str]:
+        """The current server process's output (the latest launch.MAX_LINES lines)."""
+        return self.proc.lines if self.proc is not None else []
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> "BenchServer":
@@ -113,46 +111,24 @@ class BenchServer:
         """Spawn until the server says it listens; retry while its port is in use, up to TIMEOUT."""
         deadline = time.monotonic() + timeout
         while True:
-            proc = self._spawn()
-            while not self._ready.wait(0.02):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    break
-            if self._ready.is_set():
+            argv = launch.serve_argv(self.model, *self.flags, bind=f"127.0.0.1:{self.port}")
+            proc = self.proc = launch.Process(taskset(self.cpus, argv), env=launch.clean_env())
+            if proc.wait_listening(max(0.0, deadline - time.monotonic())):
+                self.port = self.port or proc.port
                 return True
-            if proc.poll() is None or time.monotonic() > deadline or not self._port_in_use(proc):
+            if time.monotonic() > deadline or not self._port_in_use(proc):
                 return False
             self.bind_retries += 1
             time.sleep(self.RETRY_S)
 
-    def _port_in_use(self, proc: subprocess.Popen[str]) -> bool:
+    @staticmethod
+    def _port_in_use(proc: launch.Process) -> bool:
+        """True if PROC, whose output ended without a start-up line, exits within a second saying its port is taken."""
         try:
             proc.wait(1)
         except subprocess.TimeoutExpired:
             return False
-        time.sleep(0.02)  # let the reader thread take the last lines
-        return any("already in use" in line for line in self.lines[-5:])
-
-    def _spawn(self) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-m", "webmodels.cli", "serve", self.model, "--bind", f"127.0.0.1:{self.port}",
-                "--faults", *self.flags]
-        self._ready.clear()
-        proc = subprocess.Popen(taskset(self.cpus, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, env=clean_env(), start_new_session=True)
-        self.proc = proc
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-        return proc
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        with proc.stdout:  # closed at EOF: a server restarted a thousand times must not leak a pipe each time
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                if len(self.lines) < 5000:
-                    self.lines.append(line)
-                if not self._ready.is_set() and (m := LISTEN_RE.search(line)):
-                    if not self.port:
-                        self.port = int(m.group(1).rsplit(":", 1)[1])
-                    self._ready.set()
+        return launch.addr_in_use("\n".join(proc.lines[-5:]))
 
     def _supervise(self) -> None:
         while not self._stopping:
@@ -166,7 +142,7 @@ class BenchServer:
             with self._lock:
                 if self._stopping:
                     return
-                _killpg(proc, signal.SIGKILL)  # leftovers of the dead server's group (none expected)
+                proc.signal_group(signal.SIGKILL)  # leftovers of the dead server's group (none expected)
                 back_ok = self._start_until_bound(20)
             back = time.time() if back_ok else None
             self.deaths.append({"died_at": died, "status": status, "back_at": back,
@@ -178,29 +154,18 @@ class BenchServer:
         return self.proc.pid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.alive()
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
 
     def stop(self) -> None:
-        """Fast stop (SIGINT: no drain, the bench is done with it), then SIGKILL the whole group."""
+        """Fast stop (SIGINT to the whole group: no drain, the bench is done with it), then SIGKILL the group."""
         self._stopping = True
         with self._lock:
             proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _killpg(proc, signal.SIGINT)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        _killpg(proc, signal.SIGKILL)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        if proc is not None:
+            proc.stop(5, signal.SIGINT, group=True)
 
     def __enter__(self) -> "BenchServer":
         return self.start() if self.proc is None else self
@@ -232,13 +197,6 @@ class RemoteServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _killpg(proc: subprocess.Popen[str], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # start_new_session=True: the group id is the child's pid
-    except (ProcessLookupError, PermissionError):
         pass
 
 
