@@ -226,10 +226,18 @@ class Master:
         detail = f"workers={self.config.workers} engine={self.config.engine}"
         if self.config.reuseport:
             detail += " reuseport"
-        log_startup(self.config, self.sock, detail=detail)
+        # "listening" is a promise that a connection is answered: with --reuseport the master's socket never
+        # listens, so it is said once a worker has opened its own listener (booted), not before — a client
+        # that connects on the word would otherwise be refused.
+        announced = not self.config.reuseport
+        if announced:
+            log_startup(self.config, self.sock, detail=detail)
         self.manage_workers()
         while True:
-            self.wait_for_signals(self._sleep_time())
+            self.wait_for_signals(self._sleep_time() if announced else 0.01)
+            if not announced and any(self.board.slots[w.slot].booted for w in self.workers.values()):
+                log_startup(self.config, self.sock, detail=detail)
+                announced = True
             while self.sig_queue:
                 sig = self.sig_queue.pop(0)
                 getattr(self, f"handle_{signal.Signals(sig).name[3:].lower()}")()

@@ -481,3 +481,16 @@ def test_every_mutant_of_the_table_still_matches_the_code_exactly_once() -> None
     table = mutants.load()
     assert len(table) >= 8
     assert mutants.check(table, root) == [], "edit scripts/mutants.toml: the code it mutates has changed"
+
+
+# -- "listening" means a connection is answered ---------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["sync", "threads", "loop"])
+def test_reuseport_master_says_listening_only_once_a_worker_listens(start_server, engine: str) -> None:
+    # With --reuseport the master's socket is bound, never listening: each worker opens its own listener. A
+    # worker that boots slowly (0.5 s here) must not leave a window in which the start-up line is out and a
+    # client connecting on it is refused.
+    t0 = time.monotonic()
+    srv = start_server("prefork", "--engine", engine, "--workers", "1", "--reuseport",
+                       env={"WEBMODELS_FAULT_BOOT_DELAY": "0.5"})
+    assert time.monotonic() - t0 >= 0.5, "said listening before the worker could listen"
+    assert srv.get("/").status_code == 200
