@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from webmodels import launch
+
 BIN = Path(sys.executable).parent
 REQUEST = b"GET / HTTP/1.1\r\nHost: c10k\r\n\r\n"
 HELLO = b"Hello, world!"
@@ -229,12 +231,7 @@ def measure(name: str, n: int, probes: int, appdir: str, keepalive: int, server_
     finally:
         for s in socks:
             s.close()
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        launch.stop(proc, 15, group=True)  # SIGTERM to the group, then SIGKILL what is left
 
 
 def main() -> int:

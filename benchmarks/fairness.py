@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from webmodels import launch
 
 BIN = Path(sys.executable).parent
 WSGI_APP = '''
@@ -142,14 +143,8 @@ def free_port() -> int:
 
 
 def wait_up(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
+    if not launch.wait_accepting(port, timeout, interval=0.05):
+        raise RuntimeError(f"server on port {port} did not start")
 
 
 def stats_of(port: int) -> dict:
@@ -179,12 +174,7 @@ def measure(cmd: list[str], port: int, args: argparse.Namespace) -> Result:
         res.stats = stats_of(port)
         return res
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        launch.stop(proc, 10, group=True)  # SIGTERM to the group, then SIGKILL what is left
 
 
 def main() -> int:

@@ -23,15 +23,15 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from webmodels import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -97,14 +97,8 @@ def bind_args(cmd: list[str], port: int) -> list[str]:
 
 
 def wait_up(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
+    if not launch.wait_accepting(port, timeout, interval=0.05):
+        raise RuntimeError(f"server on port {port} did not start")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -153,12 +147,7 @@ def measure(cmd: list[str], pair: Pair, duration: int, server_core: int, wrk_cor
         return run_wrk(port, pair.wrk, duration, wrk_core, proc.pid)
     finally:
         # stop the server and its children (gunicorn and prefork fork) by the process group we created
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        launch.stop(proc, 10, group=True)  # SIGTERM to the group, then SIGKILL what is left
 
 
 def main() -> int:

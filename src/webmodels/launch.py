@@ -75,6 +75,17 @@ def accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
         return False
 
 
+def wait_accepting(port: int, timeout: float, *, host: str = "127.0.0.1", interval: float = 0.005,
+                   cancelled: Callable[[], bool] = lambda: False) -> bool:
+    """Poll HOST:PORT until it accepts a connection (True); False if CANCELLED() turns true or TIMEOUT passes."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not cancelled():
+        if accepts(port, host):
+            return True
+        time.sleep(interval)
+    return False
+
+
 def send(proc: subprocess.Popen, sig: int, group: bool = False) -> None:
     """Send SIG to PROC, or (GROUP) to its process group; a process or group already gone is not an error."""
     try:
@@ -179,14 +190,9 @@ class Process(subprocess.Popen):
 
     def wait_accepting(self, port: int, timeout: float, *, host: str = "127.0.0.1", interval: float = 0.005,
                        cancelled: Callable[[], bool] = lambda: False) -> bool:
-        """Poll HOST:PORT until it accepts a connection (True); False if this process exits, CANCELLED() turns
-        true, or TIMEOUT passes."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and not cancelled() and self.poll() is None:
-            if accepts(port, host):
-                return True
-            time.sleep(interval)
-        return False
+        """wait_accepting(), also False as soon as this process exits."""
+        return wait_accepting(port, timeout, host=host, interval=interval,
+                              cancelled=lambda: cancelled() or self.poll() is not None)
 
     def signal_group(self, sig: int) -> None:
         """SIG to every process of this one's group (its workers too)."""
