@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import httpx
 
@@ -112,7 +112,7 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(len(xs) * q / 100))], 2)
 
 
-def start_all(servers: dict[str, Any]) -> None:
+def start_all(servers: Mapping[Any, Any]) -> None:
     """Start servers concurrently (each start is mostly Python's import time)."""
     errors: list[BaseException] = []
 
@@ -132,7 +132,7 @@ def start_all(servers: dict[str, Any]) -> None:
         raise errors[0]
 
 
-def stop_all(servers: dict[str, Any]) -> None:
+def stop_all(servers: Mapping[Any, Any]) -> None:
     for s in servers.values():
         s.stop()
 

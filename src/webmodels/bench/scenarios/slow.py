@@ -109,7 +109,7 @@ def run(bench: Bench) -> dict[str, Any]:
             servers.update({(m, label): bench.server(m, flags) for label, flags in VARIANTS if label not in per[m]})
         bench.progress.step(f"slow clients · {', '.join(batch)} · " + ", ".join(dict.fromkeys(l for _, l in servers)),
                             seconds + head_start + 1.5)
-        start_all(servers)  # type: ignore[arg-type]
+        start_all(servers)
         try:
             targets = {}
             for key, srv in servers.items():
@@ -119,7 +119,7 @@ def run(bench: Bench) -> dict[str, Any]:
             got = asyncio.run(_attack_all(targets, seconds, head_start))
             wall = round(time.monotonic() - t0, 2)
         finally:
-            stop_all(servers)  # type: ignore[arg-type]
+            stop_all(servers)
         for (m, label) in servers:
             per[m][label] = {**got[(m, label)], "wall_s": wall}
         for m in batch:
