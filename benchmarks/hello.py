@@ -9,6 +9,7 @@ each side, the min–max range, and the ratio of medians against the target. Pai
 
   eventloop              vs uvicorn (uvloop + httptools), raw ASGI hello     keep-alive, 50 connections
   prefork --engine loop -w 1 vs the same uvicorn (the loop engine as a worker) keep-alive, 50 connections
+  prefork --engine loop -w 1 vs eventloop (one loop worker against the loop alone) keep-alive, 50 connections
   threadpool --threads 32 vs gunicorn -k gthread --threads 32 -w 1           keep-alive, 32 connections
   prefork --workers 1    vs gunicorn -k sync -w 1                             Connection: close, 8 connections
 
@@ -79,6 +80,9 @@ def pairs(appdir: str) -> list[Pair]:
              [str(BIN / "uvicorn"), "--app-dir", appdir, "--loop", "uvloop", "--http", "httptools",
               "--no-access-log", "--log-level", "warning", "asgi_hello:app"],
              "uvicorn (uvloop+httptools)", 1.6, ["-c", "50"]),
+        # ours against ours: what a master and shared-memory metrics cost one loop worker (target: within 10 %)
+        Pair("prefork-loop-vs-eventloop", wb + ["prefork", "--engine", "loop", "--workers", "1"],
+             wb + ["eventloop"], "eventloop", 0.9, ["-c", "50"]),
         Pair("threadpool", wb + ["threadpool", "--threads", "32"],
              gun + ["-k", "gthread", "--threads", "32", "-w", "1", "wsgi_hello:app"],
              "gunicorn gthread 32 threads", 1.5, ["-c", "32"]),
@@ -118,25 +122,27 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def run_wrk(port: int, args: list[str], duration: int, core: int, pid: int = 0) -> tuple[float, str]:
+def run_wrk(port: int, args: list[str], duration: int, core: int, pid: int = 0) -> tuple[float, float, str]:
+    """(rps, the server's CPU µs per request or 0 without PID, notes) of one wrk run."""
     cmd = ["taskset", "-c", str(core), "wrk", "-t1", f"-d{duration}s", *args, f"http://127.0.0.1:{port}/"]
     cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    notes = []
+    notes, cpu_us = [], 0.0
     total = re.search(r"(\d+) requests in", out)
     if pid and total and int(total.group(1)):
         # The server's own CPU per request: steadier than rps on a busy machine (neighbours steal time,
         # not instructions).
-        notes.append(f"server CPU {(cpu_seconds(pid) - cpu0) * 1e6 / int(total.group(1)):.1f} µs/req")
+        cpu_us = (cpu_seconds(pid) - cpu0) * 1e6 / int(total.group(1))
+        notes.append(f"server CPU {cpu_us:.1f} µs/req")
     if "Socket errors" in out:
         notes.append(re.search(r"Socket errors:.*", out).group(0))  # type: ignore[union-attr]
     if "Non-2xx" in out:
         notes.append(re.search(r"Non-2xx.*", out).group(0))  # type: ignore[union-attr]
-    return (float(m.group(1)) if m else 0.0), "; ".join(notes)
+    return (float(m.group(1)) if m else 0.0), cpu_us, "; ".join(notes)
 
 
-def measure(cmd: list[str], pair: Pair, duration: int, server_core: int, wrk_core: int) -> tuple[float, str]:
+def measure(cmd: list[str], pair: Pair, duration: int, server_core: int, wrk_core: int) -> tuple[float, float, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
     proc = subprocess.Popen(["taskset", "-c", str(server_core), *bind_args(cmd, port)], env=env,
@@ -156,7 +162,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--wrk-core", type=int, default=1)
-    ap.add_argument("--only", default="", help="comma-separated: eventloop,prefork-loop,threadpool,prefork")
+    ap.add_argument("--only", default="", help="comma-separated: eventloop,prefork-loop,prefork-loop-vs-eventloop,"
+                    "threadpool,prefork")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
@@ -172,11 +179,13 @@ def main() -> int:
     for pair in pairs(appdir):
         if only and pair.name not in only:
             continue
-        ours, ref = [], []
+        ours, ref, cpu_ours, cpu_ref = [], [], [], []
         for i in range(args.runs):
-            for cmd, acc, label in ((pair.ours, ours, pair.name), (pair.ref, ref, pair.ref_name)):
-                rps, notes = measure(cmd, pair, args.duration, args.server_core, args.wrk_core)
+            for cmd, acc, cpu, label in ((pair.ours, ours, cpu_ours, pair.name),
+                                         (pair.ref, ref, cpu_ref, pair.ref_name)):
+                rps, cpu_us, notes = measure(cmd, pair, args.duration, args.server_core, args.wrk_core)
                 acc.append(rps)
+                cpu.append(cpu_us)
                 print(f"  run {i + 1}: {label:32s} {rps:10.0f} rps {notes}", flush=True)
         mo, mr = statistics.median(ours), statistics.median(ref)
         ratio = mo / mr if mr else float("inf")
@@ -184,7 +193,8 @@ def main() -> int:
         failed |= not ok
         print(f"{pair.name:11s} {mo:9.0f} rps [{min(ours):.0f}–{max(ours):.0f}]  vs  {pair.ref_name}: "
               f"{mr:9.0f} rps [{min(ref):.0f}–{max(ref):.0f}]  ratio {ratio:.2f}× (target ≥ {pair.target}×) "
-              f"{'OK' if ok else 'BELOW TARGET'}  wrk {' '.join(pair.wrk)}", flush=True)
+              f"{'OK' if ok else 'BELOW TARGET'}  wrk {' '.join(pair.wrk)}; server CPU µs/req (medians) "
+              f"{statistics.median(cpu_ours):.1f} vs {statistics.median(cpu_ref):.1f}", flush=True)
     shutil.rmtree(appdir, ignore_errors=True)
     return 1 if failed else 0
 

@@ -11,6 +11,11 @@ the two facts the master judges liveness by — `busy_since` (all its handler th
 `heartbeat` (the loop's last tick). The threads of a threads worker write the same slot, so its runtime
 updates it under a per-process lock (`Runtime.shared_by_threads`); readers in other processes may see a figure one update old,
 never a torn one (each field is one aligned 8-byte word).
+
+Beside the board, and made with it before the first fork: `/metrics`' tally, one region of shared memory
+per slot (webmodels/tally.py). A worker counts every answer's labels and duration in the region of its
+slot; whoever answers a scrape adds all regions up. A region outlives its worker: the next one in the
+slot counts on from there, so the sum never goes backwards — and the master has nothing to fold.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import signal
 import time
 from typing import Any
 
+from webmodels import tally
 from webmodels.config import Config
 from webmodels.runtime import Runtime, loop_lag_ms, worker_entry
 
@@ -70,9 +76,16 @@ class BoardRuntime(Runtime):
         super().__init__(config)
         self.board = board
         self.slot: Slot | None = None  # set in the worker after fork
+        self.slot_no: int | None = None  # which of the board's slots (unique among live workers; the index is not)
+        # /metrics' tally: one region per slot, mapped here in the master before the first fork (tally.py)
+        self.tallies = tally.Regions(MAX_WORKERS, shared=True)
 
     def attach(self, slot: Slot, index: int) -> None:
+        """In the worker after fork: count in SLOT, and in the tally region of the same slot."""
         self.slot, self.worker_index = slot, index
+        self.slot_no = (ctypes.addressof(slot) - ctypes.addressof(self.board.slots)) // ctypes.sizeof(Slot)
+        # A region outlives its worker: the next worker in this slot counts on from what the last one left.
+        self.tally = self.tallies.tally(self.slot_no, self.config.faults, self._lock)
 
     # -- where the counts are kept: this worker's slot ----------------------------------------------------------
     def _started(self) -> None:

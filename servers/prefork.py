@@ -115,7 +115,6 @@ import traceback
 from dataclasses import dataclass
 from types import ModuleType
 
-from webmodels import metrics
 from webmodels.config import Config
 from webmodels.exitcodes import EXIT_BOOT, EXIT_CONFIG, EXIT_NAMES, EXIT_RECYCLED, EXIT_TIMEOUT
 from webmodels.listen import log_shutdown_begin, log_shutdown_end, log_startup, make_listener
@@ -199,8 +198,6 @@ class Master:
         self.board.master_pid = os.getpid()
         self.board.target_workers = config.workers
         self.runtime = BoardRuntime(config, self.board)
-        # Before any fork: the directory where each worker's /metrics samples live (see metrics.py).
-        self.metrics_store = metrics.MultiprocessStore.create(self.runtime)
         self.workers: dict[int, WorkerInfo] = {}
         self.sig_queue: list[int] = []
         self.stopping = False
@@ -248,7 +245,6 @@ class Master:
                     self.sock.close()  # only now: until the last worker left, its queue was still being served
                     if not self.forced:
                         log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
-                    self.metrics_store.close()
                     return self.exit_code
                 if time.monotonic() >= self.stop_deadline:
                     self._force_stop()
@@ -306,7 +302,6 @@ class Master:
             w = self.workers.pop(pid, None)
             if w is None:
                 continue
-            self.metrics_store.retire(pid)  # fold its samples now, off any request's path
             slot = self.board.slots[w.slot]
             booted = bool(slot.booted)
             cause, how = self._exit_cause(w, status, booted)

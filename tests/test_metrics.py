@@ -1,24 +1,29 @@
-"""`/metrics`: the exposition parses, labels are route templates, scrapes are not counted, prefork sums.
+"""`/metrics`: the exposition parses, labels are route templates, scrapes are not counted, every answer is
+in the histogram (refusals included), prefork sums its workers and never goes backwards.
 
-Unit tests drive app.dispatch_sync with parsed requests (no sockets); the multiprocess store is tested
-with processes forked here (no prefork server); a few integration tests use real servers on port 0.
+Unit tests drive app.dispatch_sync with parsed requests (no sockets); the shared tally is tested with
+processes forked here (no prefork server); the integration tests use real servers on port 0.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from webmodels import app, metrics
-from webmodels.codec import TIMEOUT_408, RequestParser
+from webmodels import app, metrics, tally
+from webmodels.codec import RequestParser
 from webmodels.config import build_config
 from webmodels.runtime import Runtime
 
-from .support import MODELS, wait_for
+from .rawhttp import Conn
+from .support import MODELS, SERVERS, Server, wait_for
 
 
 def runtime(faults: bool = True) -> Runtime:
@@ -82,7 +87,7 @@ def test_route_templates_methods_and_statuses_as_labels():
     assert routes <= set(app.ROUTES) | set(app.FAULT_ROUTES) | {"other"}
     buckets = [lab["le"] for lab, _ in s["http_server_request_duration_seconds_bucket"]
                if lab["http_route"] == "/io" and lab["http_response_status_code"] == "200"]
-    assert len(buckets) == len(metrics.BUCKETS) + 1 and buckets[-1] == "+Inf"
+    assert len(buckets) == len(tally.BUCKETS) + 1 and buckets[-1] == "+Inf"
 
 
 def test_fault_routes_count_as_faults_only_when_faults_are_on():
@@ -106,7 +111,7 @@ def test_metrics_is_never_counted_and_histogram_count_equals_requests():
     rt = runtime()
     for target in ("/", "/", "/bytes?kb=1", "/nope"):
         app.dispatch_sync(request("GET", target), rt)
-    app.refuse(TIMEOUT_408, rt)
+    rt.request_finished(408, started=False)  # what the connection policy calls for a 408 (and every refusal)
     before = dict(rt.counters())
     for _ in range(3):
         s = scrape(rt)
@@ -147,90 +152,154 @@ def test_scrape_waits_as_an_effect_on_the_event_loop():
     assert resp.status == 200 and rt.counters()["requests"] == 0
 
 
-# -- the multiprocess store, without prefork ------------------------------------------------------------------------
-def _child(store: metrics.MultiprocessStore, n: int, w: int) -> None:
-    """In a forked child: count N requests into the store, tell the parent, then wait to be killed or leave."""
-    code = 1
-    try:
-        rt = Runtime(build_config("prefork", {}, {}))
-        m = metrics.Metrics(rt, store)
-        for _ in range(n):
-            m.observe("GET", "/", 200, 0.001)
-        m.fault("/fault/crash")
-        os.write(w, b"x")
-        time.sleep(30)
-        code = 0
-    finally:
-        os._exit(code)
+# -- the tally, without a server ------------------------------------------------------------------------------------
+def _text(*families_of: object) -> bytes:
+    """The exposition text of collectors (objects with collect()), in order."""
+    reg = CollectorRegistry(auto_describe=False)
+    for c in families_of:
+        reg.register(c)  # type: ignore[arg-type]
+    return generate_latest(reg)
 
 
-def _fork_writer(store, n: int) -> int:
-    r, w = os.pipe()
+class _Families:
+    def __init__(self, regions: tally.Regions) -> None:
+        self.regions = regions
+
+    def collect(self):
+        return metrics.families(self.regions)
+
+
+def _in_child(fn) -> int:
+    """Fork; run FN in the child and leave with os._exit (0, or 1 if it raised); return the child's pid."""
     pid = os.fork()
     if pid == 0:
-        os.close(r)
-        _child(store, n, w)
-    os.close(w)
-    assert os.read(r, 1) == b"x"
-    os.close(r)
+        code = 1
+        try:
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
     return pid
 
 
-def _totals(store, live) -> tuple[float, float]:
-    count = faults = 0.0
-    for fam in store.collect(live):
-        for s in fam.samples:
-            if s.name == "http_server_request_duration_seconds_count":
-                count += s.value
-            elif s.name == "webmodels_faults_injected_total":
-                faults += s.value
-    return count, faults
+def _exited(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def test_store_sums_processes_and_survives_a_kill(tmp_path):
-    rt = Runtime(build_config("prefork", {}, {}))
-    store = metrics.MultiprocessStore.create(rt, base=str(tmp_path))
-    metrics._store = None  # create() sets the module's store for a master; this test process is not one
-    a = _fork_writer(store, 5)
-    b = _fork_writer(store, 7)
+def _totals(regions: tally.Regions) -> tuple[int, list[int]]:
+    rows, faults = regions.read()
+    return sum(sum(c[:-1]) for c in rows.values()), faults
+
+
+def test_tally_renders_exactly_as_prometheus_clients_histogram_and_counter():
+    from prometheus_client import Counter, Histogram, disable_created_metrics, enable_created_metrics
+
+    rt = runtime()
+    theirs = CollectorRegistry()
+    hist = Histogram(metrics.DURATION, metrics.DURATION_HELP, metrics.LABELS, buckets=tally.BUCKETS,
+                     registry=theirs)
+    faults = Counter("webmodels_faults_injected", "Fault routes entered, by kind", ["kind"], registry=theirs)
+    cases = [(("GET", "/", 200), ("GET", "/", "200")), (("POST", "/echo", 500), ("POST", "/echo", "500")),
+             (("PURGE", "/no/such", 404), ("_OTHER", "other", "404"))]
+    for seconds in (0.0, 0.00025, 0.0003, 0.001, 0.049, 0.05, 0.7, 3.0, 11.0, 100.0):
+        for raw, labels in cases:
+            rt.tally.observe(*raw, seconds)
+            hist.labels(*labels).observe(seconds)
+    rt.request_finished(431, started=False)  # a refusal: the runtime tallies it, as the policy counts it
+    hist.labels("_OTHER", "other", "431").observe(0.0)
+    for path, kind in (("/fault/crash", "crash"), ("/fault/crash", "crash"), ("/_lab/kill", "kill")):
+        rt.tally.fault(path)
+        faults.labels(kind).inc()
+    disable_created_metrics()  # ours has no *_created series: nothing here reads them
     try:
-        assert _totals(store, [a, b]) == (12, 2)
-        os.kill(a, signal.SIGKILL)
-        os.waitpid(a, 0)
-        seen = [_totals(store, [b])]  # a is gone: folded into the archive by this scrape
-        assert seen[-1] == (12, 2)
-        names = sorted(os.listdir(store.path))
-        assert f"histogram_{a}.db" not in names and "histogram_retired.db" in names, names
-        c = _fork_writer(store, 3)  # a respawn
-        seen.append(_totals(store, [b, c]))
-        store.retire(c)  # the master's prompt fold (c is still running: its file is folded as it stands)
-        seen.append(_totals(store, [b]))
-        assert seen[-2] == seen[-1] == (15, 3)
-        assert all(x[0] <= y[0] for x, y in zip(seen, seen[1:]))  # never backwards
+        expected = generate_latest(theirs)
     finally:
-        for pid in (a, b, locals().get("c")):
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-        store.close()
-    assert not os.path.exists(store.path)
+        enable_created_metrics()
+    assert _text(_Families(rt.tally.regions)) == expected
 
 
-def test_stale_directories_of_dead_masters_are_swept(tmp_path):
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)  # a pid that is certainly dead now
-    stale = tmp_path / f"{metrics.DIR_PREFIX}{pid}-123"
-    stale.mkdir()
-    mine = tmp_path / f"{metrics.DIR_PREFIX}{os.getpid()}-456"
-    mine.mkdir()
-    metrics.sweep_stale(str(tmp_path))
-    assert not stale.exists() and mine.exists()
+def test_a_shared_tally_renders_what_one_process_would():
+    """Two workers' regions, added up at scrape time, give the text of one process that served it all."""
+    first = [("GET", "/", 200, 0.5), ("GET", "/io", 200, 0.125), ("GET", "/", 200, 3.0)]
+    second = [("GET", "/io", 200, 0.25), ("POST", "/", 405, 0.0001220703125), ("GET", "/", 200, 12.0)]
+    shared = tally.Regions(2, shared=True)
 
+    def work(index: int, observations: list) -> None:
+        t = shared.tally(index, faults=True)
+        for obs in observations:
+            t.observe(*obs)
+        t.fault("/fault/leak")
+
+    for pid in [_in_child(lambda: work(0, first)), _in_child(lambda: work(1, second))]:
+        assert _exited(pid) == 0
+    alone = tally.Regions(1, shared=False).tally(0, faults=True)
+    for obs in first + second:  # durations are binary fractions: their sum is exact in any order
+        alone.observe(*obs)
+    alone.fault("/fault/leak")
+    alone.fault("/fault/leak")
+    assert _text(_Families(shared)) == _text(_Families(alone.regions))
+
+
+def test_a_dead_workers_counts_stay_and_its_successor_counts_on():
+    """Slot 0's worker is SIGKILLed; the next worker in slot 0 adds to its rows: never backwards, never twice."""
+    shared = tally.Regions(3, shared=True)
+    r, w = os.pipe()
+
+    def victim() -> None:
+        t = shared.tally(0, faults=True)
+        for _ in range(5):
+            t.observe("GET", "/", 200, 0.001)
+        t.fault("/fault/crash")  # counted before it strikes
+        os.write(w, b"x")
+        time.sleep(60)
+
+    a = _in_child(victim)
+    try:
+        assert os.read(r, 1) == b"x"
+        b = _in_child(lambda: [shared.tally(1, faults=True).observe("GET", "/", 200, 0.001) for _ in range(7)])
+        assert _exited(b) == 0
+        seen = [_totals(shared)]
+        os.kill(a, signal.SIGKILL)
+        assert _exited(a) == -signal.SIGKILL
+        seen.append(_totals(shared))
+        assert seen[0][0] == seen[1][0] == 12 and sum(seen[1][1]) == 1  # the victim's 5 and its fault stay
+
+        def successor() -> None:
+            t = shared.tally(0, faults=True)
+            for _ in range(3):
+                t.observe("GET", "/", 200, 0.001)
+            t.observe("POST", "/echo", 200, 0.001)
+
+        c = _in_child(successor)
+        assert _exited(c) == 0
+        seen.append(_totals(shared))
+        assert seen[-1][0] == 16 and sum(seen[-1][1]) == 1
+        assert [n for n, _ in seen] == sorted(n for n, _ in seen)  # never backwards
+        base = shared.start  # region 0: rows in use, then the pid counting there
+        assert shared.q[base] == 2 and shared.q[base + 1] == c  # the successor found the victim's row: 2 rows, not 3
+    finally:
+        os.close(r)
+        os.close(w)
+        try:
+            os.kill(a, signal.SIGKILL)
+            os.waitpid(a, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def test_a_full_region_counts_the_rest_in_its_overflow_row():
+    t = tally.Regions(1, shared=False).tally(0, faults=False)
+    n = tally.ROWS + 10  # distinct label sets: one status each
+    for status in range(1000, 1000 + n):
+        t.observe("GET", "/", status, 0.001)
+    rows, _ = t.regions.read()
+    assert len(rows) == tally.ROWS and sum(sum(c[:-1]) for c in rows.values()) == n
+    (hist, _faults) = text_string_to_metric_families(_text(_Families(t.regions)).decode())
+    overflow = [s.value for s in hist.samples if s.name.endswith("_count")
+                and s.labels["http_response_status_code"] == tally.OTHER_STATUS]
+    assert overflow == [n - (tally.ROWS - 1)]  # the first ROWS - 1 label sets have a row each
+    assert {"http_request_method": "_OTHER", "http_route": "other", "http_response_status_code": "_OTHER"} in [
+        s.labels for s in hist.samples if s.name.endswith("_count")]
 
 # -- real servers ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", MODELS)
@@ -251,6 +320,99 @@ def test_real_server_metrics_not_counted(model, start_server):
         assert hello and hello[0].value == 5
         (info,) = fams["webmodels_info"].samples
         assert info.labels["model"] == model and info.labels["pid"] == str(srv.pid)
+
+
+# -- real servers: every answer is in /metrics, refusals included -------------------------------------------------
+BAD = {  # what the codec refuses, as bytes on the wire
+    400: b"GET / HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+    431: b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    413: b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n",
+}
+REFUSED = ("_OTHER", "other")  # the method and route of an answer the policy gave itself
+
+
+def raw_status(srv: Server, data: bytes) -> int:
+    """Send DATA on a new connection; return the status the server answers with."""
+    with Conn(srv.host, srv.port, timeout=10) as c:
+        try:
+            c.send(data)
+        except OSError:
+            pass  # it answered (and closed) before reading it all: the answer is still there to read
+        return c.read_reply().status
+
+
+def counts(text: str) -> dict[tuple[str, str, str], float]:
+    """{(method, route, status): count} of the request histogram in an exposition TEXT."""
+    return {(s.labels["http_request_method"], s.labels["http_route"], s.labels["http_response_status_code"]): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "http_server_request_duration_seconds_count"}
+
+
+def balanced(srv: Server, requests: int = 0, slack: int = 0, timeout: float = 10.0) -> dict:
+    """Wait until counters.requests is REQUESTS (if given) and the histogram's total count equals it (within
+    SLACK); return the histogram's counts.
+
+    The scrape first: it is not counted anywhere; the stats request then counts every request but itself
+    (it is still being answered), so both sides see the same requests — plus one per earlier poll. Polled,
+    because the server counts an abandoned connection when it notices the close.
+    """
+    deadline, polls = time.monotonic() + timeout, 0
+    while True:
+        hist = counts(srv.get("/metrics").text)
+        counted = srv.stats()["counters"]["requests"]
+        ok = 0 <= counted - sum(hist.values()) <= slack and (not requests or counted == requests + polls)
+        if ok or time.monotonic() > deadline:
+            break
+        polls += 1
+        time.sleep(0.1)
+    assert ok, (counted, sum(hist.values()), requests, polls, hist)
+    return hist
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_refusals_and_408_are_in_metrics(model, start_server):
+    """400, 413, 431 and a 408 never reached a handler: each is a series (method _OTHER, route other)."""
+    srv = start_server(model, "--header-timeout", "1")
+    for status, data in BAD.items():
+        assert raw_status(srv, data) == status
+    assert raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\n") == 408  # half a head, then silence
+    hist = balanced(srv, requests=4)
+    for status in (400, 413, 431, 408):
+        assert hist.get((*REFUSED, str(status))) == 1, (status, hist)
+
+
+@pytest.mark.parametrize("config", SERVERS)
+def test_histogram_total_is_the_stats_request_count_on_every_model(config, start_server):
+    """After good and bad requests of every kind: sum of the histogram's counts == counters.requests."""
+    model, *flags = SERVERS[config]
+    srv = start_server(model, *flags, "--header-timeout", "1")
+    with srv.client() as c:
+        for path in ("/", "/", "/io?ms=5", "/bytes?kb=2", "/nope", "/cpu?ms=bad", "/fault/raise"):
+            c.get(path)
+        c.post("/", content=b"x")  # 405
+        c.request("PURGE", "/")  # an unknown method
+        c.post("/echo", content=b"y" * 3000)
+    for data in BAD.values():
+        raw_status(srv, data)
+    assert raw_status(srv, b"GET /io HTTP/1.1\r\nHost: t\r\n") == 408
+    with Conn(srv.host, srv.port) as c:  # half a head, abandoned: the server counts it when it sees the close
+        c.send(b"GET / HT")
+    hist = balanced(srv, requests=15)  # 10 + 3 refused + a 408 + the abandoned one
+    assert hist[(*REFUSED, "400")] == 2, hist  # the malformed head and the abandoned one
+
+
+@pytest.mark.parametrize("flags", [("threadpool",), ("prefork", "--engine", "threads", "--workers", "1")],
+                         ids=["threadpool", "prefork-threads"])
+def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
+    srv = start_server(*flags, "--threads", "1", "--queue", "0")
+    with Conn(srv.host, srv.port) as hog:
+        hog.get("/io?ms=1500")  # accepted first, so admitted: it holds the one thread for 1.5 s
+        statuses = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
+        while 503 not in statuses and len(statuses) < 50:
+            statuses.append(raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+        assert hog.read_reply().status == 200 and statuses[-1] == 503, statuses
+    hist = balanced(srv, requests=len(statuses) + 1)
+    assert hist.get((*REFUSED, "503")) == 1, hist
 
 
 def test_prefork_sum_over_workers_is_monotonic_across_a_worker_kill(start_server):
@@ -287,18 +449,63 @@ def test_prefork_sum_over_workers_is_monotonic_across_a_worker_kill(start_server
     assert [s.value for s in fams["webmodels_faults_injected"].samples if s.labels["kind"] == "kill"] == [1]
 
 
-def test_single_process_histogram_renders_exactly_as_prometheus_client_histogram():
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+class _Loop(threading.Thread):
+    """Call FN in a loop until stopped; FN's errors are ignored (a killed worker resets its connections)."""
 
-    ours = metrics.RequestHistogram()
-    reg_ours, reg_theirs = CollectorRegistry(), CollectorRegistry()
-    reg_ours.register(ours)
-    theirs = Histogram(metrics.DURATION, metrics.DURATION_HELP, metrics.LABELS, buckets=metrics.BUCKETS,
-                       registry=reg_theirs)
-    m = metrics.Metrics(runtime())
-    m.hist = ours
-    for seconds in (0.0, 0.00025, 0.0003, 0.001, 0.049, 0.05, 0.7, 3.0, 11.0, 100.0):
-        for labels in (("GET", "/", 200), ("POST", "/echo", 500)):
-            m.observe(*labels, seconds)
-            theirs.labels(*m.labels(*labels)).observe(seconds)
-    assert generate_latest(reg_ours) == generate_latest(reg_theirs)
+    def __init__(self, fn) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.stopped = fn, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.fn()
+            except Exception:  # noqa: BLE001
+                time.sleep(0.005)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(20)
+
+
+@pytest.mark.parametrize("engine", ["sync", "loop"])
+def test_prefork_counters_never_go_backwards_while_workers_are_killed_under_load(engine, start_server):
+    """Kill a worker five times (one of them by a crash fault) under load, scraping all along."""
+    srv = start_server("prefork", "--engine", engine, "--workers", "3")
+    close = b"Connection: close\r\n"
+    load = [_Loop(lambda: raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\n" + close + b"\r\n")) for _ in range(2)]
+    scrapes: list[dict] = []
+    faults: list[float] = []
+
+    def scrape() -> None:
+        text = srv.get("/metrics").text
+        scrapes.append(counts(text))
+        faults.append(sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                          if s.name == "webmodels_faults_injected_total"))
+        time.sleep(0.02)
+
+    scraper = _Loop(scrape)
+    for t in (*load, scraper):
+        t.start()
+    try:
+        for round_ in range(5):
+            workers = wait_for(lambda: len(w := [p["pid"] for p in srv.stats()["per_worker"]]) == 3 and w,
+                               10, 0.05, "three workers")
+            if round_ == 2:  # a crash of whichever worker answers: it counts the fault first, then dies of it
+                with pytest.raises(Exception):
+                    srv.get("/fault/crash", headers={"Connection": "close"})
+            else:
+                os.kill(workers[round_ % 3], signal.SIGKILL)
+            wait_for(lambda: not set(workers) <= {p["pid"] for p in srv.stats()["per_worker"]}, 10, 0.05,
+                     "a worker gone")
+            mark = len(scrapes)  # scrapes on the new set of workers, under load, before the next kill
+            wait_for(lambda: len(scrapes) >= mark + 2, 20, 0.02, "two more scrapes")
+    finally:
+        for t in (*load, scraper):
+            t.stop()
+    assert len(scrapes) >= 10 and scrapes[-1][("GET", "/", "200")] > scrapes[0].get(("GET", "/", "200"), 0)
+    for before, after in zip(scrapes, scrapes[1:]):
+        assert all(after.get(k, -1) >= n for k, n in before.items()), (before, after)
+    assert faults == sorted(faults) and faults[-1] >= 1
+    # Exact, but for a worker killed between counting a request for /_lab/stats and tallying it (microseconds)
+    balanced(srv, slack=4)

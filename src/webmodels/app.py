@@ -17,8 +17,8 @@ import traceback
 from types import GeneratorType
 from typing import Any, Callable, Coroutine, Generator
 
-from . import faults, metrics, stats
-from .codec import HttpError, Request, Response, error_response, json_response, render
+from . import faults, metrics, stats, tally
+from .codec import Request, Response, json_response
 from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
 from .log import access, log
 from .runtime import Runtime
@@ -250,6 +250,7 @@ FAULT_ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "/_lab/scale": (("POST",), lab_scale),
 }
 
+tally.register_routes(ROUTES, FAULT_ROUTES)  # /metrics labels these templates; any other path is `other`
 SERVER_ALLOW = ", ".join(sorted({m for methods, _ in [*ROUTES.values(), *FAULT_ROUTES.values()] for m in methods}))
 
 
@@ -289,24 +290,16 @@ def _bad_param(exc: BadParam) -> Response:
     return json_response(400, {"error": str(exc), "param": exc.param})
 
 
-def refuse(err: HttpError, rt: Runtime) -> bytes:
-    """Count a request the codec refused (it never reached the handler); return its reply, which closes."""
-    rt.request_finished(err.status, started=False)
-    metrics.observe(rt, metrics.OTHER_METHOD, None, err.status, 0.0)
-    return render(error_response(err), False)
-
-
 def _internal_error(req: Request) -> Response:
     log.error("500 on %s %s:\n%s", req.method, req.target, traceback.format_exc().rstrip())
     return json_response(500, {"error": "internal server error"})
 
 
 def _account(req: Request, rt: Runtime, resp: Response | None, t0: float) -> None:
-    """Count the finished request (no response = a 500) and write its access-log line."""
+    """Count the finished request (no response = a 500), tally it for /metrics, write its access-log line."""
     status = resp.status if resp is not None else 500
     rt.request_finished(status)
-    m = rt.metrics
-    (m if m is not None else metrics.of(rt)).observe(req.method, req.path, status, time.monotonic() - t0)
+    rt.tally.observe(req.method, req.path, status, time.monotonic() - t0)
     if resp is not None and access.isEnabledFor(20):
         access.info("%s %s %d %d %.1fms", req.method, req.target, resp.status, len(resp.body),
                     (time.monotonic() - t0) * 1000)
@@ -362,7 +355,7 @@ def dispatch_fast(req: Request, rt: Runtime) -> Response | Coroutine[Any, Any, R
     except Exception:
         resp = _internal_error(req)
     except BaseException:
-        rt.request_finished(500)
+        _account(req, rt, None, t0)
         raise
     _account(req, rt, resp, t0)
     return resp

@@ -5,7 +5,9 @@ connections accepted, the loop's heartbeat) and hands it one callable, `engine_s
 the engine can know (queued connections, open connections, worst recent loop lag). The runtime knows no
 engine type and reaches into none: that callable is all it may call. This base class keeps its counters in the process's own memory — enough for `threadpool` and
 `eventloop`, which are one process; a prefork worker's runtime (servers/board.py) keeps the same counters
-in its slot of the shared-memory board, so any worker can report the whole server.
+in its slot of the shared-memory board, so any worker can report the whole server. `/metrics`' tally of
+every answer (labels and duration, tally.py) lives beside them, the same way: here in this process's
+memory, in a prefork worker in its slot's region of a shared mapping.
 
 Liveness, as the master judges it, is published here too: `runners` is how many threads run handlers
 (sync 1, threads N, loop 0). When all of them are busy, `busy_since` says since when the last one started;
@@ -21,6 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import tally
 from .config import Config
 
 LAG_INTERVAL = 0.05  # how often a loop ticks its heartbeat; lag = how late that tick woke up
@@ -28,7 +31,7 @@ LAG_INTERVAL = 0.05  # how often a loop ticks its heartbeat; lag = how late that
 
 class Runtime:
     worker_index: int | None = None
-    metrics: Any = None  # hook: the process's metrics.Metrics, made on first use by webmodels.metrics
+    metrics: Any = None  # hook: the process's metrics.Metrics (the /metrics registry), made at the first scrape
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -50,6 +53,9 @@ class Runtime:
         self.tick = 0.0  # last heartbeat (time.monotonic()); 0 = this engine does not tick
         self.lag_ms = 0.0
         self.engine_stats: Callable[[], dict[str, Any]] = dict
+        # Every answer's labels and duration, for /metrics: this process's own region (a prefork worker
+        # counts in its board slot's region of a shared one instead: servers/board.py).
+        self.tally = tally.Regions(1, shared=False).tally(0, config.faults)
         # One thread counts here until shared_by_threads(): bind the unlocked updates directly, so a count
         # costs one call instead of two. (Not request_finished: its `started` defaults to True, _finished's
         # does not.)
@@ -58,7 +64,7 @@ class Runtime:
 
     def shared_by_threads(self) -> None:
         """Several threads will count here from now on: guard every update with a per-process lock."""
-        self._lock = threading.Lock()
+        self._lock = self.tally.lock = threading.Lock()
         for name in ("request_started", "connection_accepted"):
             self.__dict__.pop(name, None)  # back to the methods below, which take the lock
 
@@ -70,10 +76,14 @@ class Runtime:
             self._started()
 
     def request_finished(self, status: int, started: bool = True) -> None:
+        """Count a finished request (STARTED=False: an answer of the connection policy's own, never started)."""
         if self._lock is None:
-            return self._finished(status, started)
-        with self._lock:
             self._finished(status, started)
+        else:
+            with self._lock:
+                self._finished(status, started)
+        if not started:  # a refusal, a 408, an abandoned request, the 503 at admission: /metrics' only count
+            self.tally.refused(status)  # of it (app.py tallies the handler's answers: it knows method and route)
 
     # -- pushed by the engine ----------------------------------------------------------------------------------
     def connection_accepted(self) -> None:

@@ -378,9 +378,10 @@ def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 
         ports["locust"] = LOCUST_PORT + offset
     extra = []
     if metrics:  # Prometheus scraping the servers (webmodels.promlab owns the details)
-        from .promlab import native_child
-        extra.append(native_child({m: p + offset for m, p in LAB_PORTS.items()}, offset))
-        ports["prometheus"] = extra[-1].port
+        from .promlab import native_command
+        argv, port = native_command({m: p + offset for m, p in LAB_PORTS.items()}, offset)
+        extra.append(Child("prometheus", argv, {}, port=port))
+        ports["prometheus"] = port
     check_ports_free(ports)
     policy = policy or RestartPolicy()
     state_path = supervisor_state_path(offset)
