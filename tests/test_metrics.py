@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -297,7 +296,7 @@ def test_a_full_region_counts_the_rest_in_its_overflow_row():
     (hist, _faults) = text_string_to_metric_families(_text(_Families(t.regions)).decode())
     overflow = [s.value for s in hist.samples if s.name.endswith("_count")
                 and s.labels["http_response_status_code"] == tally.OTHER_STATUS]
-    assert overflow == [n - (tally.ROWS - 1)]  # the first ROWS - 1 label sets have a row each
+    assert overflow == [n - (tally.ROWS - 1)] and tally.ROWS - 1 == 511  # a row each for 511: README "Metrics"
     assert {"http_request_method": "_OTHER", "http_route": "other", "http_response_status_code": "_OTHER"} in [
         s.labels for s in hist.samples if s.name.endswith("_count")]
 
@@ -405,13 +404,17 @@ def test_histogram_total_is_the_stats_request_count_on_every_model(config, start
                          ids=["threadpool", "prefork-threads"])
 def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
     srv = start_server(*flags, "--threads", "1", "--queue", "0")
-    with Conn(srv.host, srv.port) as hog:
-        hog.get("/io?ms=1500")  # accepted first, so admitted: it holds the one thread for 1.5 s
-        statuses = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
-        while 503 not in statuses and len(statuses) < 50:
+    statuses = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
+    while 503 not in statuses and len(statuses) < 8:
+        with Conn(srv.host, srv.port) as hog:
+            hog.get("/io?ms=2000")  # accepted first, so admitted: it holds the one thread for 2 s ...
+            # ... and the probe finds it busy — unless it came before the hog's thread had started on it: then
+            # it was admitted too, waited its turn and got a 200. So give the hog a head start, longer each try.
+            time.sleep(min(1.0, 0.05 * 2 ** len(statuses)))
             statuses.append(raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
-        assert hog.read_reply().status == 200 and statuses[-1] == 503, statuses
-    hist = balanced(srv, requests=len(statuses) + 1)
+            assert hog.read_reply().status == 200
+    assert statuses[-1] == 503, statuses
+    hist = balanced(srv, requests=2 * len(statuses))  # each hog, each probe
     assert hist.get((*REFUSED, "503")) == 1, hist
 
 
@@ -487,6 +490,10 @@ def test_prefork_counters_never_go_backwards_while_workers_are_killed_under_load
     scraper = _Loop(scrape)
     for t in (*load, scraper):
         t.start()
+    for pid in [p["pid"] for p in srv.stats()["per_worker"]]:  # shared pages, never a file (README "Metrics")
+        with open(f"/proc/{pid}/maps") as f:
+            files = {line.split()[-1] for line in f if len(line.split()) > 5}
+        assert not {name for name in files if name.startswith(("/dev/shm", "/tmp"))}, files
     try:
         for round_ in range(5):
             workers = wait_for(lambda: len(w := [p["pid"] for p in srv.stats()["per_worker"]]) == 3 and w,

@@ -32,17 +32,18 @@ Each worker counts into its own region with no lock across processes; whichever 
 adds up every region while the others go on counting. A dead worker's counts stay in its region, and the
 worker that takes its slot next counts on from there, so the sum never goes backwards and never counts
 anyone twice (tally.py says why no fold and no lock are needed). prometheus_client's multiprocess mode
-(one mmap'ed file per process, merged per scrape) was the first answer here; it cost ~2.4 µs a request in
-each worker against ~0.3 µs for a word in shared memory, and a file per dead worker to fold away.
+(one mmap'ed file per process, merged per scrape) was the first answer here: it nearly doubled what a loop
+worker's handler path costs per request, and left a file per dead worker to fold away (benchmarks/README.md).
 
 # What a scrape costs (the event loop pays it on its one thread; the budget is 1 ms)
-Counting a request: a dict lookup, a bisect and two word increments (about 0.3 µs here; prometheus_client's
-Histogram costs 0.87 µs, a lock per bucket). A scrape reads the process tree's memory on a helper thread
-(smaps_rollup: the kernel walks the page tables for 0.3-0.7 ms, GIL released) while the handler waits as
-an effect, then renders on the answering thread: the tally's rows and rt.counters() into prometheus_client's
-text format, ~6 µs per sample line with prometheus_client 0.21 (0.22+ escapes every label name of every
-sample and nearly doubles that: hence the pin in pyproject.toml). Fewer buckets above 10 ms than
-OpenTelemetry's default for the same reason. Measured (CPU time of the loop thread, reported by each
+Counting a request: a dict lookup, a bisect and two word increments — the same in a private or a shared
+region (5.0k instructions under callgrind, against 5.9k for the former lists under a lock and 18.6k for
+prometheus_client's multiprocess file; a few tenths of a µs). A scrape reads the process tree's memory on
+a helper thread (smaps_rollup: the kernel walks the page tables for 0.3-0.7 ms, GIL released) while the
+handler waits as an effect, then renders on the answering thread: the tally's rows and rt.counters() into
+prometheus_client's text format, ~6 µs per sample line with prometheus_client 0.21 (0.22+ escapes every
+label name of every sample and nearly doubles that: hence the pin in pyproject.toml). Fewer buckets above
+10 ms than OpenTelemetry's default for the same reason. Measured (CPU time of the loop thread, reported by each
 scrape as webmodels_metrics_scrape_duration_seconds): see README "Metrics".
 """
 
