@@ -113,18 +113,18 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from types import ModuleType
 
 from webmodels import metrics
 from webmodels.config import Config
 from webmodels.exitcodes import EXIT_BOOT, EXIT_CONFIG, EXIT_NAMES, EXIT_RECYCLED, EXIT_TIMEOUT
-from webmodels.listen import log_shutdown_begin, log_shutdown_end, log_startup, make_listener
+from webmodels.listen import log_startup, make_listener
 from webmodels.log import log
 
-from . import eventloop, sync, threadpool
+from . import engine_factory, lifecycle
 from .board import MAX_WORKERS, Board, BoardRuntime, Slot, clear, new_board
+from .lifecycle import log_shutdown_begin, log_shutdown_end
 
-ENGINES: dict[str, ModuleType] = {"sync": sync, "threads": threadpool, "loop": eventloop}
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 KILL_GRACE = 0.15  # after SIGABRT, how long a hung worker gets before SIGKILL
 FAST_STOP_GRACE = 1.0  # SIGINT/SIGQUIT: how long workers get before SIGKILL
 
@@ -141,20 +141,18 @@ def _die_with_parent() -> None:
 def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot: Slot, index: int) -> int:
     """Boot a worker in the child after fork() and run its engine; return the status to os._exit() with.
 
-    The master forked us with its signals blocked (see spawn_worker): a TERM sent to us now waits, instead
-    of reaching the master's inherited do-nothing handler and being lost. We unblock once our own
-    handlers are in place, so such a TERM ends us at once.
+    The master forked us with its signals blocked (see spawn_worker): a TERM sent to us while we boot waits,
+    instead of reaching the master's inherited do-nothing handler and being lost — or ending us before we have
+    served what the listen queue holds. The stop signals stay blocked until the lifecycle has its handlers
+    (lifecycle.install_signals unblocks them): such a TERM is then a graceful stop like any other.
     """
     if config.faults and (delay := os.environ.get("WEBMODELS_FAULT_BOOT_DELAY")):
         time.sleep(float(delay))  # a slow boot, to test the window above (imports, a big app)
     for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    # Until the engine installs its own: the master's stop signals simply end a worker that is still booting.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, lambda *_: os._exit(0))
     # The master's verdict "you are hung": leave at once with a status that says so.
     signal.signal(signal.SIGABRT, lambda *_: os._exit(EXIT_TIMEOUT))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, Master.SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(Master.SIGNALS) - set(lifecycle.STOP_SIGNALS))
     _die_with_parent()
     if os.getppid() != runtime.board.master_pid:
         return 0  # the master died between fork and prctl
@@ -165,16 +163,13 @@ def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
             max_requests += random.randint(0, config.max_requests_jitter)
-        if config.reuseport:
-            port = sock.getsockname()[1]
-            sock.close()  # the master's: bound, never listening (see the essay)
-            sock = make_listener(config, port=port, reuseport=True)
+        factory = engine_factory(config.engine)  # imported here, after the fork (an engine may patch its process)
         runtime.attach(slot, index)
         slot.booted = 1
     except BaseException:
         traceback.print_exc()
         return EXIT_BOOT
-    return ENGINES[config.engine].run(config, sock, runtime, max_requests)
+    return lifecycle.run(factory, config, sock, runtime, max_requests=max_requests)
 
 
 # -- the master --------------------------------------------------------------------------------------------------
@@ -195,8 +190,12 @@ class Master:
 
     def __init__(self, config: Config, sock: socket.socket) -> None:
         self.config, self.sock = config, sock
+        self.port = sock.getsockname()[1]
+        # --reuseport: one listener per worker index, made and kept open here (see the essay); else the one.
+        self.listeners: dict[int, socket.socket] = {0: sock} if config.reuseport else {}
         self.board: Board = new_board()
         self.board.master_pid = os.getpid()
+        self.board.migrate_req = read_migrate_req()
         self.board.target_workers = config.workers
         self.runtime = BoardRuntime(config, self.board)
         # Before any fork: the directory where each worker's /metrics samples live (see metrics.py).
@@ -225,19 +224,17 @@ class Master:
             # so un-sharing) the pages of objects every worker inherited
         detail = f"workers={self.config.workers} engine={self.config.engine}"
         if self.config.reuseport:
-            detail += " reuseport"
-        # "listening" is a promise that a connection is answered: with --reuseport the master's socket never
-        # listens, so it is said once a worker has opened its own listener (booted), not before — a client
-        # that connects on the word would otherwise be refused.
-        announced = not self.config.reuseport
-        if announced:
-            log_startup(self.config, self.sock, detail=detail)
+            detail += f" reuseport tcp_migrate_req={self.board.migrate_req}"
+        # Every listener listens before the first fork: a client that connects on the word waits in a queue
+        # for a worker to boot, it is never refused.
+        log_startup(self.config, self.sock, detail=detail)
+        if self.config.reuseport and self.board.migrate_req != 1:
+            log.info("--reuseport: a worker removed by SIGTTOU (or the last one at a stop) resets what its "
+                     "listener still queues; `sysctl -w net.ipv4.tcp_migrate_req=1` (root, per network "
+                     "namespace) makes the kernel hand those to a sibling")
         self.manage_workers()
         while True:
-            self.wait_for_signals(self._sleep_time() if announced else 0.01)
-            if not announced and any(self.board.slots[w.slot].booted for w in self.workers.values()):
-                log_startup(self.config, self.sock, detail=detail)
-                announced = True
+            self.wait_for_signals(self._sleep_time())
             while self.sig_queue:
                 sig = self.sig_queue.pop(0)
                 getattr(self, f"handle_{signal.Signals(sig).name[3:].lower()}")()
@@ -245,7 +242,8 @@ class Master:
             self.murder_workers()
             if self.stopping:
                 if not self.workers:
-                    self.sock.close()  # only now: until the last worker left, its queue was still being served
+                    for sock in {self.sock, *self.listeners.values()}:
+                        sock.close()  # only now: until the last worker left, its queue was still being served
                     if not self.forced:
                         log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
                     self.metrics_store.close()
@@ -254,6 +252,7 @@ class Master:
                     self._force_stop()
                 continue
             self.manage_workers()
+            self.close_unheld_listeners()  # after the replacements took theirs
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         # No work here (no logging, no reaping). Python may call this once for two signals of the same
@@ -358,8 +357,9 @@ class Master:
                 continue
             stuck = self._stuck_since(w)
             if self.config.timeout and stuck and now - stuck > self.config.timeout:
-                what = {"sync": "busy on one request", "threads": "with every thread busy",
-                        "loop": "with its loop silent"}[self.config.engine]
+                slot = self.board.slots[w.slot]
+                what = ("with its loop silent" if not slot.busy_since else "busy on one request" if slot.runners == 1
+                        else f"with every thread busy ({slot.runners} of {slot.runners})")
                 log.warning("worker %d (pid %d) %s for %.2fs > --timeout %gs: SIGABRT", w.index, w.pid, what,
                             now - stuck, self.config.timeout)
                 w.aborted_at = now
@@ -372,6 +372,14 @@ class Master:
         for w in active[:max(0, len(active) - target)]:  # oldest first, as gunicorn does
             log.info("worker %d (pid %d) retiring: SIGTERM", w.index, w.pid)
             w.retiring = True
+            if self.config.reuseport:
+                # Its listener goes with it: it serves what its queue holds, and ours must not be the copy that
+                # outlives its last accept (the queue would be reset at our close, a window ms long; at the
+                # worker's own close it is µs).
+                self.board.slots[w.slot].closing = 1
+                sock = self.listeners.pop(w.index, None)
+                if sock is not None:
+                    sock.close()
             self._signal(w.pid, signal.SIGTERM)
         used = {w.index for w in active}
         for _ in range(target - len(active)):
@@ -385,6 +393,7 @@ class Master:
         slot = self.board.slots[slot_no]
         clear(slot)
         slot.index = index
+        listener = self.listener_for(index)
         # Signals wait while we fork: the child unblocks them once it has its own handlers (worker_main).
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         pid = os.fork()
@@ -394,8 +403,11 @@ class Master:
                 signal.set_wakeup_fd(-1)
                 os.close(self.wake_r)
                 os.close(self.wake_w)
+                for other in self.listeners.values():
+                    if other is not listener:
+                        other.close()  # else a sibling's listener would outlive the master's close of it
                 slot.pid = os.getpid()
-                code = worker_main(self.config, self.sock, self.runtime, slot, index)
+                code = worker_main(self.config, listener, self.runtime, slot, index)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -412,6 +424,27 @@ class Master:
             self.pending_replacements -= 1
             self.board.respawns += 1
         log.info("worker %d spawned (pid %d)", index, pid)
+
+    def listener_for(self, index: int) -> socket.socket:
+        """The listener worker INDEX serves: the shared one, or (--reuseport) its own, made on first use."""
+        if not self.config.reuseport:
+            return self.sock
+        sock = self.listeners.get(index)
+        if sock is None:
+            sock = self.listeners[index] = make_listener(self.config, port=self.port, reuseport=True)
+        return sock
+
+    def close_unheld_listeners(self) -> None:
+        """--reuseport: close the listener of an index no worker (active or retiring) serves any more.
+
+        Until then it stays open here, so a worker that dies, hangs, recycles or is replaced leaves its queue to
+        its successor instead of resetting it. (The port stays held by the others: at least one worker is kept.)
+        """
+        if self.stopping:
+            return  # closed together once the last worker has left
+        held = {w.index for w in self.workers.values()}
+        for index in [i for i in self.listeners if i not in held]:
+            self.listeners.pop(index).close()
 
     # -- signal handlers (called from the loop, never from the signal) -------------------------------------
     def handle_chld(self) -> None:
@@ -485,11 +518,20 @@ class Master:
             pass
 
 
+def read_migrate_req() -> int:
+    """net.ipv4.tcp_migrate_req of this network namespace: 1 = Linux hands a closing listener's queue to a
+    sibling; 0 = it resets it; -1 = unknown (not Linux ≥ 5.14)."""
+    try:
+        with open(MIGRATE_REQ) as f:
+            return int(f.read().strip() or "-1")
+    except (OSError, ValueError):
+        return -1
+
+
 def serve(config: Config) -> int:
     """Bind, fork the workers, supervise them until told to stop; return the exit status."""
     if config.workers > MAX_WORKERS:
         log.error("--workers %d: at most %d", config.workers, MAX_WORKERS)
         return EXIT_CONFIG
-    # With --reuseport: bound to learn and hold the port, never listening (workers open their own).
-    sock = make_listener(config, reuseport=config.reuseport, listen=not config.reuseport)
+    sock = make_listener(config, reuseport=config.reuseport)
     return Master(config, sock).run()

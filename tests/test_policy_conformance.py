@@ -15,6 +15,7 @@ mark cannot outlive the gap). Nothing here is skipped; today NOT_YET is empty.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 import time
@@ -274,6 +275,56 @@ def reset_mid_request(srv: Server) -> Seen:
                 {"errors_4xx_delta": srv.stats()["counters"]["errors_4xx"] - before})
 
 
+# -- the rule at a stop: the client's side of each state a connection can be in when SIGTERM comes ---------------
+STOP_FLAGS = ("--header-timeout", "4", "--keepalive", "5", "--graceful-timeout", "8")
+
+
+def stopped(srv: Server, s: socket.socket, then: bytes = b"", after: float = 0.0) -> Seen:
+    """SIGTERM the server (a master forwards it); AFTER seconds later send THEN; see what the client gets,
+    timed from the signal."""
+    time.sleep(0.3)  # the server has accepted us, and read what we sent
+    t = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    if then:
+        time.sleep(after)
+        send_quietly(s, then)
+    return seen(s, t, exit=srv.wait_exit(15))
+
+
+def stop_silent(srv: Server) -> Seen:
+    return stopped(srv, connect(srv))
+
+
+def stop_silent_then_asks(srv: Server) -> Seen:
+    return stopped(srv, connect(srv), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", after=0.4)
+
+
+def stop_idle(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    first = s.recv(65536)
+    out = stopped(srv, s)
+    return Seen(parse_replies(first) + out.replies, out.end, out.end_after, out.facts)
+
+
+def stop_half_head(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHo")
+    return stopped(srv, s, b"st: t\r\n\r\n", after=0.4)
+
+
+def stop_half_head_stalls(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHo")
+    return stopped(srv, s)
+
+
+def stop_in_flight(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET /io?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n")
+    return stopped(srv, s)
+
+
 # -- the table ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -317,6 +368,19 @@ CASES = [
          Outcome(((200, True, HELLO),), "eof"), flags=("--min-rate", "100")),
     Case("reset-mid-request", reset_mid_request,
          Outcome((), "reset-by-client", (0.0, 10.0), facts=(("errors_4xx_delta", 1),))),
+    # At a stop (webmodels.connection, "The rule at a stop"), timed from the SIGTERM; the server exits 0.
+    Case("stop-silent", stop_silent,  # a second for its request (FRESH_AT_STOP_S), not --header-timeout
+         Outcome((), "eof", (0.8, 2.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-silent-then-asks", stop_silent_then_asks,  # ... and asked within it: answered
+         Outcome(((200, True, HELLO),), "eof", (0.3, 2.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-idle", stop_idle,  # nothing asked, nothing owed: closed at once, not after --keepalive
+         Outcome(((200, False, HELLO),), "eof", (0.0, 0.6), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-half-head", stop_half_head,  # a request has begun: it is owed, and answered with close
+         Outcome(((200, True, HELLO),), "eof", (0.3, 2.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-half-head-stalls", stop_half_head_stalls,  # ... under its own deadline (4 s from its first byte)
+         Outcome(((408, True, None),), "eof", (3.0, 5.5), error="head", facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-in-flight", stop_in_flight,  # finished and answered with close
+         Outcome(((200, True, b'{"waited_ms":1500}'),), "eof", (0.9, 3.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
 ]
 
 # (case, model) pairs that fail on today's servers because the policy is not wired in yet — measured on
@@ -358,4 +422,4 @@ def test_policy_case(start_server, case: Case, model: str) -> None:
     seen_ = case.client(srv)  # type: ignore[arg-type]
     print(f"{case.id} on {model}: {seen_}")
     check(seen_, case.expect)
-    assert srv.alive()
+    assert srv.alive() != case.id.startswith("stop-")  # a stop case stops it; no other case may

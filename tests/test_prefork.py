@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -237,6 +238,19 @@ def test_sigterm_to_a_worker_still_booting_is_not_lost(start_server) -> None:
     wait_for(lambda: "bye" in srv.log, timeout=5, what="the last log line")
     assert "forcing" not in srv.log
     assert elapsed < 3.0, f"the stop waited {elapsed:.1f}s: a TERM to a booting worker was lost"
+
+
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_a_request_queued_while_every_worker_boots_is_served_at_a_stop(start_server, flags: tuple[str, ...]) -> None:
+    # The request waits in the listen queue (nobody accepts yet); the TERM waits for the workers' handlers; then
+    # they drain the queue as at any stop — the request is answered, not reset by the master's close.
+    srv = start(start_server, "--workers", "2", *flags, env={"WEBMODELS_FAULT_BOOT_DELAY": "1.0"})
+    s = socket.create_connection((srv.host, srv.port), timeout=15)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    srv.signal(signal.SIGTERM)
+    with s:
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    assert srv.wait_exit(15) == 0
 
 
 def master_said(srv: Server, text: str) -> None:

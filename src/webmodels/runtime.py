@@ -120,6 +120,10 @@ class Runtime:
         return [worker_entry(os.getpid(), 0, self.engine, self.accepted, self.requests, self.in_flight,
                              self.tick, self.lag_ms)]
 
+    def listener_closing(self) -> bool:
+        """Will our listener close with us (so what its queue holds must be served first)? Alone: always."""
+        return True
+
     # -- the process tree ------------------------------------------------------------------------------------
     def process_roles(self) -> dict[int, str]:
         return {os.getpid(): "main"}
