@@ -4,51 +4,41 @@ It runs alone as the `eventloop` model (one process), and inside every worker of
 `hybrid-loop` (nginx, uvicorn `--workers N`): the same code, given a listening socket.
 
 # What the one thread owns
-Everything. One thread runs one loop (uvloop by default, `--loop asyncio` for the standard one), created when
-the engine is made — in a prefork worker that is after the fork, never in the master. The loop owns the
-listening socket, every connection (an `asyncio.Protocol` holding its policy `Connection`, webmodels.connection,
-with its parser inside), the deadlines, and the handler while it runs. Nothing runs concurrently with anything
-else, so there is nothing to lock: a request is handled between two returns to the loop.
+Everything. One thread runs one loop (uvloop by default, `--loop asyncio`), created with the engine — in a
+prefork worker that is after the fork, never in the master. The loop owns the listening socket, every connection
+(an `asyncio.Protocol` holding its policy `Connection`, webmodels.connection, with its parser inside), their
+deadlines (servers/deadlines.py: buckets, so a tick costs what came due, not a pass over every connection), and
+the handler while it runs. Nothing runs concurrently with anything else: there is nothing to lock.
 
 # How a request flows
-The loop reads bytes and calls `HttpProtocol.data_received`, which feeds the policy. Complete requests (several
+The loop reads bytes and calls `HttpProtocol.data_received`, which feeds the policy; complete requests (several
 when the client pipelines) are answered strictly in order. The fast path runs the handler right there:
-`dispatch_fast` calls the route, and if it returns without yielding an effect (hello, bytes, cpu, stats…) the
-policy renders the response and it goes to `transport.write` before `data_received` returns — no task, no
-future, no extra trip round the loop. A route that must wait (`/io` yields `Sleep`) comes back as a coroutine:
-the connection wraps it in one task and answers nothing more until that task has written its response. After
-every write the transport's buffer size goes to `conn.sending()`: that is how the policy knows the response
-left (the idle clock starts, an after-hook runs) or is stuck (the send clock runs).
-
-Flow control: past the transport's high-water mark the loop calls `pause_writing` and we stop answering and
-reading that client; we also stop reading when more than `MAX_QUEUED` pipelined requests wait. A client that
-sends fast and reads slowly costs one buffer, not unbounded memory.
-
-Deadlines live in `Deadlines`: buckets of `BUCKET_S` keyed by time, with lazy invalidation — a connection sits
-in the bucket of its earliest deadline; one that moves later touches nothing (the old bucket fires and re-files
-it). A tick costs the buckets that came due, never a pass over every connection; the price is that a deadline
-fires up to one bucket late. An idle keep-alive connection costs a protocol object, a policy `Connection` and a
-transport: a few KiB, and no thread.
+`dispatch_fast` calls the route, and if it returns without yielding an effect the response goes to
+`transport.write` before `data_received` returns — no task, no future, no trip round the loop. A route that must
+wait (`/io` yields `Sleep`) comes back as a coroutine: the connection wraps it in one task and answers nothing
+more until it has written its response. After every write the transport's buffer size goes to `conn.sending()`:
+that is how the policy knows the response left (idle clock, after-hooks) or is stuck (send clock). Flow control:
+past the transport's high-water mark (`pause_writing`), or with more than `MAX_QUEUED` pipelined requests
+waiting, we stop reading that client: one that sends fast and reads slowly costs one buffer, not unbounded
+memory. An idle keep-alive connection costs a protocol object, a policy `Connection` and a transport: a few KiB.
 
 # How it fails
 - Slow client: cheap. A trickling head holds a parser and a few hundred bytes, bounded by `--header-timeout`
   (408); a client that does not read holds its buffer until `--send-timeout` after the last progress (reset).
 - Hung handler: blocks *everyone*. `/fault/hang` and `/cpu?ms=5000` run on the one thread; until they return no
-  other connection is read, no deadline fires, no signal is handled. `loop_lag_ms` shows it. That is the lesson
-  of this model: the loop is fast only while every handler yields quickly. A side thread that answered "alive"
-  for the loop would lie (uvicorn's supervisor pings a side thread), so the loop measures itself: a task ticks
-  (servers/lifecycle.py's `Ticker`); alone, `--watchdog S` exits when the tick is older than S; under a master,
-  the master kills a worker whose heartbeat is older than `--timeout`.
-- Crash: shared fate. `/fault/crash` ends the process and every connection in it (a worker's share under a master).
-- Leak: every request's garbage lives in the one heap; nothing is recycled.
+  other connection is read, no deadline fires, no signal is handled — the lesson of this model. A side thread
+  that answered "alive" for the loop would lie, so the loop measures itself (servers/lifecycle.py's `Ticker`):
+  alone, `--watchdog S` exits when the tick is older than S; under a master, `--timeout` kills a worker whose
+  heartbeat is that old.
+- Crash: shared fate — `/fault/crash` ends the process and every connection in it (a worker's share under a
+  master). Leak: every request's garbage lives in the one heap; nothing is recycled.
 
 # How it stops
 servers/lifecycle.py decides the kind of stop; signals reach it through the loop (`add_signal_handler`), so a
 loop blocked by a hung handler notices them only when the handler returns. Here: when the listen queue is ours
 to drain, keep a duplicate of the listening socket, close the loop's server and accept from the duplicate until
 the queue stays empty (closing over it would reset requests clients already sent); then every connection ends by
-the policy's rule at a stop (its deadlines moved: they are filed again), within `--graceful-timeout`, and what
-is left is aborted.
+the policy's rule at a stop (their deadlines moved: they are filed again), within `--graceful-timeout`.
 """
 
 from __future__ import annotations
@@ -68,59 +58,13 @@ from webmodels.listen import EXPECTED_NET_ERRORS
 from webmodels.log import log
 from webmodels.runtime import LAG_INTERVAL, Runtime
 
+from .deadlines import BUCKET_S, NEVER, Deadlines
 from .lifecycle import (DRAIN_QUIET_S, STOP_SIGNALS, Lifecycle, Ticker, Watchdog, monotonic, serve_alone,
                         unblock_stop_signals)
 
 MAX_QUEUED = 16  # pipelined requests waiting on one connection before we stop reading it
-BUCKET_S = 0.05  # width of one deadline bucket: a deadline fires at most this much (plus one tick) late
 UNSENT_POLL_S = 0.01  # how often we look at a write buffer that is draining below the high-water mark
-NEVER = 1 << 62  # a wake key later than any deadline: "no bucket holds this connection"
 _ABORT_LINGER = struct.pack("ii", 1, 0)
-
-
-class Deadlines:
-    """Deadline buckets with lazy invalidation: the loop's one timer for every connection.
-
-    A connection sits in at most one *valid* bucket, the one for the earliest moment it must be looked at
-    (`HttpProtocol.wake`). Deadlines that move later (every response pushes the keep-alive deadline on)
-    touch nothing: the old bucket fires, the connection finds its deadline not due and files itself under
-    the new one. Only a deadline that moves *earlier* (a head begins, bytes wait to be sent, a linger)
-    adds an entry, and the entry it supersedes is skipped when its bucket comes (its key no longer matches).
-    So a tick costs the buckets that came due — O(connections whose deadline passed), never O(connections):
-    10,000 idle keep-alive connections cost nothing until their `--keepalive` runs out.
-    """
-
-    __slots__ = ("buckets", "done")
-
-    def __init__(self, now: float) -> None:
-        self.buckets: dict[int, list[HttpProtocol]] = {}
-        self.done = int(now / BUCKET_S)  # every bucket up to this key has been processed
-
-    def key(self, when: float) -> int:
-        """The bucket for WHEN: the first one processed at or after WHEN (never early)."""
-        key = int(when / BUCKET_S) + 1
-        return key if key > self.done else self.done + 1
-
-    def add(self, key: int, proto: HttpProtocol) -> None:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            self.buckets[key] = [proto]
-        else:
-            bucket.append(proto)
-
-    def due(self, now: float) -> list[tuple[int, list[HttpProtocol]]]:
-        """Pop every bucket whose time has come; return (key, protocols) pairs in order."""
-        end = int(now / BUCKET_S)
-        out = []
-        buckets = self.buckets
-        if buckets:
-            for key in range(self.done + 1, end + 1):
-                bucket = buckets.pop(key, None)
-                if bucket is not None:
-                    out.append((key, bucket))
-        if end > self.done:
-            self.done = end
-        return out
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -163,7 +107,7 @@ class HttpProtocol(asyncio.Protocol):
             queue = self.queue
             if not queue:
                 if self.task is None and not self.write_paused and len(events) == 1:
-                    # The common case, one request and nothing pipelined: _answer_one → _respond → _write
+                    # The common case, one request and nothing pipelined: _answer_queue → _respond → _write
                     # unrolled (this runs for every request; each call saved is measurable at 50k rps).
                     event = events[0]
                     if event.__class__ is Request:
@@ -186,10 +130,6 @@ class HttpProtocol(asyncio.Protocol):
                             return
                         self.task = server.loop.create_task(self._finish(event, result))
                         return
-                    self._answer_one(event)
-                    if not c.closing:
-                        self._arm(now)
-                    return
                 if queue is None:
                     queue = self.queue = collections.deque()
             queue.extend(events)
@@ -243,20 +183,6 @@ class HttpProtocol(asyncio.Protocol):
             self._arm(now)
 
     # -- answering ---------------------------------------------------------------------------------------------
-    def _answer_one(self, event: Request | HttpError) -> None:
-        c = self.c
-        if isinstance(event, HttpError):
-            self._write(c.refuse(event, monotonic()))
-        else:
-            result = dispatch_fast(event, self.server.rt)
-            if isinstance(result, Response):
-                self._respond(event, result)
-            else:
-                self.task = self.server.loop.create_task(self._finish(event, result))
-                return
-        if c.closing:
-            self._end()
-
     def _answer_queue(self) -> None:
         """Answer queued requests in order until one must wait, writing is paused, or we close."""
         queue, c = self.queue, self.c

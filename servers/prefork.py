@@ -1,9 +1,8 @@
 """Prefork: a master process that never serves, and worker processes that each run one engine.
 
 `prefork` (engine sync, by default), `hybrid-threads` (engine threads) and `hybrid-loop` (engine loop) are
-all this module: the master is the same for every engine, only what runs inside a worker differs —
-servers/sync.py (one connection at a time, gunicorn sync), servers/threadpool.py (a thread pool, Apache's
-worker MPM or gunicorn gthread -w N), servers/eventloop.py (uvloop, nginx or uvicorn --workers N).
+all this module: the master is the same for every engine, only what runs inside a worker differs (the engines
+are registered in servers/__init__.py; each lives under servers/lifecycle.py).
 
 # What each process owns
 The **master** binds the listening socket, imports the whole application, then forks `--workers` children.
@@ -24,22 +23,23 @@ liveness: `busy_since` (sync and threads: since when *every* handler thread is b
 its lag task's last tick). Any worker can answer `/_lab/stats` for the whole server by reading the board.
 
 # How a connection reaches a worker
-By default all workers wait on the one listening socket inherited from the master. A sync worker waits in
-its own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection, idle ones in
-turn: no thundering herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each connection
-(one wins, the others find EAGAIN). Which worker gets a connection is
-whoever asks first: a busy worker simply does not ask, so a shared socket balances by availability.
+By default all workers wait on the one listening socket inherited from the master. A sync worker waits in its
+own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection, idle ones in turn: no
+thundering herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each
+connection (one wins, the others find EAGAIN). Whoever asks first gets it: a busy worker does not ask, so a
+shared socket balances by availability.
 
-With `--reuseport` each worker opens its *own* listener on the same address (SO_REUSEPORT) and the kernel
-hashes each new connection to one of them: no herd, an even spread by count — but blind to load. The
-master still binds the address first (with port 0, that is how the port is learned), with SO_REUSEPORT
-but without `listen()`: it keeps the address reserved and, never listening, never receives a connection;
-workers do not inherit it (they close their copy before opening their own). The honest cost: a
-connection is queued at one worker's listener the moment it arrives. If that worker hangs, the
-connections queued behind it wait for it, not for a free sibling; when the master kills it, its listener
-closes and the kernel resets every connection still in its queue — those requests are lost, where a shared
-socket would have handed them to another worker. A gracefully stopping worker drains its own queue before it
-closes it (see Shutdown), with a window the shared socket does not have.
+With `--reuseport` each worker index has its *own* listener on the same address (SO_REUSEPORT) and the kernel
+hashes each new connection to one of them: no herd, an even spread by count — but blind to load. The master
+makes every one of them (listening, before it forks the worker that serves it) and keeps its copy open, so a
+listener outlives its worker: a worker that dies, hangs and is killed, recycles or is replaced by SIGHUP leaves
+what its queue holds to its successor, which gets the same listener — nothing queued is reset. Only a worker
+fewer (SIGTTOU, a scale down) closes a listener: that worker drains it (the master closed its own copy when it
+told it to go), so the one window left is the microseconds between its last empty accept and its close — and
+with `net.ipv4.tcp_migrate_req = 1` (Linux ≥ 5.14; per network namespace) the kernel hands even those to a
+sibling. `/_lab/stats` and the start-up line say which. The honest cost that remains: a connection queued at a
+worker's listener waits for *that* worker — behind a hung one until `--timeout` replaces it, behind a recycling
+one until its replacement boots — where a shared socket would hand it to any idle sibling.
 
 # How it fails
 - **A crash** (`/fault/crash`, a segfault, `kill -9`) costs what that worker held: one request for sync,
@@ -77,22 +77,20 @@ reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
   connecting during the stop may be, as it would be refused a moment later anyway. Under load that never
   pauses, the drain keeps serving newcomers until `--graceful-timeout`, and then the force-kill costs
   what is in flight: stop sending traffic first (take the server out of the balancer), then TERM.
-- **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): a shared listener stays open the whole
-  time and the replacements (forked at once) accept from the same queue, so the retiring worker only
-  finishes what it holds and drains nothing away. With `--reuseport` the retiring worker's listener is its
-  own: it drains it as above before closing it. Its window: a connection hashed to it between its last
-  empty `accept()` (after 20 ms of quiet) and its exit is reset — rare, but not impossible, under a steady
-  stream. (Linux ≥ 5.14 with `net.ipv4.tcp_migrate_req = 1` migrates such connections to a sibling
-  instead.) And if every worker recycles at the same moment, there is briefly no listener at all: new
-  connections are refused (not reset; a client retries) — `--max-requests-jitter` spreads the recycles.
-- A worker is forked with the master's signals *blocked*, and unblocks them once it has its own handlers:
-  a TERM that reaches it while it boots waits for them, instead of hitting the master's inherited
-  handler (which does nothing) and being lost until the force-kill.
+- **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): the listener stays open the whole time (the
+  shared one, or the worker's own in the master's hands) and the replacements accept from the same queue, so
+  the retiring worker only finishes what it holds and drains nothing away — except a worker fewer with
+  `--reuseport`, whose listener closes after it (above). If every worker recycles at the same moment, the
+  queue waits for the first replacement to boot: `--max-requests-jitter` spreads the recycles.
+- A worker is forked with the master's signals *blocked*, and unblocks the stop signals once its lifecycle
+  has its handlers: a TERM that reaches it while it boots waits for them — instead of hitting the master's
+  inherited handler (which does nothing) and being lost until the force-kill, or ending the worker before it
+  served what its queue holds.
 - The log tells the truth: "shutdown: drained in …; bye" only when nothing was forced; after
   `--graceful-timeout` it says "forcing N in flight" and nothing more.
 
-The threads and loop engines take the same TERM and do their own drain (their essays); the master's side —
-the listener kept open, `board.stopping`, the blocked signals, the honest log — is the same for all.
+Inside a worker every engine takes the same TERM the same way (servers/lifecycle.py); the master's side —
+the listeners kept open, `board.stopping`, the blocked signals, the honest log — is the same for all.
 
 # Signals (to the master)
 TERM graceful stop (workers finish what they hold and drain the queue, up to `--graceful-timeout`) · INT/QUIT fast stop ·
