@@ -22,7 +22,7 @@ import signal
 import time
 from typing import Any
 
-from webmodels.config import Config
+from webmodels.config import TICKING_ENGINES, Config
 from webmodels.runtime import Runtime, loop_lag_ms, worker_entry
 
 MAX_WORKERS = 64
@@ -137,8 +137,8 @@ class BoardRuntime(Runtime):
 
     def per_worker(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        return [worker_entry(int(s.pid), int(s.index), self.engine, int(s.accepted), int(s.requests),
-                             int(s.in_flight), s.heartbeat or now, s.loop_lag_ms)
+        return [{**worker_entry(int(s.pid), int(s.index), self.engine, int(s.accepted), int(s.requests),
+                                int(s.in_flight), s.heartbeat or now, s.loop_lag_ms), "booted": bool(s.booted)}
                 for s in sorted(self.live_slots(), key=lambda s: s.index)]
 
     def counters(self) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class BoardRuntime(Runtime):
             "target_workers": b.target_workers,
             "busy_workers": sum(1 for s in live if s.in_flight),
             # one handler per thread: running handlers = busy threads (the loop has none to count)
-            "busy_threads": 0 if self.engine == "loop" else sum(s.in_flight for s in live),
+            "busy_threads": 0 if self.engine in TICKING_ENGINES else sum(s.in_flight for s in live),
             "loop_lag_ms": max(lags, default=0.0),
             "worker_spawns": b.spawns,
             "worker_exits": {cause: getattr(b, f"exits_{cause}") for cause in EXIT_CAUSES},

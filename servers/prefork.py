@@ -118,7 +118,7 @@ from webmodels.exitcodes import EXIT_BOOT, EXIT_CONFIG, EXIT_NAMES, EXIT_RECYCLE
 from webmodels.listen import log_startup, make_listener
 from webmodels.log import log
 
-from . import engine_factory, lifecycle
+from . import engine_factory, lifecycle, preload
 from .board import MAX_WORKERS, Board, BoardRuntime, Slot, clear, new_board
 from .lifecycle import log_shutdown_begin, log_shutdown_end
 
@@ -531,5 +531,6 @@ def serve(config: Config) -> int:
     if config.workers > MAX_WORKERS:
         log.error("--workers %d: at most %d", config.workers, MAX_WORKERS)
         return EXIT_CONFIG
+    preload(config.engine)
     sock = make_listener(config, reuseport=config.reuseport)
     return Master(config, sock).run()

@@ -31,13 +31,15 @@ BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1"
 # The models this table runs against. Named here, not taken from support.MODELS, so that a new model or
 # engine joins the table when its integration does (with its ONE_WORKER flags and any NOT_YET entries).
 TABLE_MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop", "prefork-threads",
-                "prefork-loop")
+                "prefork-loop", "greenthreads", "prefork-gevent")
 ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (),
               "hybrid-loop": ("--workers", "1"), "prefork-loop": ("--workers", "1"),
               "hybrid-threads": ("--workers", "1", "--threads", "1"),
-              "prefork-threads": ("--workers", "1", "--threads", "1")}
+              "prefork-threads": ("--workers", "1", "--threads", "1"),
+              "greenthreads": ("--greenlets", "1"), "prefork-gevent": ("--workers", "1", "--greenlets", "1")}
 # Table ids that are a model plus flags rather than a served name.
-SERVED_AS = {"prefork-loop": ("prefork", "--engine", "loop"), "prefork-threads": ("prefork", "--engine", "threads")}
+SERVED_AS = {"prefork-loop": ("prefork", "--engine", "loop"), "prefork-threads": ("prefork", "--engine", "threads"),
+             "prefork-gevent": ("prefork", "--engine", "gevent")}
 ENGINES = TABLE_MODELS
 BIG_KB = 10240  # /bytes?kb=10240: 10 MiB, far more than the kernel buffers for a client that does not read
 QUIET_S = 6.0  # how long a client waits for a server that says nothing before calling it "open"

@@ -65,6 +65,13 @@ def io(req: Request, rt: Runtime) -> Handler:
     return json_response(200, {"waited_ms": ms})
 
 
+def io_in_c(req: Request, rt: Runtime) -> Response:
+    """Simulated I/O that blocks inside C (ctypes nanosleep), where no monkey-patch reaches: green threads stall."""
+    ms = _int(req, "ms", 100, 0, 60000)
+    faults.block_os_thread(ms / 1000)
+    return json_response(200, {"waited_ms": ms, "in": "C"})
+
+
 def burn(ms: float) -> int:
     """Spend MS milliseconds of this thread's CPU time in pure Python; return the loop count.
 
@@ -232,6 +239,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "*": (("OPTIONS",), options_server),  # the codec gives the asterisk form to OPTIONS only
     "/": (("GET",), hello),
     "/io": (("GET",), io),
+    "/io-in-c": (("GET",), io_in_c),  # blocks the OS thread outside Python: what gevent's patching cannot cover
     "/cpu": (("GET",), cpu),
     "/bytes": (("GET",), bytes_),
     "/whoami": (("GET",), whoami),

@@ -12,7 +12,7 @@ from .config import MASTER_MODELS, MODELS, OPTIONS, ConfigError, build_config
 from .exitcodes import EXIT_CONFIG
 
 # The module that serves each name: the master models are all the prefork master over some engine.
-SERVER_MODULES = {"threadpool": "threadpool", "eventloop": "eventloop",
+SERVER_MODULES = {"threadpool": "threadpool", "eventloop": "eventloop", "greenthreads": "greenthreads",
                   **{m: "prefork" for m in MASTER_MODELS}}
 
 
@@ -206,8 +206,19 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "bench": _add_bench, "report": _add_report}
 
 
+def _patch_first(argv: list[str]) -> None:
+    """`serve greenthreads`: gevent must patch the standard library before anything imports socket or threading.
+
+    (Its module patches as its first line; a prefork worker of engine gevent patches after its fork instead.)
+    """
+    model = next((a for a in argv[1:] if not a.startswith("-")), None) or os.environ.get("WEBMODELS_MODEL")
+    if argv[:1] == ["serve"] and model == "greenthreads":
+        importlib.import_module("webmodels.servers.greenthreads")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _patch_first(argv)
     parser = argparse.ArgumentParser(prog="webmodels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     # Build only the parser of the command named, when one is: `serve` starts hundreds of times (tests, the

@@ -5,10 +5,11 @@ container can be configured without a command line. A flag given for a model it 
 error, never silently ignored: an attendee who passes `--workers 8` to the event loop must learn that the
 event loop has no workers, not wonder why nothing changed.
 
-Five served names, three ways of waiting ("engines"): `threadpool` is the threads engine alone, `eventloop`
-the loop engine alone; `prefork`, `hybrid-threads` and `hybrid-loop` are a master over workers that each
-run one engine (`--engine sync|threads|loop`; the hybrids are prefork with `threads`/`loop` preset). A
-thread flag applies wherever the threads engine runs, a loop flag wherever the loop engine runs.
+Six served names, four ways of waiting ("engines"): `threadpool` is the threads engine alone, `eventloop`
+the loop engine alone, `greenthreads` the gevent engine alone; `prefork`, `hybrid-threads` and `hybrid-loop` are
+a master over workers that each run one engine (`--engine sync|threads|loop|gevent`; the hybrids are prefork
+with `threads`/`loop` preset). A thread flag applies wherever the threads engine runs, a loop flag wherever the
+loop engine runs, a greenlet flag wherever the gevent engine runs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop")
+MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop", "greenthreads")
 MASTER_MODELS = ("prefork", "hybrid-threads", "hybrid-loop")  # a master and worker processes
-ENGINES = ("sync", "threads", "loop")
+ENGINES = ("sync", "threads", "loop", "gevent")
 # The engine each name runs; prefork's is its --engine flag (default sync).
 MODEL_ENGINE = {"threadpool": "threads", "eventloop": "loop", "prefork": "sync", "hybrid-threads": "threads",
-                "hybrid-loop": "loop"}
+                "hybrid-loop": "loop", "greenthreads": "gevent"}
+# The engines whose one thread multiplexes everything: they prove they are alive by ticking (a loop lag), not by
+# a count of busy handler threads.
+TICKING_ENGINES = ("loop", "gevent")
 ENV_PREFIX = "WEBMODELS_"
 
 
@@ -68,11 +72,13 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("bind", str, "HOST:PORT to listen on (port 0 picks a free port)"),
     Option("engine", str, "how each worker waits: sync (one connection at a time), threads (a pool), loop "
-           "(uvloop)", MASTER_MODELS, choices=ENGINES),
+           "(uvloop), gevent (green threads)", MASTER_MODELS, choices=ENGINES),
     Option("workers", int, "worker processes", MASTER_MODELS, 1, 64),
     Option("threads", int, "thread-pool size", ("threadpool",), 1, 4096, engines=("threads",)),
-    Option("queue", int, "new connections waiting for their first turn (no thread free) before the next new one "
-           "gets a fast 503", ("threadpool",), 0, 65536, engines=("threads",)),
+    Option("greenlets", int, "greenlets, one per connection: how many connections are served at once",
+           ("greenthreads",), 1, 100000, engines=("gevent",)),
+    Option("queue", int, "new connections waiting for their first turn (no thread or greenlet free) before the next "
+           "new one gets a fast 503", ("threadpool", "greenthreads"), 0, 65536, engines=("threads", "gevent")),
     Option("timeout", float, "kill a worker that is stuck for longer than S seconds (0 = never): sync busy on one "
            "request, threads all busy, loop not ticking", MASTER_MODELS, 0, 86400),
     Option("graceful_timeout", float, "on SIGTERM, let in-flight requests finish for up to S seconds",
@@ -111,7 +117,8 @@ DEFAULTS: dict[str, Any] = {
     "engine": None,  # None → the model's own (MODEL_ENGINE)
     "workers": 4,
     "threads": 32,
-    "queue": None,  # None → same as threads
+    "greenlets": 1000,
+    "queue": None,  # None → same as threads (or greenlets, for the gevent engine)
     "timeout": 30.0,
     "graceful_timeout": 30.0,
     "max_requests": 0,
@@ -144,6 +151,7 @@ class Config:
     engine: str = "sync"  # resolved for every model: threadpool → threads, eventloop → loop
     workers: int = 4
     threads: int = 32
+    greenlets: int = 1000
     queue: int = 32
     timeout: float = 30.0
     graceful_timeout: float = 30.0
@@ -257,7 +265,7 @@ def build_config(model: str, flags: Mapping[str, Any], environ: Mapping[str, str
         values[opt.name] = _parse(opt, raw, source)
         explicit.add(opt.name)
     if values["queue"] is None:
-        values["queue"] = values["threads"]
+        values["queue"] = values["greenlets"] if engine == "gevent" else values["threads"]
     split_bind(values["bind"])  # validate early, with the flag's name in the message
     names = {f.name for f in dataclasses.fields(Config)}
     return Config(model=model, explicit=frozenset(explicit), **{k: v for k, v in values.items() if k in names})
