@@ -262,15 +262,7 @@ class HttpProtocol(asyncio.Protocol):
         how = self.c.closing
         transport = self.transport
         if how == ABORT:
-            # transport.abort() alone only drops *our* buffer: the kernel still sends what it holds, then a
-            # FIN. SO_LINGER (1, 0) makes the close a reset, which drops the kernel's copy too.
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
-                except OSError:
-                    pass
-            transport.abort()
+            self._reset()
         elif how == LINGER:
             transport.write_eof()  # FIN once the buffer is flushed; keep reading what the client sends
             if self.read_paused:
@@ -323,6 +315,17 @@ class HttpProtocol(asyncio.Protocol):
         """Forced shutdown: reset the connection; nothing is counted against the client."""
         self.c.abort(monotonic())
         self.ended = True
+        self._reset()
+
+    def _reset(self) -> None:
+        # transport.abort() alone only drops *our* buffer: the kernel still sends what it holds, then a FIN.
+        # SO_LINGER (1, 0) makes the close a reset, which drops the kernel's copy too.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
+            except OSError:
+                pass
         self.transport.abort()
 
 

@@ -92,6 +92,7 @@ class Lifecycle:
         self.config, self.rt, self.policy, self.alone = config, rt, policy, alone
         self.reason = ""  # what asked for the stop: "SIGTERM", "SIGINT", "SIGQUIT", "max-requests"; "" = none
         self.fast = False
+        self.in_flight_at_fast = 0
         self.engine: Engine | None = None
         self._raise_fast = False  # Python handlers raise FastStop once the stop is fast (see install)
 
@@ -104,6 +105,8 @@ class Lifecycle:
             self.policy.drain(monotonic())
         elif reason in ("SIGINT", "SIGQUIT") or reason == self.reason == "SIGTERM":
             self.fast = True  # impatient
+        if self.fast:
+            self.in_flight_at_fast = self.rt.in_flight  # (FastStop may end them before we log it)
         if self.engine is not None:
             self.engine.wake()
 
@@ -148,11 +151,12 @@ class Lifecycle:
             drained = engine.finish(t0 + grace)
             if taken:
                 log.info("shutdown: served %d connection(s) taken from the listen queue", taken)
+            in_flight = rt.in_flight
         except FastStop:
             t0 = t0 or monotonic()
+            in_flight = self.in_flight_at_fast
             if not began:
-                log_shutdown_begin(self.reason, rt.in_flight, 0.0)
-        in_flight = rt.in_flight
+                log_shutdown_begin(self.reason, in_flight, 0.0)
         if not drained:
             engine.abort_all()
         log_shutdown_end(drained, in_flight, monotonic() - t0)

@@ -106,6 +106,7 @@ class ThreadsEngine:
         self._turns: deque[Conn] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._returned: list[Conn] = []  # handed back by pool threads (idle or lingering), not yet parked
+        self._serving: set[Conn] = set()  # owned by a pool thread right now (a fast stop resets them)
         self._wake_pending = False
         self._acceptor_gone = False
         self._wake_r, self._wake_w = socket.socketpair()  # the acceptor's wake-up
@@ -153,7 +154,11 @@ class ThreadsEngine:
         return not self._busy_at_stop()
 
     def abort_all(self) -> None:
-        pass  # pool threads are daemon threads: returning ends the process, and the kernel resets what they hold
+        """Reset what the pool threads serve (they are daemon threads: returning ends the process)."""
+        with self._lock:
+            serving = list(self._serving)
+        for conn in serving:
+            blocking.abort(conn.sock, conn.c)
 
     def close(self) -> None:
         pass
@@ -335,6 +340,7 @@ class ThreadsEngine:
                 conn, first = turns.popleft(), False
             with lock:
                 self._busy += 1
+                self._serving.add(conn)
                 if first:
                     self._new_waiting -= 1
             try:
@@ -404,6 +410,8 @@ class ThreadsEngine:
 
     def _release(self, conn: Conn, how: int) -> None:
         """Let go of CONN as HOW says: back of the line, back to the acceptor, or end it as the policy says."""
+        with self._lock:
+            self._serving.discard(conn)
         if how == _TURN:
             self._turns.append(conn)  # still held: straight back in line, no round trip through the selector
             with self._lock:
