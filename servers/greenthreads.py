@@ -43,7 +43,6 @@ from gevent import monkey
 if not monkey.is_module_patched("socket"):
     monkey.patch_all()  # first: see the essay
 
-import os  # noqa: E402
 import select  # noqa: E402
 import socket  # noqa: E402
 from collections import deque  # noqa: E402
@@ -51,6 +50,7 @@ from typing import Any, Callable  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+from gevent.hub import Waiter  # noqa: E402
 
 from webmodels.config import Config  # noqa: E402
 from webmodels.log import log  # noqa: E402
@@ -74,7 +74,8 @@ class GeventEngine:
         self.line: deque[socket.socket] = deque()  # accepted, waiting for a greenlet (at most --queue)
         self.rejected_503 = 0
         self.stop_requested = gevent.event.Event()
-        self.wake_r, self.wake_w = os.pipe()  # one byte at a stop wakes every greenlet waiting for its client
+        self.hub = gevent.get_hub()
+        self.waiting: set[Waiter] = set()  # connections waiting for their client: a stop wakes them
         self.ticker = Ticker(rt)
         self.acceptor: gevent.Greenlet | None = None
         self.tick: gevent.Greenlet | None = None
@@ -86,9 +87,13 @@ class GeventEngine:
         unblock_stop_signals()
 
     def wake(self) -> None:
-        if not self.stop_requested.is_set():
-            self.stop_requested.set()
-            os.write(self.wake_w, b"\0")  # never read: from now on _wait watches the client alone
+        self.stop_requested.set()
+        for waiter in list(self.waiting):
+            self.hub.loop.run_callback(self._look_again, waiter)  # a Waiter is switched to from the hub only
+
+    def _look_again(self, waiter: Waiter) -> None:
+        if waiter in self.waiting:  # still waiting (its own watcher may have woken it meanwhile)
+            waiter.switch(None)
 
     def serve(self) -> None:
         self.tick = gevent.spawn(self._tick)
@@ -182,12 +187,27 @@ class GeventEngine:
         del self.held[me]
 
     def _wait(self, sock: socket.socket, timeout: float | None) -> None:
-        """Wait for SOCK's bytes, its deadline, or (before a stop) the stop: deadlines move at a stop."""
-        poller = select.poll()  # patched: this greenlet waits in the hub
-        poller.register(sock, select.POLLIN)
-        if not self.stop_requested.is_set():
-            poller.register(self.wake_r, select.POLLIN)
-        poller.poll(None if timeout is None else timeout * 1000)
+        """Wait in the hub for SOCK's bytes, its deadline, or a stop (deadlines move at a stop: look again).
+
+        One read watcher and one timer, switched back to by whichever fires first (a patched select.poll would
+        build a poller and a watcher per fd each time: twice the CPU per request).
+        """
+        loop = self.hub.loop
+        waiter = Waiter(self.hub)
+        io = loop.io(sock.fileno(), 1)
+        io.start(waiter.switch, None)
+        timer = None
+        if timeout is not None:
+            timer = loop.timer(timeout)
+            timer.start(waiter.switch, None)
+        self.waiting.add(waiter)
+        try:
+            waiter.get()
+        finally:
+            self.waiting.discard(waiter)
+            io.close()
+            if timer is not None:
+                timer.close()
 
     def _tick(self) -> None:
         """Sleep LAG_INTERVAL, record how late the hub woke us: its lag, and its heartbeat."""

@@ -231,21 +231,24 @@ def never_reads(srv: Server) -> Seen:
                                  "whole_body": len(data) >= BIG_KB * 1024})
 
 
+SLOW_READER_SEND_TIMEOUT = 3.0  # long enough that a loaded machine pausing this client for a second is no stall
+
+
 def slow_reader(srv: Server) -> Seen:
     s = connect(srv, rcvbuf=65536)
     s.sendall(b"GET /bytes?kb=%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG_KB)
     data, t0 = b"", time.monotonic()
-    while not parse_replies(data):  # ~5 MiB/s: 10 MiB take ~2 s, longer than --send-timeout, never a stall
+    while not parse_replies(data):  # ~2.5 MiB/s: 10 MiB take ~4 s, longer than --send-timeout, never a stall
         chunk = s.recv(256 * 1024)
         if not chunk:
             break
         data += chunk
-        time.sleep(0.05)
+        time.sleep(0.1)
     took = time.monotonic() - t0
     rest, end, after = finish(s, time.monotonic())
     replies = parse_replies(data + rest)
     return Seen(replies, end, after, {"whole_body": bool(replies) and len(replies[0].body) == BIG_KB * 1024,
-                                      "longer_than_send_timeout": took > 1.0})
+                                      "longer_than_send_timeout": took > SLOW_READER_SEND_TIMEOUT})
 
 
 def trickled_head_above_min_rate(srv: Server) -> Seen:
@@ -365,7 +368,8 @@ CASES = [
     Case("slow-reader", slow_reader,  # the send deadline counts from the last progress, not the start
          # (the idle clock starts when the last bytes reach the kernel, before this client has read them)
          Outcome(((200, False, None),), "eof", (0.0, 3.0),
-                 facts=(("whole_body", True), ("longer_than_send_timeout", True))), one_worker=True),
+                 facts=(("whole_body", True), ("longer_than_send_timeout", True))), one_worker=True,
+         flags=("--send-timeout", str(SLOW_READER_SEND_TIMEOUT))),
     Case("min-rate-trickle", trickled_head_above_min_rate,
          Outcome(((200, True, HELLO),), "eof"), flags=("--min-rate", "100")),
     Case("reset-mid-request", reset_mid_request,
