@@ -255,26 +255,20 @@ def test_stop_closes_an_idle_keepalive_connection_at_once() -> None:
     assert conn.end == "stop-idle" and conn.policy.ends == {"stop-idle": 1} and counts.finished == []
 
 
-def test_stop_gives_a_silent_connection_one_second_from_the_stop() -> None:
+def test_stop_lets_a_silent_connection_keep_its_deadline_its_request_may_be_on_the_wire() -> None:
     conn, counts = make()  # accepted at T0, nothing sent
     conn.policy.drain(T0 + 2.0)
-    assert conn.deadline() == (T0 + 2.0 + cx.FRESH_AT_STOP_S, "new")
-    assert conn.expire(T0 + 2.5) is None
-    assert conn.expire(T0 + 3.0) == Action("new", b"", CLOSE)
+    assert conn.deadline() == (T0 + 10.0, "new")
+    [req] = conn.receive(GET, T0 + 5.0)  # a client that paused between connect and send
+    assert status_and_close(conn.respond(req, OK, T0 + 5.0)) == (200, True)
+
+
+def test_stop_closes_a_silent_connection_that_never_asks_at_its_header_timeout() -> None:
+    conn, counts = make()
+    conn.policy.drain(T0 + 2.0)
+    assert conn.expire(T0 + 9.9) is None
+    assert conn.expire(T0 + 10.0) == Action("new", b"", CLOSE)
     assert conn.end == "stop-silent" and counts.finished == []
-
-
-def test_stop_gives_a_connection_accepted_after_it_one_second_from_its_accept() -> None:
-    policy = Policy(Limits(), Counts())
-    policy.drain(T0)
-    conn = policy.connection(T0 + 5.0)  # taken from the listen queue while draining
-    assert conn.deadline() == (T0 + 5.0 + cx.FRESH_AT_STOP_S, "new")
-
-
-def test_stop_never_extends_a_silent_connections_header_timeout() -> None:
-    conn, _ = make(header_timeout=0.5)
-    conn.policy.drain(T0 + 0.1)
-    assert conn.deadline() == (T0 + 0.5, "new")
 
 
 def test_stop_lets_a_half_sent_head_keep_its_deadline_then_answers_it_with_close() -> None:

@@ -43,16 +43,19 @@ The same for every engine, by the state the connection is in when the stop comes
 
 | state at the stop                        | what happens                                            | `end`        |
 |------------------------------------------|---------------------------------------------------------|--------------|
-| silent: accepted, nothing sent yet       | waits for its request up to `FRESH_AT_STOP_S` (1 s) after the stop (or after its accept, if later), within `--header-timeout`; then a silent close | `stop-silent` |
+| state at the stop                        | what happens                                            | `end`        |
+|------------------------------------------|---------------------------------------------------------|--------------|
 | idle keep-alive, between requests        | closed at once, silently (nothing asked, nothing owed)  | `stop-idle`  |
-| a head or body half-sent                 | keeps its `head`/`body` deadline: completed → answered (with `Connection: close`), else 408 | (as usual)   |
+| silent: accepted, nothing sent yet       | keeps its `new` deadline: asks → answered with `Connection: close`; else a silent close at `--header-timeout` | `stop-silent` |
+| a head or body half-sent                 | keeps its `head`/`body` deadline: completed → answered with `Connection: close`, else 408 | (as usual) |
 | a request being served                   | finished and answered with `Connection: close`          | `close`      |
 
 Everything is bounded by the engine's `--graceful-timeout`; what is still held then is aborted (`forced`).
-A silent connection gets a second, not its whole `--header-timeout`: it was established before the stop (its
-request may be on the wire), but a client that connected and says nothing must not hold a stopping server
-for 10 s. An idle keep-alive connection is closed at once: a request its client sends at that very moment
-is lost the way HTTP/1.1 always loses it (the client sees the close and may retry an idempotent request).
+Only the idle keep-alive connection changes: everything else keeps its own deadline, because a connection
+accepted before the stop may have its request on the wire (a client paused between connect and send on a
+loaded machine is still a client; cutting silent ones after a second lost such requests). An idle
+keep-alive connection is closed at once: a request its client sends at that very moment is lost the way
+HTTP/1.1 always loses it (the client sees the close and may retry an idempotent request).
 
 # Admission (the 503 at the door)
 An engine that bounds how many connections it serves at once (the pool's threads) asks `Policy.admits`
@@ -131,7 +134,6 @@ INF = float("inf")
 LINGER_S = 2.0  # at most this long reading and discarding before a close that could otherwise reset
 LINGER_BYTES = 4 * 1024 * 1024  # ... or this many bytes (4 × the largest body we accept)
 AFTER_WAIT = 1.0  # Response.after waits at most this long for its response's bytes to leave
-FRESH_AT_STOP_S = 1.0  # at a stop, a silent connection waits this long for its request (see the table)
 
 # Deadline kinds: what `deadline()` says applies now, and what `expire()` answers.
 NEW, HEAD_PHASE, BODY_PHASE, IDLE, SEND, LINGER_PHASE, AFTER = "new", "head", "body", "idle", "send", "linger", "after"
@@ -158,7 +160,6 @@ class Limits:
     linger_s: float = LINGER_S
     linger_bytes: int = LINGER_BYTES
     after_wait: float = AFTER_WAIT
-    fresh_at_stop: float = FRESH_AT_STOP_S
 
     @classmethod
     def from_config(cls, config: Any, max_requests: int | None = None) -> Limits:
@@ -397,11 +398,6 @@ class Connection:
                         when = self.policy.drained_at  # the stop rule: an idle keep-alive one closes at once
                 else:
                     when, kind = free + limits.header_timeout, NEW
-                    policy = self.policy
-                    if policy.draining:  # the stop rule: FRESH_AT_STOP_S from the stop (or the accept)
-                        since = free if free > policy.drained_at else policy.drained_at
-                        if since + limits.fresh_at_stop < when:
-                            when = since + limits.fresh_at_stop
             else:
                 start = self._rx_start if self._rx_start > free else free
                 when = start + limits.header_timeout
