@@ -148,7 +148,7 @@ class Server:
             raise AssertionError(f"{model} did not start:\n{self.log}")
         self.address, self.host, self.port = self.proc.address, self.proc.host, self.proc.port
         self.url = f"http://{self.address}"
-        if model in MASTER_MODELS and not (env or {}).get("WEBMODELS_FAULT_BOOT_DELAY"):
+        if model in MASTER_MODELS and not {"WEBMODELS_FAULT_BOOT_DELAY", "WEBMODELS_FAULT_BOOT"} & set(env or {}):
             # "listening" comes from the master before its workers boot (a gevent worker patches for ~0.15 s):
             # a test times its client's actions from a server that serves, not from one still booting.
             wait_for(self._booted, timeout=20, what=f"{model}'s workers booted")

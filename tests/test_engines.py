@@ -86,7 +86,7 @@ def test_a_killed_worker_is_replaced_within_half_a_second(start_server, engine: 
 def test_sigterm_drains_an_in_flight_request_then_exits_0(start_server, engine: str) -> None:
     srv = start(start_server, engine, "--workers", "2")
     workers_become(srv, 2)
-    slow = Background(srv, "/io?ms=500")
+    slow = Background(srv, "/io?ms=2000")  # long enough to be seen in flight on a busy machine
     in_flight_becomes(srv, 1)
     srv.signal(signal.SIGTERM)
     assert slow.result() == 200, slow.error
