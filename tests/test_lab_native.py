@@ -142,9 +142,10 @@ def test_up_serves_six_urls_restarts_a_crash_and_stops_clean(lab) -> None:
 
     # `webmodels kill hybrid-threads` kills one worker (the default for a master model); the master respawns it
     before = httpx.get(lab_.url(8004) + "/_lab/stats", timeout=5).json()
-    res = lab_.cli("kill", "hybrid-threads")
-    assert res.returncode == 0 and "killed worker pid" in res.stdout, res
-    killed = int(res.stdout.split()[-1])
+    res = lab_.cli("kill", "hybrid-threads", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["ok"] and out["where"] == "native" and out["facts"]["gone"], res
+    killed = out["facts"]["pid"]
     assert killed in {w["pid"] for w in before["per_worker"]} and killed != before["pid"]
 
     def respawned() -> bool:

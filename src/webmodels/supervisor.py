@@ -43,7 +43,9 @@ from typing import Any
 
 from .faults import EXIT_NAMES
 from .launch import Process, accepts, serve_argv, stop_all
-from .lab import LAB_PORTS, LOCUST_PORT, URL_ENV, project_root, server_env, server_url, supervisor_state_path
+from .events import ENV as EVENTS_ENV
+from .lab import (LAB_PORTS, LOCUST_PORT, SERVERS, URL_ENV, events_path, project_root, server_env, server_url,
+                  supervisor_state_path)
 from .log import log
 
 BACKOFF_FIRST = 0.1  # Docker's defaultTimeout
@@ -160,10 +162,11 @@ class Child:
 
 class Supervisor:
     def __init__(self, children: list[Child], policy: RestartPolicy | None = None,
-                 state_path: Path | None = None) -> None:
+                 state_path: Path | None = None, events: Path | None = None) -> None:
         self.children = children
         self.policy = policy or RestartPolicy()
         self.state_path = state_path
+        self.events = events  # the lab's event log (webmodels.events), named in the state file for its readers
         self.state_lock = threading.Lock()
         # Recorded times are epoch seconds for other processes to read, all from the monotonic clock and one
         # offset, so a recorded wait is exactly the wait (time.time() read separately can step or lag).
@@ -302,7 +305,8 @@ class Supervisor:
                                "delay_s": c.backoff if c.next_start else None, "last_exit": c.last_exit or None,
                                "history": list(c.history)}
         return {"supervisor_pid": os.getpid(), "updated_at": time.time(), "policy": self.policy.name,
-                "policy_text": self.policy.describe(), "servers": servers}
+                "policy_text": self.policy.describe(), "events": str(self.events) if self.events else None,
+                "servers": servers}
 
     def write_state(self) -> None:
         """Replace the state file atomically (readers never see half a file)."""
@@ -333,10 +337,11 @@ class Supervisor:
 
 
 def lab_children(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
-                 state_path: Path | None = None) -> list[Child]:
+                 state_path: Path | None = None, events: Path | None = None) -> list[Child]:
     py = sys.executable
+    log_env = {EVENTS_ENV: str(events)} if events is not None else {}  # every fault recorded, whoever fires it
     # bind and faults come from the lab's env files (server_env), as in compose
-    children = [Child(model, serve_argv(model, bind=None, faults=False), server_env(model, offset=offset),
+    children = [Child(model, serve_argv(model, bind=None, faults=False), {**server_env(model, offset=offset), **log_env},
                       port=port + offset) for model, port in LAB_PORTS.items()]
     if locust:
         locust_bin = os.path.join(os.path.dirname(py), "locust")
@@ -344,7 +349,7 @@ def lab_children(locust: bool = True, locust_args: list[str] | None = None, offs
                 str(project_root() / "loadtest" / "locustfile.py"), "--class-picker",
                 "--users", "30", "--spawn-rate", "10",  # form defaults: a multiple of 5, one fifth each
                 "--web-host", "127.0.0.1", "--web-port", str(LOCUST_PORT + offset), *(locust_args or [])]
-        env = {URL_ENV[m]: server_url(m, offset=offset) for m in LAB_PORTS}
+        env = {**{URL_ENV[m]: server_url(m, offset=offset) for m in LAB_PORTS}, **log_env}
         if state_path is not None:
             env["WEBMODELS_SUPERVISOR_STATE"] = str(state_path)  # the Servers tab shows restarts waiting
         children.append(Child("locust", argv, env, port=LOCUST_PORT + offset))
@@ -384,7 +389,14 @@ def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 
     check_ports_free(ports)
     policy = policy or RestartPolicy()
     state_path = supervisor_state_path(offset)
-    sup = Supervisor(lab_children(locust, locust_args, offset, state_path) + extra, policy, state_path)
+    log_path = events_path(offset)
+    try:
+        log_path.write_bytes(b"")  # a new lab, a new log (the old one stays readable until the next start)
+    except OSError as exc:
+        log.warning("no event log at %s (%s): faults started by hand will not be counted", log_path, exc)
+        log_path = None
+    sup = Supervisor(lab_children(locust, locust_args, offset, state_path, log_path) + extra, policy, state_path,
+                     log_path)
     threading.Thread(target=_announce, args=(sup, locust, offset), daemon=True).start()
     return sup.run()
 
