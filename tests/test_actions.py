@@ -153,3 +153,17 @@ def test_event_reader_follows_appends_and_skips_torn_lines(log) -> None:
     events.record("eventloop", "scale", via="route", to=str(log))
     (scale,) = reader.read()
     assert scale["fault"] is False
+
+
+def test_without_pids_a_hung_server_is_told_from_a_gone_one(start_server) -> None:
+    # compose's view (Locust's container): no pid, only the port — accepting without answering is "hung"
+    srv = start_server("eventloop")
+    lab = http(eventloop=srv)
+    assert actions.probe("eventloop", lab).state == "up"
+    assert actions.fault("eventloop", "hang", lab=lab, s=60).ok
+    hung = actions.probe("eventloop", lab, timeout=1)
+    assert hung.state == "hung" and hung.accepts and hung.alive is None, hung
+    assert "accepts connections" in hung.detail
+    srv.kill()
+    down = actions.probe("eventloop", lab, timeout=1)
+    assert down.state == "down" and down.accepts is False and "nothing listens" in down.detail, down

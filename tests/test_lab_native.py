@@ -207,8 +207,11 @@ def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
     lab_.crash_eventloop()
     delays = lab_.restart_delays()
     assert 0.1 <= delays[4] < 0.4, delays
-    wait_for(lambda: re.search(r"eventloop serving again on :\d+ after \d+ ms down \(restart #5: back-off "
-                               r"100 ms, start \d+ ms\)", lab_.log), timeout=10, what="the restart log line")
+    line = wait_for(lambda: re.search(r"eventloop serving again on :\d+ after (\d+) ms dead \(from its exit to "
+                                      r"accepting; restart #5: back-off (\d+) ms \+ start (\d+) ms\)", lab_.log),
+                    timeout=10, what="the restart log line")
+    dead, backoff, start = map(int, line.groups())  # type: ignore[union-attr]
+    assert 100 <= backoff < 400 and abs(dead - backoff - start) <= 1, line
     assert "restarting in 0.1s (back-off)" in lab_.log
 
 

@@ -138,15 +138,17 @@ class Lab:
     state_path: Path | None = None
 
     @classmethod
-    def here(cls, offset: int = 0, docker: bool = True) -> "Lab":
+    def here(cls, offset: int = 0, docker: bool = True, default_state: bool = True) -> "Lab":
         """Find the lab with this port OFFSET: natively (a live supervisor), in Docker, else by HTTP only.
 
         URLs: WEBMODELS_<MODEL>_URL when set (Locust's environment, in compose the service names), else
-        127.0.0.1 and the lab's port + OFFSET.
+        127.0.0.1 and the lab's port + OFFSET. The supervisor's state: WEBMODELS_SUPERVISOR_STATE (set for
+        Locust by `webmodels up`), else (DEFAULT_STATE) where `webmodels up --port-offset OFFSET` writes it.
         """
         urls = {m: os.environ.get(s.url_env) or server_url(m, offset=offset) for m, s in SERVERS.items()}
-        state = Path(os.environ.get(STATE_ENV) or supervisor_state_path(offset))
-        if read_state(state) is not None:
+        named = os.environ.get(STATE_ENV) or (str(supervisor_state_path(offset)) if default_state else "")
+        state = Path(named) if named else None
+        if state is not None and read_state(state) is not None:
             return cls("native", offset, urls, state)
         if docker and compose_container(next(iter(SERVERS))) is not None:
             return cls("docker", offset, urls)
@@ -640,10 +642,11 @@ def probe(model: str, lab: Lab | None = None, timeout: float = STATS_TIMEOUT_S,
     return silence(model, lab, timeout)
 
 
-def silence(model: str, lab: Lab, waited: float) -> Probe:
+def silence(model: str, lab: Lab, waited: float, url: str | None = None) -> Probe:
     """Explain a server that did not answer within WAITED seconds: hung (alive / accepting) or down (gone)."""
-    port = urlsplit(lab.url(model)).port
-    tcp = accepts(lab.url(model))
+    url = url or lab.url(model)
+    port = urlsplit(url).port
+    tcp = accepts(url)
     if lab.where == "native":
         pid = lab.server_pid(model)
         if pid is not None and serves(pid, model):
