@@ -294,7 +294,9 @@ class ServersPanel:
         else:
             restarts = self.restarts.get(name, 0)  # restarts this poller saw (Docker's policy)
         logged = self.faults(name)
-        faults, faults_by = logged if logged is not None else (acc.get("injected", 0), {"Locust": acc.get("injected", 0)})
+        if logged is None:  # no event log: Locust's own injections are all that is known
+            logged = acc.get("injected", 0), {"Locust": acc.get("injected", 0)}
+        faults, faults_by = logged
         return {
             # displayed (single-word keys)
             "server": name, "state": state, "pids": pids,
@@ -311,7 +313,7 @@ class ServersPanel:
             "model": stats.get("model"), "pid": master,
             "pid_list": [p["pid"] for p in procs], "pss_bytes": totals.get("pss"), "rss_bytes": totals.get("rss"),
             "uss_bytes": totals.get("uss"), "counters": counters, "polled_at": entry["at"],
-            "faults_by": faults_by, "faults_from": "event log" if logged is not None else "Locust's injector",
+            "faults_by": faults_by, "faults_from": "event log" if self.log.path else "Locust's injector",
             "error": entry.get("error"),
         }
 

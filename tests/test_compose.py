@@ -11,23 +11,28 @@ is up and every model has request series. Grafana is not started: its image is p
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from typing import Any, Callable
 
 import httpx
 import pytest
 
+from webmodels import events
+from webmodels.lab import SERVERS
+
 from .support import wait_for
 
 pytestmark = pytest.mark.compose
 PROJECT = "webmodels-e2e"
-PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003, "hybrid-threads": 8004, "hybrid-loop": 8005}
+PORTS = {name: s.port for name, s in SERVERS.items()}  # the lab's one table
 PROMETHEUS = "http://127.0.0.1:9090"  # docker-compose.ci.yml: prometheus on the host network, loopback only
-USERS = ("ThreadpoolUser", "PreforkUser", "EventloopUser", "HybridThreadsUser", "HybridLoopUser")
+USERS = tuple(s.user_class for s in SERVERS.values())
 
 
 def _compose_cmd() -> list[str]:
@@ -90,8 +95,15 @@ def _inspect(model: str, fmt: str) -> str:
                           timeout=30).stdout.strip()
 
 
-def _get(model: str, path: str, **kw: object) -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{PORTS[model]}{path}", timeout=5, **kw)  # type: ignore[arg-type]
+def _get(model: str, path: str, timeout: float = 5, **kw: object) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{PORTS[model]}{path}", timeout=timeout, **kw)  # type: ignore[arg-type]
+
+
+def _webmodels(*args: str) -> subprocess.CompletedProcess:
+    """`webmodels ARGS` on the host, as an attendee runs it beside `docker compose up`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+    return subprocess.run([sys.executable, "-m", "webmodels.cli", *args], capture_output=True, text=True,
+                          timeout=90, env=env)
 
 
 def _promql(expr: str) -> dict[str, float]:
@@ -182,6 +194,40 @@ def test_compose_lab_end_to_end(compose) -> None:
              what="eventloop RestartCount to rise")
     wait_for(lambda: _get("eventloop", "/").status_code == 200, timeout=60, interval=0.1,
              what="eventloop serving again")
+
+    # 4b. `webmodels kill` on the host goes through the engine: a worker, then a *hung* event loop (its routes
+    # cannot answer, so only the engine can end it), each confirmed gone (issue 18 item 1)
+    res = _webmodels("kill", "prefork", "--worker", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["where"] == "docker" and out["facts"]["gone"] is True, res
+    wait_for(lambda: len(_get("prefork", "/_lab/stats").json()["per_worker"]) == 4, timeout=15,
+             what="prefork: the worker killed through the engine replaced")
+    restarts = int(_inspect("eventloop", "{{.RestartCount}}"))
+    with pytest.raises(httpx.TimeoutException):
+        _get("eventloop", "/fault/hang?s=3600", timeout=1)
+    res = _webmodels("kill", "eventloop", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["facts"]["confirmed_by"] == "docker inspect", res
+    wait_for(lambda: int(_inspect("eventloop", "{{.RestartCount}}")) > restarts, timeout=60,
+             what="Docker restarting the killed event loop (a kill is a crash to it, not a stop)")
+    wait_for(lambda: _get("eventloop", "/").status_code == 200, timeout=60, interval=0.1,
+             what="eventloop serving again after the kill")
+
+    # 4c. every fault and kill above is in the one event log on the shared volume, once, by whoever did it
+    log = subprocess.run(["docker", "exec", _container("eventloop"), "cat", "/var/lib/webmodels/events.jsonl"],
+                         capture_output=True, text=True, timeout=30).stdout
+    seen = [(e["server"], e["kind"], e["via"]) for e in events.parse(log.splitlines())]
+    for model in ("prefork", "hybrid-threads", "hybrid-loop"):
+        assert seen.count((model, "kill", "route")) == 1, seen  # step 3's POST /_lab/kill, logged by the server
+    assert ("eventloop", "crash", "route") in seen and ("eventloop", "hang", "route") in seen, seen
+    assert ("prefork", "kill", "docker") in seen and ("eventloop", "kill", "docker") in seen, seen
+
+    # 4d. why `webmodels kill` goes through `docker exec`: `docker kill` is a stop to Docker's restart policy
+    # (the README says so) — unless-stopped leaves the container down
+    restarts = int(_inspect("threadpool", "{{.RestartCount}}"))
+    subprocess.run(["docker", "kill", _container("threadpool")], capture_output=True, timeout=30, check=True)
+    time.sleep(3)  # Docker's first restart would come after 100 ms
+    assert _inspect("threadpool", "{{.State.Status}} {{.RestartCount}}") == f"exited {restarts}"
 
     # 5. down leaves nothing running
     compose("down", "--remove-orphans", "-t", "5", timeout=180)

@@ -437,7 +437,7 @@ def _kill_docker(model: str, target: str, pid: int | None, by: str) -> Outcome:
                 inside = json.loads(line)
             except ValueError:
                 pass
-    if target == "worker" or not inside.get("ok"):
+    if target == "worker" or not inside.get("ok"):  # a worker: the code inside confirmed it (psutil, in there)
         if res is None:
             return out(False, f"{model}: `docker exec` did not finish within 30 s", container=container)
         if not inside:
@@ -455,10 +455,11 @@ def _kill_docker(model: str, target: str, pid: int | None, by: str) -> Outcome:
         if not now.get("Running") or now.get("StartedAt") != before.get("StartedAt") or now.get("Pid") != before.get("Pid"):
             took = (time.monotonic() - t0) * 1000
             then = "Docker restarts it" if now.get("Restarting") or now.get("Running") else "stopped"
-            return out(True, f"{model}: killed pid {inside['facts'].get('pid')} in container {container[:12]} — "
+            facts = {**inside.get("facts", {}), "container": container, "gone": True,
+                     "confirmed_by": "docker inspect", "restart_count": now.get("RestartCount")}
+            return out(True, f"{model}: killed pid {facts.get('pid')} in container {container[:12]} — "
                              f"gone (docker inspect: {'restarted' if now.get('Running') else 'not running'}) after "
-                             f"{took:.0f} ms; {then}", **inside.get("facts", {}), container=container, gone=True,
-                       confirmed_by="docker inspect", restart_count=now.get("RestartCount"))
+                             f"{took:.0f} ms; {then}", **facts)
         time.sleep(0.05)
     return out(False, f"{model}: sent SIGKILL inside {container[:12]}, but docker inspect shows the same process "
                       "running", container=container, gone=False)
