@@ -71,9 +71,10 @@ SOURCES = {
     "faults-without-log": "Locust's own injector only: no event log here (WEBMODELS_EVENTS is not set), so faults "
                           "started by hand are not counted",
     "downtime": "users' view, from Locust's requests: the longest stretch in which every request to the server "
-                "failed, from the first failure to the last; 'dead' is the part without a process (from its exit "
-                "to accepting again, the supervisor's record; — under compose) and 'back-off' the part of that spent "
-                "waiting for the restart; the rest it was alive and did not answer (hung)",
+                "failed, from the moment the first failed (a hung request: at --request-timeout) to the last; "
+                "'dead' is the part of it without a process (from its exit to accepting again, the supervisor's "
+                "record; — under compose) and 'back-off' the part of that spent waiting for the restart; the rest "
+                "it was alive and did not answer (hung)",
     "state": "hung = its process is alive (natively, by pid) or its port accepts connections, but /_lab/stats gets "
              "no answer; down = nothing listens (natively: its pid is gone)",
 }
