@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from typing import Any, Callable
 
 import httpx
@@ -156,6 +158,11 @@ def test_compose_lab_end_to_end(compose) -> None:
     for model in PORTS:
         assert f"{model} /io" in out, f"no row for {model} in the Locust run:\n{out[-4000:]}"
     assert res.returncode == 0, out[-4000:]
+    # -t 6s lasts 6 s (it ended 40 ms after the spawn when Locust armed it from a clock stale since its imports)
+    armed, reached = (datetime.strptime(re.search(rf"\[([\d-]+ [\d:,]+)\] \S+ {what}", out).group(1),  # type: ignore
+                                        "%Y-%m-%d %H:%M:%S,%f") for what in ("Run time limit set", "--run-time limit"))
+    assert (reached - armed).total_seconds() >= 5.5, out[-4000:]
+    assert "accounting written to accounting.json" in out, out[-4000:]  # its working directory is writable
 
     # 2b. the metrics profile: Prometheus in its container scrapes all five, and has every model's requests
     wait_for(_ready, timeout=60, interval=0.5, what="Prometheus ready on 127.0.0.1:9090")
