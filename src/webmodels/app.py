@@ -17,7 +17,7 @@ import traceback
 from types import GeneratorType
 from typing import Any, Callable, Coroutine, Generator
 
-from . import faults, metrics, stats
+from . import events, faults, metrics, stats
 from .codec import HttpError, Request, Response, error_response, json_response, render
 from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
 from .log import access, log
@@ -290,6 +290,8 @@ def _route(req: Request, rt: Runtime) -> Route | Response:
                              headers=[("Allow", ", ".join(methods))])
     if fault:
         metrics.fault(rt, req.path)  # before it strikes: a crashing worker's count survives in its file
+    if rt.config.faults and req.path in FAULT_ROUTES:
+        events.route_entered(rt, req)  # the lab's event log, before it strikes (webmodels.events)
     return fn
 
 
