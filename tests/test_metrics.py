@@ -347,9 +347,14 @@ def counts(text: str) -> dict[tuple[str, str, str], float]:
             if s.name == "http_server_request_duration_seconds_count"}
 
 
+def counted(srv: Server) -> int:
+    """counters.requests now, this look included (it counts itself once it is answered)."""
+    return srv.stats()["counters"]["requests"] + 1
+
+
 def balanced(srv: Server, requests: int = 0, slack: int = 0, timeout: float = 10.0) -> dict:
-    """Wait until counters.requests is REQUESTS (if given) and the histogram's total count equals it (within
-    SLACK); return the histogram's counts.
+    """Wait until counters.requests is REQUESTS (if given: counted() before, plus what the test sent) and the
+    histogram's total count equals it (within SLACK); return the histogram's counts.
 
     The scrape first: it is not counted anywhere; the stats request then counts every request but itself
     (it is still being answered), so both sides see the same requests — plus one per earlier poll. Polled,
@@ -372,10 +377,11 @@ def balanced(srv: Server, requests: int = 0, slack: int = 0, timeout: float = 10
 def test_refusals_and_408_are_in_metrics(model, start_server):
     """400, 413, 431 and a 408 never reached a handler: each is a series (method _OTHER, route other)."""
     srv = start_server(model, "--header-timeout", "1")
+    before = counted(srv)
     for status, data in BAD.items():
         assert raw_status(srv, data) == status
     assert raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\n") == 408  # half a head, then silence
-    hist = balanced(srv, requests=4)
+    hist = balanced(srv, requests=before + 4)
     for status in (400, 413, 431, 408):
         assert hist.get((*REFUSED, str(status))) == 1, (status, hist)
 
@@ -385,6 +391,7 @@ def test_histogram_total_is_the_stats_request_count_on_every_model(config, start
     """After good and bad requests of every kind: sum of the histogram's counts == counters.requests."""
     model, *flags = SERVERS[config]
     srv = start_server(model, *flags, "--header-timeout", "1")
+    before = counted(srv)
     with srv.client() as c:
         for path in ("/", "/", "/io?ms=5", "/bytes?kb=2", "/nope", "/cpu?ms=bad", "/fault/raise"):
             c.get(path)
@@ -396,7 +403,7 @@ def test_histogram_total_is_the_stats_request_count_on_every_model(config, start
     assert raw_status(srv, b"GET /io HTTP/1.1\r\nHost: t\r\n") == 408
     with Conn(srv.host, srv.port) as c:  # half a head, abandoned: the server counts it when it sees the close
         c.send(b"GET / HT")
-    hist = balanced(srv, requests=15)  # 10 + 3 refused + a 408 + the abandoned one
+    hist = balanced(srv, requests=before + 15)  # 10 + 3 refused + a 408 + the abandoned one
     assert hist[(*REFUSED, "400")] == 2, hist  # the malformed head and the abandoned one
 
 
@@ -404,6 +411,7 @@ def test_histogram_total_is_the_stats_request_count_on_every_model(config, start
                          ids=["threadpool", "prefork-threads"])
 def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
     srv = start_server(*flags, "--threads", "1", "--queue", "0")
+    before = counted(srv)
     statuses = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
     while 503 not in statuses and len(statuses) < 8:
         with Conn(srv.host, srv.port) as hog:
@@ -414,7 +422,7 @@ def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
             statuses.append(raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
             assert hog.read_reply().status == 200
     assert statuses[-1] == 503, statuses
-    hist = balanced(srv, requests=2 * len(statuses))  # each hog, each probe
+    hist = balanced(srv, requests=before + 2 * len(statuses))  # each hog, each probe
     assert hist.get((*REFUSED, "503")) == 1, hist
 
 

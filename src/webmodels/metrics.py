@@ -270,13 +270,3 @@ def response(rt: Runtime) -> Generator[Sleep, None, Response]:
     except Exception:  # noqa: BLE001 - a broken scrape is a logged 500, never a dead server
         log.exception("metrics: rendering /metrics failed")
         return Response(500, b"metrics unavailable\n")
-
-
-# TRANSITIONAL, for servers/threadpool.py's `_reject` only: the runtime now tallies the 503 at admission
-# (request_finished(503, started=False)), so this must not count it again. The lead's policy rewrite deletes
-# that call; delete these two names with it.
-OTHER_METHOD = tally.OTHER_METHOD
-
-
-def observe(rt: Runtime, method: str, path: str | None, status: int, seconds: float) -> None:
-    """Do nothing (see above)."""
