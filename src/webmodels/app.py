@@ -290,7 +290,7 @@ def _route(req: Request, rt: Runtime) -> Route | Response:
         return json_response(405, {"error": f"{req.method} not allowed on {req.path}"},
                              headers=[("Allow", ", ".join(methods))])
     if fault:
-        metrics.fault(rt, req.path)  # before it strikes: a crashing worker's count survives in its file
+        metrics.fault(rt, req.path)  # before it strikes: a crashing worker's count stays in its tally region
     if rt.config.faults and req.path in FAULT_ROUTES:
         events.route_entered(rt, req)  # the lab's event log, before it strikes (webmodels.events)
     return fn
