@@ -45,6 +45,7 @@ from loadtest.accounting import OK, RecoveryWatch, Tally, format_table, injectio
 from loadtest.chaos import FAULTS, Injector  # noqa: E402
 from loadtest.servers_tab import ServersPanel, read_supervisor_state  # noqa: E402
 from loadtest.timeline import Timeline  # noqa: E402
+from webmodels.faults import FAULTS as FAULT_TABLE  # noqa: E402
 
 log = logging.getLogger("loadtest")
 
@@ -52,7 +53,6 @@ SERVERS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop"
 DEFAULT_URLS = {"threadpool": "http://127.0.0.1:8001", "prefork": "http://127.0.0.1:8002",
                 "eventloop": "http://127.0.0.1:8003", "hybrid-threads": "http://127.0.0.1:8004",
                 "hybrid-loop": "http://127.0.0.1:8005"}
-MASTER_SERVERS = ("prefork", "hybrid-threads", "hybrid-loop")  # a master and workers: `kill-worker` applies
 FAIL_BACKOFF_S = 0.1  # a user whose request failed pauses, so a dead server isn't hammered at full CPU
 FLUSH_EVERY_S = 1.0
 FINAL_WAIT_S = 15.0  # how long the master waits at most for the workers' final outboxes before writing the table
@@ -152,8 +152,11 @@ def _options(parser) -> None:
     parser.add_argument("--cpu-ms", type=int, default=10, help="Milliseconds of CPU each /cpu request burns")
     parser.add_argument("--kb", type=int, default=16, help="KiB per /bytes response")
     parser.add_argument("--fault", choices=FAULTS, default="none",
-                        help="Fault the injector fires at every loaded server (servers need --faults); "
-                             "kill-worker: SIGKILL one worker of each master model (prefork, hybrids) only")
+                        help="Fault the injector fires at every loaded server it applies to, every --fault-every "
+                             "s (servers need --faults): " + "; ".join(f"{f.kind}: {f.what}" for f in FAULT_TABLE)
+                             + "; chaos: a random one at a random server every 1-3 s, drawn from --chaos-seed")
+    parser.add_argument("--chaos-seed", type=int, default=1,
+                        help="--fault chaos: the seed of its schedule (the same seed, the same faults)")
     parser.add_argument("--fault-every", type=float, default=5.0, help="Seconds between injected faults, per server")
     parser.add_argument("--hang-s", type=int, default=5, help="Seconds a 'hang' fault blocks")
     parser.add_argument("--leak-mb", type=int, default=16, help="MiB a 'leak' fault keeps")
@@ -345,9 +348,8 @@ def _test_start(environment, **_kw) -> None:
     lab.started_at, lab.stopped_at = time.time(), 0.0
     lab.panel.start()
     targets = lab.targets()
-    if o.fault == "kill-worker":  # the single-process models have no worker to kill
-        targets = {name: url for name, url in targets.items() if name in MASTER_SERVERS}
-    lab.injector.start(targets, o.fault, o.fault_every, hang_s=o.hang_s, leak_mb=o.leak_mb,
+    lab.injector.start(targets, o.fault, o.fault_every, seed=o.chaos_seed, until=o.run_time or None,
+                       hang_s=o.hang_s, leak_mb=o.leak_mb,
                        timeout=o.request_timeout)
 
 
@@ -368,7 +370,7 @@ def _request(request_type, name, response_time, response_length, exception=None,
     if kind == OK:
         for key, first in lab.watch.on_success(server, start):
             lab.outbox.add_recovery(server, key, first)
-    lab.timeline.write(start, server, name, exception is None, kind, error, response_time)
+    lab.timeline.write(start, server, name, exception is None, kind, error, response_time, context.get("fault"))
 
 
 @events.test_stop.add_listener
