@@ -70,10 +70,11 @@ def argv(binary: str, config_file: str, data_dir: str, listen: str) -> list[str]
             "--log.level=warn"]
 
 
-def native_child(ports: dict[str, int], offset: int = 0):
-    """The supervisor child for `webmodels up --metrics`: Prometheus on 127.0.0.1:9090+OFFSET scraping PORTS."""
-    from .supervisor import Child
+def native(ports: dict[str, int], offset: int = 0) -> tuple[list[str], int]:
+    """`webmodels up --metrics`' Prometheus: its command line and port (127.0.0.1:9090+OFFSET), scraping PORTS.
 
+    The supervisor makes it one of its children: it imports this module, never the other way round.
+    """
     binary = find_binary()
     if binary is None:
         raise FileNotFoundError(MISSING)
@@ -83,8 +84,7 @@ def native_child(ports: dict[str, int], offset: int = 0):
     config = workdir / "prometheus.yml"
     config.write_text(config_text({m: f"127.0.0.1:{p}" for m, p in ports.items()}))
     listen = f"127.0.0.1:{PROMETHEUS_PORT + offset}"
-    return Child("prometheus", argv(binary, str(config), str(workdir / "data"), listen), {},
-                 port=PROMETHEUS_PORT + offset)
+    return argv(binary, str(config), str(workdir / "data"), listen), PROMETHEUS_PORT + offset
 
 
 def main(args: list[str]) -> int:
