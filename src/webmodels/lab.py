@@ -16,8 +16,7 @@ from . import config
 LAB_PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003, "hybrid-threads": 8004, "hybrid-loop": 8005}
 LOCUST_PORT = 8089
 # The models with a master and worker processes: `kill --worker`, `scale` and per-worker stats apply to them.
-# webmodels.config owns the list; the fallback only covers a checkout from before config had it.
-MASTER_MODELS: tuple[str, ...] = getattr(config, "MASTER_MODELS", ("prefork", "hybrid-threads", "hybrid-loop"))
+MASTER_MODELS = config.MASTER_MODELS
 
 
 def url_env(model: str) -> str:
