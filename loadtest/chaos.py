@@ -8,8 +8,8 @@ per server by construction.
 
 What to fire and when is a schedule from webmodels.chaos (pure, shared with the bench's soak): `--fault KIND
 --fault-every N` fires KIND at every server it applies to every N s (`kill-worker` only hits the master
-models: prefork, hybrid-threads, hybrid-loop); `--fault chaos` fires the seeded schedule (`--chaos-seed`): a
-random fault at a random server every 1–3 s. The kinds and their requests are webmodels.faults' table.
+models: prefork, hybrid-threads, hybrid-loop), none in the last N s of a timed run; `--fault chaos` fires
+the seeded schedule (`--chaos-seed`): a random fault at a random server every 1–3 s. The kinds and their requests are webmodels.faults' table.
 
 The fault request is still a request of the run: it is reported through Locust's `request` event, so it
 appears in Locust's statistics ("prefork /fault/crash") and in the accounting as *expected*, and the
@@ -43,12 +43,10 @@ class HTTPStatusError(Exception):
 
 
 def schedule(targets: list[str], fault: str, every: float, seed: int, until: float | None) -> Iterator[chaos.Shot]:
-    """The shots of `--fault FAULT` at TARGETS: periodic for one kind, seeded for chaos, none for none."""
+    """The shots of `--fault FAULT` at TARGETS: seeded for chaos, periodic for one kind."""
     if fault == CHAOS:
         return chaos.seeded(seed, targets, until)
-    if fault == "none":
-        return iter(())
-    return chaos.periodic(targets, fault, every)
+    return chaos.periodic(targets, fault, every, until)
 
 
 class Injector:
@@ -63,15 +61,19 @@ class Injector:
     def start(self, targets: dict[str, str], fault: str, every: float, *, seed: int = 1,
               until: float | None = None, hang_s: int = 5, leak_mb: int = 16, timeout: float = 10.0) -> None:
         self.stop()
+        if fault == "none" or not targets:
+            return
         shots = schedule(list(targets), fault, every, seed, until)
         how = f"seed {seed}" if fault == CHAOS else f"every {every:g} s"
         log.info("injecting %s (%s) into %s", fault, how, ", ".join(targets))
         self.loops.append(gevent.spawn(self._loop, targets, shots, hang_s, leak_mb, timeout))
 
     def stop(self) -> None:
-        # block: a shot whose answer is already on its way must not report after the test's final count (the
-        # accounting's last outbox is sent right after this) — Locust would count a request the table never saw
-        gevent.killall(self.loops + self.shots, block=True, timeout=2)
+        # No shot may report after the test's final count (the accounting's last outbox is sent right after
+        # this): Locust would count a request the table never saw. So the loops first and to the end (a loop
+        # waking meanwhile would spawn a shot not in the list), then every shot, each kill waited for.
+        gevent.killall(self.loops, block=True, timeout=2)
+        gevent.killall(self.shots, block=True, timeout=2)
         self.loops, self.shots = [], []
 
     def _loop(self, targets: dict[str, str], shots: Iterator[chaos.Shot], hang_s: int, leak_mb: int,

@@ -54,6 +54,9 @@ def test_a_periodic_schedule_fires_each_applicable_server_every_period() -> None
     crash = [s for _, s in zip(range(10), chaos.periodic(MODELS, "crash", 2))]
     assert {s.server for s in crash} == set(MODELS) and all(s.kind == "crash" for s in crash)
     assert list(chaos.periodic(MODELS, "crash", 0)) == [] and list(chaos.periodic(("eventloop",), "kill-worker", 1)) == []
+    # a timed run: no shot in its last period (it could not even arrive before the end)
+    assert [s.at for s in chaos.periodic(("prefork",), "crash", 1.2, until=4.0)] == [1.2, 2.4]
+    assert [s.at for s in chaos.periodic(("prefork",), "crash", 5, until=20)] == [5, 10, 15]
 
 
 def test_a_seeded_schedule_is_its_seed_whatever_the_order_of_servers() -> None:

@@ -3,7 +3,7 @@
 One shape for every schedule, a Shot: seconds after the start, a server, a fault kind (faults.FAULTS).
   periodic  one kind at every server it applies to, every EVERY seconds (Locust's `--fault KIND
             --fault-every N`): shots at N, 2N, 3N … after the start, so the period does not drift with
-            response times;
+            response times, and none in the last period of a run whose end is known;
   seeded    a random fault at a random server every 1–3 s (the soak; Locust's `--fault chaos --chaos-seed N`):
             the same seed and servers give the same shots wherever they are drawn, so a run is replayed by
             its seed. It stops SETTLE_S before UNTIL, so the last fault is recovered from before the end.
@@ -48,12 +48,14 @@ def chaos_kinds(server: str) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-def periodic(servers: Iterable[str], kind: str, every: float) -> Iterator[Shot]:
-    """KIND at every server it applies to, every EVERY seconds, for ever."""
+def periodic(servers: Iterable[str], kind: str, every: float, until: float | None = None) -> Iterator[Shot]:
+    """KIND at every server it applies to, every EVERY seconds; none in the last period before UNTIL (None: for ever)."""
     targets = [s for s in servers if applies(kind, s)]
     if every <= 0 or not targets:
         return
     for n in itertools.count(1):
+        if until is not None and n * every > until - every:
+            return  # a fault in the last period could not show its effect, or even arrive, before the end
         for server in targets:
             yield Shot(round(n * every, 6), server, kind)
 
