@@ -308,6 +308,10 @@ lab = Lab()
 # -- wiring ------------------------------------------------------------------------------------------------------
 @events.init.add_listener
 def _init(environment, runner=None, web_ui=None, **_kw) -> None:
+    # gevent's loop caches "now", and Locust's start-up (imports, parsing, this file) ran without the hub: `-t`'s
+    # timer (spawn_later, counted from that stale time) would end the run early by the whole start-up — seconds on
+    # a busy machine, a 1 s run with no request at all.
+    gevent.get_hub().loop.update_now()
     lab.environment = environment
     if runner is None:
         return

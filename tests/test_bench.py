@@ -152,6 +152,9 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     runs = 0
     for s in sc.values():
         for run in _runs(s):
+            # the test lasts its -t however long Locust took to start (gevent's cached clock once cut it short)
+            window = run["accounting_run"]["stopped_at"] - run["accounting_run"]["started_at"]
+            assert window >= max(1, round(run["duration_s"])) - 0.25, (run["duration_s"], window)
             for model, a in run["accounting_rows"].items():
                 assert a["ok"] + a["expected"] + a["collateral"] == a["requests"] == a["locust_requests"], (model, a)
                 runs += 1
