@@ -24,6 +24,7 @@ import pytest
 
 from webmodels import chaos
 from webmodels.bench import SCHEMA
+from webmodels.bench import locustrun
 from webmodels.bench.locustrun import live
 from webmodels.bench.runner import BenchServer, Progress
 from webmodels.bench.scenarios import SCENARIOS
@@ -456,6 +457,16 @@ def test_report_refuses_results_of_another_schema(tmp_path: Path) -> None:
     proc = webmodels("report", str(tmp_path), timeout=60)
     assert proc.returncode == 2 and f"this version reads schema {SCHEMA}" in proc.stderr, proc.stderr
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_one_second_locust_run_lasts_a_second_and_sends_requests(tmp_path: Path) -> None:
+    # Locust's start-up takes seconds on a busy machine; the run's test window must still be its -t
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    with BenchServer("eventloop", cpus=cpus) as srv:
+        r = locustrun.run(locustrun.LocustRun(targets={"eventloop": srv.url}, users=2, duration=1.0), cpus=cpus,
+                          workdir=tmp_path)
+    window = r["accounting_run"]["stopped_at"] - r["accounting_run"]["started_at"]
+    assert window >= 0.9 and r["stats"]["eventloop /"]["requests"] > 0, (window, r["stats"], r["log_tail"])
 
 
 def test_hybrids_get_their_locust_class_and_url_variable_by_contract() -> None:
