@@ -28,7 +28,8 @@ def test_every_kind_has_a_route_the_handler_serves_with_its_methods() -> None:
 def test_a_request_target_names_its_kind_back() -> None:
     for kind in faults.KINDS:
         assert faults.kind_of(faults.request(kind, hang_s=2, leak_mb=4)) == kind
-    assert faults.request("hang", hang_s=2) == "/fault/hang?s=2" and faults.request("leak", leak_mb=4) == "/fault/leak?mb=4"
+    assert faults.request("hang", hang_s=2) == "/fault/hang?s=2"
+    assert faults.request("leak", leak_mb=4) == "/fault/leak?mb=4"
     assert faults.kind_of("/_lab/kill?pid=7&target=process") == "kill-process"
     assert faults.kind_of("/_lab/kill") == "kill-worker"  # the handler's default target (tests/test_app.py)
     assert faults.kind_of("/fault/crash") == "crash" and faults.kind_of("/io?ms=5") is None
@@ -53,7 +54,8 @@ def test_a_periodic_schedule_fires_each_applicable_server_every_period() -> None
     assert [s.server for s in shots[:3]] == [m for m in MODELS if m in MASTER_MODELS]
     crash = [s for _, s in zip(range(10), chaos.periodic(MODELS, "crash", 2))]
     assert {s.server for s in crash} == set(MODELS) and all(s.kind == "crash" for s in crash)
-    assert list(chaos.periodic(MODELS, "crash", 0)) == [] and list(chaos.periodic(("eventloop",), "kill-worker", 1)) == []
+    assert list(chaos.periodic(MODELS, "crash", 0)) == []
+    assert list(chaos.periodic(("eventloop",), "kill-worker", 1)) == []
     # a timed run: no shot in its last period (it could not even arrive before the end)
     assert [s.at for s in chaos.periodic(("prefork",), "crash", 1.2, until=4.0)] == [1.2, 2.4]
     assert [s.at for s in chaos.periodic(("prefork",), "crash", 5, until=20)] == [5, 10, 15]

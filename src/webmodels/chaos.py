@@ -49,7 +49,7 @@ def chaos_kinds(server: str) -> tuple[str, ...]:
 
 
 def periodic(servers: Iterable[str], kind: str, every: float, until: float | None = None) -> Iterator[Shot]:
-    """KIND at every server it applies to, every EVERY seconds; none in the last period before UNTIL (None: for ever)."""
+    """KIND at every server it applies to, every EVERY s; none in the last period before UNTIL (None: for ever)."""
     targets = [s for s in servers if applies(kind, s)]
     if every <= 0 or not targets:
         return
@@ -61,7 +61,7 @@ def periodic(servers: Iterable[str], kind: str, every: float, until: float | Non
 
 
 def seeded(seed: int, servers: Iterable[str], until: float | None = None) -> Iterator[Shot]:
-    """Random shots drawn from SEED: one every GAP_S at a random server; up to SETTLE_S before UNTIL (None: for ever)."""
+    """Random shots from SEED, one every GAP_S at a random server, until SETTLE_S before UNTIL (None: for ever)."""
     rng = random.Random(seed)
     names = sorted(set(servers))  # the order the servers were listed in must not change the schedule
     t = START_S

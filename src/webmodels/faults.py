@@ -45,7 +45,7 @@ class Fault:
 
 ANY = ("GET", "POST")  # POST is what injectors send: a client may re-send a GET whose connection dropped
 FAULTS = (
-    Fault("crash", "/fault/crash", ANY, SERVING, f"exit at once (status {EXIT_CRASH}): no cleanup, no goodbye to clients"),
+    Fault("crash", "/fault/crash", ANY, SERVING, f"exit at once (status {EXIT_CRASH}): no cleanup, no goodbye"),
     Fault("segfault", "/fault/segfault", ANY, SERVING, "die of a real SIGSEGV (reading address 0)"),
     Fault("hang", "/fault/hang", ANY, "", "block whatever runs the handler for s seconds", param="s"),
     Fault("leak", "/fault/leak", ANY, "", "allocate mb MiB, touch every page, keep it", param="mb"),
