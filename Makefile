@@ -39,8 +39,12 @@ fuzz: install
 mutants: install
 	$(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
+# The lab, natively. First `webmodels` goes on the PATH of your next terminal (a link to .venv/bin/webmodels
+# in ~/.local/bin, or /usr/local/bin as root: src/webmodels/pathlink.py), so the banner's and the README's
+# commands work as printed in any shell. `.venv/bin/python -m webmodels.pathlink --remove` takes it away.
 up: install
-	$(BIN)/webmodels up
+	@$(BIN)/python -m webmodels.pathlink
+	$(BIN)/webmodels up $(UP_ARGS)
 
 bench: install
 	$(BIN)/webmodels bench $(BENCH_ARGS)

@@ -11,6 +11,7 @@ each side, the min–max range, and the ratio of medians against the target. Pai
   prefork --engine loop -w 1 vs the same uvicorn (the loop engine as a worker) keep-alive, 50 connections
   threadpool --threads 32 vs gunicorn -k gthread --threads 32 -w 1           keep-alive, 32 connections
   prefork --workers 1    vs gunicorn -k sync -w 1                             Connection: close, 8 connections
+  greenthreads           vs gunicorn -k gevent -w 1                           keep-alive, 50 connections
 
 Connections never exceed threads for the thread pool, so no connection is silently starved (wrk does not
 report connections that never got an answer). Socket errors and non-2xx answers are printed; a run with
@@ -85,6 +86,9 @@ def pairs(appdir: str) -> list[Pair]:
         Pair("prefork", wb + ["prefork", "--workers", "1"],
              gun + ["-k", "sync", "-w", "1", "wsgi_hello:app"],
              "gunicorn sync 1 worker", 1.2, ["-c", "8", "-H", "Connection: close"]),
+        Pair("greenthreads", wb + ["greenthreads"],
+             gun + ["-k", "gevent", "--worker-connections", "1000", "-w", "1", "wsgi_hello:app"],
+             "gunicorn gevent 1 worker", 1.5, ["-c", "50"]),
     ]
 
 
@@ -156,7 +160,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--wrk-core", type=int, default=1)
-    ap.add_argument("--only", default="", help="comma-separated: eventloop,prefork-loop,threadpool,prefork")
+    ap.add_argument("--only", default="", help="comma-separated: eventloop,prefork-loop,threadpool,prefork,"
+                                               "greenthreads")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)

@@ -64,11 +64,20 @@ class FakeTransport(asyncio.Transport):
 
 
 def ours(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Protocol, Any]:
+    import socket
+
     from webmodels.config import build_config
+    from webmodels.connection import Limits, Policy
     from webmodels.runtime import Runtime
     from webmodels.servers.eventloop import HttpProtocol, LoopEngine
+    from webmodels.servers.lifecycle import Lifecycle
     config = build_config("eventloop", {}, {})
-    engine = LoopEngine(config, loop, Runtime(config))
+    rt = Runtime(config)
+    life = Lifecycle(config, rt, Policy(Limits.from_config(config), rt), alone=True)
+    engine = LoopEngine(config, socket.socket(), rt, life)
+    engine.loop.close()
+    engine.loop = loop  # the protocol under test runs on the benchmark's loop
+    asyncio.set_event_loop(loop)
     return HttpProtocol(engine), engine
 
 

@@ -6,12 +6,17 @@ The words, per server:
               crash has no answer, a leak answers 200), so it is neither a success nor a casualty;
   collateral  a user request that failed: it died with a crashed process, was refused while the server was
               down, timed out behind a hang, got a 503 from a full pool;
-  downtime    the longest stretch in which the server's user requests all failed, from the first failure of
-              the streak to its last (so to the end of the run when the server never answers again);
+  downtime    the users' view, and the lab's one definition: the longest stretch in which the server's user
+              requests all failed, from the moment the first of them failed (a refused connect at once, a hung
+              request at its timeout) to the last failure of the streak (so to the end of the run when the
+              server never answers again). Its parts, where a supervisor recorded them:
+  dead        the part of the downtime without a process: from its exit to accepting connections again (what
+              `webmodels up` logs as "serving again after N ms dead"); downtime − dead is time the process was
+              alive and did not answer (hung, or stopped accepting);
   recovery    from an injected fault taking effect (crash/segfault: when the fault request ended, i.e. the
               process died; hang/leak/raise: when it was sent) to the sending of the first user request
               after it that succeeded, from any process ("from then on, users are served again");
-  back-off    the part of the downtime the server spent *waiting* for its supervisor to restart it (`webmodels
+  back-off    the part of dead time the server spent *waiting* for its supervisor to restart it (`webmodels
               up` copies Docker's back-off: 100 ms doubling, reset after 10 s up) — the supervisor's policy,
               not the model's cost. It comes from the supervisor's own record of each restart (died →
               started → accepting), not from requests; under compose it is unknown (Docker keeps it).
@@ -172,20 +177,22 @@ def restart_split(restarts: list[dict] | None, down: dict[str, Any], run_from: f
     which back-off"; the totals cover the run. None (unknown) without a supervisor record, e.g. under compose.
     """
     if restarts is None:
-        return {"backoff_ms": None, "backoff_total_ms": None, "start_total_ms": None, "restarts": None}
+        return {"backoff_ms": None, "dead_ms": None, "backoff_total_ms": None, "start_total_ms": None,
+                "restarts": None}
     end = run_to if run_to is not None else max((r.get("ready_at") or r.get("started_at") or r["died_at"]
                                                  for r in restarts), default=None)
     begin = run_from if run_from is not None else min((r["died_at"] for r in restarts), default=None)
     seen = [r for r in restarts if begin is not None and end is not None and r["died_at"] <= end
             and (r.get("ready_at") or end) >= begin]
-    in_streak = total = start = 0.0
+    in_streak = dead = total = start = 0.0
     for r in seen:
         waited_until = r.get("started_at") or end  # a wait still going at the end counts up to the end
         total += _overlap_ms(r["died_at"], waited_until, begin, end)
         in_streak += _overlap_ms(r["died_at"], waited_until, down["from"], down["to"])
+        dead += _overlap_ms(r["died_at"], r.get("ready_at") or end, down["from"], down["to"])
         if r.get("started_at"):
             start += _overlap_ms(r["started_at"], r.get("ready_at") or end, begin, end)
-    return {"backoff_ms": round(in_streak, 1), "backoff_total_ms": round(total, 1),
+    return {"backoff_ms": round(in_streak, 1), "dead_ms": round(dead, 1), "backoff_total_ms": round(total, 1),
             "start_total_ms": round(start, 1), "restarts": len(seen)}
 
 
@@ -294,24 +301,41 @@ class RecoveryWatch:
         return first
 
 
-COLUMNS = ("requests", "ok", "expected", "collateral", "downtime_ms", "backoff_ms", "recovery_ms", "at end")
+# (title, summary key or None for a computed cell, right-aligned); the console table's columns, in order
+TABLE = (("server", None, False), ("requests", "requests", True), ("ok", "ok", True), ("faults", "expected", True),
+         ("collateral", "collateral", True), ("downtime ms", "downtime_ms", True), ("dead ms", "dead_ms", True),
+         ("back-off ms", "backoff_ms", True), ("recovery ms", None, True), ("at end", None, False),
+         ("balanced", None, False))
+GAP = "  "  # between columns: two spaces, so no figure ever touches its neighbour
+
+
+def _cell(name: str, s: dict[str, Any], title: str, key: str | None) -> str:
+    if title == "server":
+        return name
+    if title == "recovery ms":
+        if s["recovery_ms"] is None:
+            return "never" if s["unrecovered"] else "-"
+        return f"{s['recovery_ms']:.1f}" + (f" (+{s['unrecovered']} never)" if s["unrecovered"] else "")
+    if title == "at end":
+        return "down" if s["down_at_end"] else "up"
+    if title == "balanced":
+        return "yes" if s["balanced"] else "NO"
+    value = s.get(key) if key else None
+    if value is None:
+        return "-"  # unknown (no supervisor record), not zero
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    """Render the per-server summary as a fixed-width table."""
-    head = f"{'server':<15}{'requests':>10}{'ok':>10}{'faults':>8}{'collateral':>12}{'downtime ms':>13}" \
-           f"{'back-off ms':>13}{'recovery ms':>16}  {'at end':<6}  balanced"
-    lines = [head, "-" * len(head)]
-    for name, s in summary.items():
-        if s["recovery_ms"] is None:
-            rec = "never" if s["unrecovered"] else "-"
-        else:
-            rec = f"{s['recovery_ms']:.1f}" + (f" +{s['unrecovered']}never" if s["unrecovered"] else "")
-        backoff = "-" if s.get("backoff_ms") is None else f"{s['backoff_ms']:.1f}"
-        lines.append(f"{name:<15}{s['requests']:>10}{s['ok']:>10}{s['expected']:>8}{s['collateral']:>12}"
-                     f"{s['downtime_ms']:>13.1f}{backoff:>13}{rec:>16}  {'down' if s['down_at_end'] else 'up':<6}  "
-                     f"{'yes' if s['balanced'] else 'NO'}")
-    return "\n".join(lines)
+    """Render the per-server summary as a table whose columns are as wide as their widest cell."""
+    cells = [[_cell(name, s, title, key) for title, key, _ in TABLE] for name, s in summary.items()]
+    widths = [max([len(title), *(len(row[i]) for row in cells)]) for i, (title, _, _) in enumerate(TABLE)]
+
+    def line(row: list[str]) -> str:
+        return GAP.join(c.rjust(w) if right else c.ljust(w)
+                        for c, w, (_, _, right) in zip(row, widths, TABLE)).rstrip()
+    head = line([title for title, _, _ in TABLE])
+    return "\n".join([head, "-" * len(head), *(line(row) for row in cells)])
 
 
 def write_json(path: str, document: dict[str, Any]) -> None:

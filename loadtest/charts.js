@@ -1,18 +1,21 @@
-// Live charts under the Servers tab's table: one small SVG time series per metric, one line per server,
-// faults and restarts as markers on the time axis, the last 5 minutes. Data: ./servers/series.json, kept
+// Live charts under the Servers tab's table: one small SVG time series per metric, one line per server, the
+// last 5 minutes. Events (faults, restarts, a server going down or hung) are marks in a lane under each chart's
+// plot — one row per kind — never lines across the data: marks within BUCKET_PX merge into one with a count,
+// and its tooltip lists them. Under the table, where each figure comes from. Data: ./servers/series.json, kept
 // by the tab's own poller (loadtest/charts.py). Plain DOM + SVG, no library, nothing fetched from elsewhere.
 (function () {
   "use strict";
   const SVG = "http://www.w3.org/2000/svg";
-  const COLORS = { threadpool: "#1f77b4", prefork: "#2ca02c", eventloop: "#d62728",
-                   "hybrid-threads": "#9467bd", "hybrid-loop": "#ff7f0e" };
-  const EXTRA = ["#8c564b", "#e377c2", "#17becf", "#bcbd22"];
-  const MARK = { fault: "#e53935", restart: "#fb8c00", down: "#757575" };
-  const W = 440, H = 170, PAD = { l: 46, r: 8, t: 22, b: 20 };
+  const EXTRA = ["#8c564b", "#e377c2", "#17becf", "#bcbd22"];  // a server the table gives no color
+  const MARK = { fault: "#e53935", restart: "#fb8c00", down: "#616161", hung: "#9e9e9e" };
+  const LANES = [["fault"], ["restart"], ["down", "hung"]];  // one row of marks per kind, under the plot
+  const LANE_H = 9, BUCKET_PX = 26;  // marks within one bucket of the axis are one mark with a count
+  const W = 440, H = 196, PAD = { l: 46, r: 8, t: 22, b: 20 + LANES.length * LANE_H + 4 };
   const REFRESH_MS = 2000;
   const GAP_S = 4;  // points further apart than this are not joined (the tab polls once a second)
   let panel = null, timer = null, data = null;
 
+  let COLORS = {};  // from series.json: the lab's table (src/webmodels/lab.py) gives each server its color
   function color(name, i) { return COLORS[name] || EXTRA[i % EXTRA.length]; }
   function el(tag, attrs, parent) {
     const e = document.createElementNS(SVG, tag);
@@ -71,16 +74,7 @@
       el("text", { x: px(x1 - s), y: H - 5, "text-anchor": "middle", fill: "currentColor", "fill-opacity": 0.7 }, svg)
         .textContent = ago(s);
     }
-    for (const mk of doc.markers) {  // markers first, lines on top
-      if (mk.t < x0) continue;
-      const x = px(mk.t), c = MARK[mk.kind] || "#000";
-      const g = el("g", { "data-kind": mk.kind, "data-server": mk.server }, svg);
-      el("line", { x1: x, x2: x, y1: PAD.t, y2: H - PAD.b, stroke: c, "stroke-width": 1,
-                   "stroke-dasharray": mk.kind === "fault" ? "3,2" : "1,0", "stroke-opacity": 0.8 }, g);
-      el("path", { d: `M${x - 4},${PAD.t - 1} L${x + 4},${PAD.t - 1} L${x},${PAD.t + 5} Z`,
-                   fill: color(mk.server, doc.servers.indexOf(mk.server)), stroke: c }, g);
-      el("title", {}, g).textContent = `${mk.kind} · ${mk.server} · ${new Date(mk.t * 1000).toLocaleTimeString()}`;
-    }
+    marks(svg, doc, x0, px);
     doc.servers.forEach((name, i) => {
       const pts = doc.points[name] || [];
       let d = "", pen = false, last = -Infinity;
@@ -99,6 +93,62 @@
     return svg;
   }
 
+  // The event lane: under the plot, above the time labels, one row per kind. Marks of a row within one bucket
+  // (BUCKET_PX of the axis) are one mark with a count; the tooltip says what each was, for whom, who started
+  // it and when.
+  function marks(svg, doc, x0, px) {
+    const top = H - PAD.b + 3;
+    el("line", { x1: PAD.l, x2: W - PAD.r, y1: H - PAD.b, y2: H - PAD.b, stroke: "currentColor",
+                 "stroke-opacity": 0.35 }, svg);
+    LANES.forEach((kinds, row) => {
+      const y = top + row * LANE_H + LANE_H / 2;
+      // buckets of BUCKET_PX, aligned on absolute time so a mark keeps its bucket as the axis scrolls
+      const per = BUCKET_PX / (px(x0 + 1) - px(x0)), groups = new Map();
+      for (const mk of doc.markers) {
+        if (mk.t < x0 || kinds.indexOf(mk.kind) < 0) continue;
+        const b = Math.floor(mk.t / per);
+        if (!groups.has(b)) groups.set(b, { b, items: [] });
+        groups.get(b).items.push(mk);
+      }
+      for (const g of groups.values()) {
+        const mk = g.items[0], n = g.items.length;
+        const x = Math.max(PAD.l + 4, px(g.b * per) + 4);
+        const servers = [...new Set(g.items.map(m => m.server))];
+        const fill = servers.length === 1 ? color(mk.server, doc.servers.indexOf(mk.server)) : "#bdbdbd";
+        const a = el("g", { "data-kind": mk.kind, "data-server": servers.join(" "), "data-count": n }, svg);
+        const c = MARK[mk.kind] || "#000", r = 3.6;
+        if (mk.kind === "fault") {  // a triangle pointing at the axis
+          el("path", { d: `M${x - r},${y - r} L${x + r},${y - r} L${x},${y + r} Z`, fill, stroke: c, "stroke-width": 1.3 }, a);
+        } else if (mk.kind === "restart") {
+          el("circle", { cx: x, cy: y, r: r - 0.4, fill, stroke: c, "stroke-width": 1.3 }, a);
+        } else {
+          el("rect", { x: x - r + 0.5, y: y - r + 0.5, width: 2 * r - 1, height: 2 * r - 1, fill, stroke: c,
+                       "stroke-width": 1.3, "stroke-dasharray": mk.kind === "hung" ? "2,1" : "" }, a);
+        }
+        if (n > 1) {
+          el("text", { x: x + r + 1.5, y: y + 3.5, fill: c, "font-size": 8, "font-weight": "bold" }, a).textContent = "×" + n;
+        }
+        const lines = g.items.slice(0, 12).map(m => `${m.fault || m.kind} · ${m.server}` + (m.by ? ` · by ${m.by}` : "") +
+          ` · ${new Date(m.t * 1000).toLocaleTimeString()}`);
+        if (n > 12) lines.push(`… and ${n - 12} more`);
+        el("title", {}, a).textContent = lines.join("\n");
+      }
+    });
+  }
+
+  function sourcesNote(doc) {
+    const div = document.createElement("div");
+    div.setAttribute("data-role", "sources");
+    div.style.cssText = "font:12px sans-serif;opacity:.8;margin:2px 0 10px;line-height:1.45";
+    const names = { faults: "Faults injected", downtime: "Downtime, of which dead / back-off", state: "State" };
+    for (const k of Object.keys(doc.sources || {})) {
+      const p = document.createElement("div");
+      p.textContent = `${names[k] || k}: ${doc.sources[k]}.`;
+      div.appendChild(p);
+    }
+    return div;
+  }
+
   function legend(doc) {
     const div = document.createElement("div");
     div.style.cssText = "display:flex;gap:16px;flex-wrap:wrap;margin:4px 0 8px;font:12px sans-serif";
@@ -108,21 +158,26 @@
         `background:${color(name, i)};margin-right:5px"></span>${name}`;
       div.appendChild(s);
     });
-    for (const k of ["fault", "restart", "down"]) {
+    const glyph = { fault: "▼", restart: "●", down: "■", hung: "□" };
+    for (const k of ["fault", "restart", "down", "hung"]) {
       const s = document.createElement("span");
-      s.innerHTML = `<span style="display:inline-block;width:0;height:12px;vertical-align:middle;` +
-        `border-left:2px ${k === "fault" ? "dashed" : "solid"} ${MARK[k]};margin-right:5px"></span>${k}`;
+      s.innerHTML = `<span style="color:${MARK[k]};margin-right:4px">${glyph[k]}</span>${k}`;
       div.appendChild(s);
     }
+    const s = document.createElement("span");
+    s.style.opacity = ".7";
+    s.textContent = "(marks under each chart; ×N = N close together; hover for who and when)";
+    div.appendChild(s);
     return div;
   }
 
   function render() {
     if (!panel || !data) return;
+    COLORS = data.colors || {};
     const grid = document.createElement("div");
     grid.style.cssText = "display:grid;grid-template-columns:repeat(auto-fill,minmax(" + W + "px,1fr));gap:10px";
     data.metrics.forEach(metric => grid.appendChild(chart(metric, data.columns.indexOf(metric.key), data)));
-    panel.replaceChildren(legend(data), grid);
+    panel.replaceChildren(sourcesNote(data), legend(data), grid);
     panel.setAttribute("data-updated", String(data.now));
   }
 

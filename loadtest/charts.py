@@ -6,6 +6,11 @@ threads or workers, loop lag, restarts) and the live fault accounting (ok / fail
 faults) — plus Locust's own response times for the p99 (its StatsEntry.response_times, summed over the
 server's request names and differenced over the last few rounds).
 
+Markers: every fault and kill from the lab's event log (webmodels.events: whoever started it, at the time
+it was recorded, with who did it), else — no log — one per increase of Locust's own injection count; a
+restart when the row's restart count rises; "down" or "hung" when a server stops answering. charts.js draws
+them as marks on the time axis, merged with a count when they are close, never over the data.
+
 The browser side is charts.js, a small SVG renderer of our own (no charting library, nothing from a CDN:
 workshop rooms run offline). Locust's React UI has no hook for drawing under an extended table, so a
 script tag is added to its index page; the script finds the Servers table and keeps a chart panel right
@@ -19,6 +24,9 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+from webmodels import events
+from webmodels.lab import SERVERS
 
 WINDOW_S = 300.0
 MB = 1024 * 1024
@@ -70,6 +78,7 @@ class Charts:
         self.times: dict[str, deque[tuple[dict[int, int], int]]] = {}
         self.environment: Any = None
         self.order: list[str] = []
+        self.sources: dict[str, str] = {}  # where each figure comes from, shown under the table
 
     def record(self, panel: Any, now: float | None = None) -> None:
         """After a poll round: one point per server, and a marker for each new fault or restart."""
@@ -79,7 +88,13 @@ class Charts:
         except Exception:  # noqa: BLE001 - the charts never break the tab
             return
         self.order = [r["name"] for r in rows]
+        self.sources = panel.sources() if hasattr(panel, "sources") else {}
         stats = getattr(self.environment, "stats", None)
+        logged = bool(getattr(getattr(panel, "log", None), "path", ""))
+        for e in getattr(panel, "new_events", None) or []:  # the event log's faults, at their own time
+            if e.get("fault"):
+                self.markers.append({"t": e["t"], "server": e["server"], "kind": "fault", "fault": e.get("kind"),
+                                     "by": events.who(str(e.get("by", "")))})
         for row in rows:
             name = row["name"]
             prev = self.prev.get(name)
@@ -100,13 +115,14 @@ class Charts:
             injected = acc.get("injected", 0)
             restarts = row.get("restarts") if isinstance(row.get("restarts"), int) else 0
             if prev:
-                for _ in range(max(0, injected - prev["injected"])):
-                    self.markers.append({"t": now, "server": name, "kind": "fault"})
+                if not logged:  # no event log: Locust's own injections are all that is known
+                    for _ in range(max(0, injected - prev["injected"])):
+                        self.markers.append({"t": now, "server": name, "kind": "fault", "by": "Locust"})
                 if restarts > prev["restarts"]:
                     self.markers.append({"t": now, "server": name, "kind": "restart",
                                          "n": restarts - prev["restarts"]})
                 if prev["up"] and not row.get("up"):
-                    self.markers.append({"t": now, "server": name, "kind": "down"})
+                    self.markers.append({"t": now, "server": name, "kind": "hung" if row.get("hung") else "down"})
             self.prev[name] = {"t": now, "ok": ok, "failed": failed, "injected": injected, "restarts": restarts,
                                "up": bool(row.get("up"))}
             self.points.setdefault(name, deque()).append([point.get(k) for k in ("t", "up", *[m[0] for m in METRICS])])
@@ -134,17 +150,19 @@ class Charts:
         for pts in self.points.values():
             while pts and pts[0][0] < start:
                 pts.popleft()
-        while self.markers and self.markers[0]["t"] < start:
-            self.markers.popleft()
+        if self.markers and min(m["t"] for m in self.markers) < start:  # log events are not in order
+            self.markers = deque(m for m in self.markers if m["t"] >= start)
 
     def document(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         self._trim(now)
+        markers = sorted(self.markers, key=lambda m: m["t"])  # log events arrive late by up to a poll
         return {"now": now, "window": self.window_s, "servers": self.order,
+                "colors": {name: s.color for name, s in SERVERS.items()},
                 "columns": ["t", "up", *[m[0] for m in METRICS]],
                 "metrics": [{"key": k, "title": t, "unit": u} for k, t, u in METRICS],
                 "points": {name: list(pts) for name, pts in self.points.items()},
-                "markers": list(self.markers)}
+                "markers": markers, "sources": self.sources}
 
     # -- web UI ----------------------------------------------------------------------------------------------
     def install(self, web_ui: Any) -> None:

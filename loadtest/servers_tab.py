@@ -18,6 +18,18 @@ copies Docker's back-off (100 ms doubling to 1 min, reset after 10 s up) and say
 the stats, so such a row reads "down — restart in 6.4 s (back-off)", and the "Back-off ms" column shows how
 much of the downtime was the supervisor's wait rather than the model's own start. Under compose Docker
 keeps that to itself, so the row says "down" and the column "—".
+
+A server that does not answer is not necessarily gone (webmodels.actions.silence tells them apart): "hung —
+no answer for 12 s (pid 15375 alive)" natively, where the pid is visible; "hung — … its port accepts
+connections" in compose, where a TCP connect that succeeds without an HTTP answer is all that is known; "down"
+when nothing listens (natively: the pid is gone).
+
+Where each figure comes from (also served as `sources` in /servers.json and shown under the table):
+  Faults injected   the lab's event log (webmodels.events): every fault route entered on a server — from
+                    Locust's injector, curl, the Exercises tab — and every kill from outside (`webmodels kill`),
+                    since the run started; without a log (WEBMODELS_EVENTS unset), Locust's own injections only.
+  Collateral, Downtime, of which dead / back-off   the fault accounting (loadtest/accounting.py) of Locust's
+                    requests and, natively, the supervisor's record of each restart.
 """
 
 from __future__ import annotations
@@ -28,10 +40,14 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import gevent
 from geventhttpclient import HTTPClient
+
+from webmodels import actions, events
 
 from .charts import Charts
 
@@ -44,10 +60,24 @@ COLUMNS = (
     ("server", "Server"), ("state", "State"), ("pids", "PIDs (master · workers)"), ("threads", "Threads"),
     ("rss", "RSS MB"), ("uss", "USS MB"), ("pss", "PSS MB"), ("restarts", "Respawns / restarts"),
     ("busy", "Busy / loop lag"), ("served", "Served"), ("faults", "Faults injected"),
-    ("collateral", "Collateral"), ("downtime", "Downtime ms"), ("backoff", "of which back-off ms"),
+    ("collateral", "Collateral"), ("downtime", "Downtime ms"), ("dead", "of which dead ms"),
+    ("backoff", "of which back-off ms"),
 )
-SUPERVISOR_STATE_ENV = "WEBMODELS_SUPERVISOR_STATE"
 MB = 1024 * 1024
+EVENTS_KEPT = 10000  # events remembered for the counters (a run injecting more is a very long run)
+SOURCES = {
+    "faults": "every fault route entered on a server and every kill from outside, whoever started it (Locust, "
+              "curl, webmodels kill, the Exercises tab), since the run started: the lab's event log {log}",
+    "faults-without-log": "Locust's own injector only: no event log here (WEBMODELS_EVENTS is not set), so faults "
+                          "started by hand are not counted",
+    "downtime": "users' view, from Locust's requests: the longest stretch in which every request to the server "
+                "failed, from the moment the first failed (a hung request: at --request-timeout) to the last; "
+                "'dead' is the part of it without a process (from its exit to accepting again, the supervisor's "
+                "record; — under compose) and 'back-off' the part of that spent waiting for the restart; the rest "
+                "it was alive and did not answer (hung)",
+    "state": "hung = its process is alive (natively, by pid) or its port accepts connections, but /_lab/stats gets "
+             "no answer; down = nothing listens (natively: its pid is gone)",
+}
 
 
 def _mb(n: Any) -> float | str:
@@ -86,18 +116,10 @@ def busy_text(stats: dict[str, Any]) -> str:
     return ""
 
 
-def read_supervisor_state(path: str | None = None) -> dict[str, Any] | None:
-    """The native supervisor's state (None without one, or when the file is stale: its supervisor is gone)."""
-    path = path if path is not None else os.environ.get(SUPERVISOR_STATE_ENV, "")
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        os.kill(int(doc["supervisor_pid"]), 0)
-        return doc
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def read_supervisor_state() -> dict[str, Any] | None:
+    """The native supervisor's state named by WEBMODELS_SUPERVISOR_STATE (None without one, or a stale one)."""
+    path = os.environ.get(actions.STATE_ENV, "")
+    return actions.read_state(path) if path else None
 
 
 def pending_restart(state: dict[str, Any] | None, name: str, now: float) -> str:
@@ -119,8 +141,7 @@ class ServersPanel:
 
     def __init__(self, targets: Callable[[], dict[str, str]],
                  accounting: Callable[[], dict[str, dict[str, Any]]], order: tuple[str, ...] = (),
-                 interval: float = 1.0, timeout: float = 1.5,
-                 supervisor: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
+                 interval: float = 1.0, timeout: float = 1.5, lab: actions.Lab | None = None) -> None:
         self.targets = targets  # server name → base URL (only the servers of the current run)
         self.accounting = accounting  # server name → live accounting summary
         self.order = order  # row order: the servers' own order, unknown names last
@@ -128,8 +149,13 @@ class ServersPanel:
         self.timeout = timeout
         self.last: dict[str, dict[str, Any]] = {}  # server → {"url", "state", "stats", "at", "down_since"}
         self.restarts: dict[str, int] = {}  # pid changes seen by the poller (a supervisor restarted it)
-        self.supervisor = supervisor  # reads the native supervisor's state (None under compose)
+        # how this process reaches the lab: native under `webmodels up` (pids, the supervisor's state), else HTTP
+        self.lab = lab or actions.Lab(urls={})
         self.supervisor_state: dict[str, Any] | None = None
+        self.log = events.Reader()  # the lab's event log, followed (its path may appear with the supervisor)
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.new_events: list[dict[str, Any]] = []  # read in the last poll round (the charts' markers)
+        self.run_from = time.time()  # faults are counted from here: the run's start
         self.greenlet: gevent.Greenlet | None = None
         self.charts = Charts()  # live charts under the table, fed by this poller (loadtest/charts.py)
 
@@ -137,6 +163,7 @@ class ServersPanel:
     def start(self) -> None:
         self.stop()
         self.restarts.clear()
+        self.run_from = time.time()
         self.greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -154,14 +181,40 @@ class ServersPanel:
         targets = self.targets()
         for name in [n for n in self.last if n not in targets]:
             del self.last[name]
-        jobs = [gevent.spawn(self._poll, name, url) for name, url in targets.items()]
-        gevent.joinall(jobs, timeout=self.timeout + 1)
         try:
-            self.supervisor_state = self.supervisor()
+            self.supervisor_state = self.lab.state()
         except Exception:  # noqa: BLE001 - the tab works without it
             log.exception("reading the supervisor state failed")
             self.supervisor_state = None
+        jobs = [gevent.spawn(self._poll, name, url) for name, url in targets.items()]
+        gevent.joinall(jobs, timeout=self.timeout + 2)
+        self.read_events()
         self.charts.record(self)
+
+    def read_events(self) -> None:
+        """Take in what the event log gained since the last round."""
+        path = self.lab.events_path()
+        if path != self.log.path:
+            self.log, self.events = events.Reader(path), deque(maxlen=EVENTS_KEPT)
+        self.new_events = self.log.read()
+        self.events.extend(self.new_events)
+
+    def faults(self, name: str) -> tuple[int, dict[str, int]] | None:
+        """Faults NAME took since the run started, and by whom ({"curl": 1, "Locust": 3}); None without a log."""
+        if not self.log.path:
+            return None
+        by: dict[str, int] = {}
+        for e in self.events:
+            if e.get("server") == name and e.get("fault") and e["t"] >= self.run_from:
+                who = events.who(str(e.get("by", "")))
+                by[who] = by.get(who, 0) + 1
+        return sum(by.values()), by
+
+    def sources(self) -> dict[str, str]:
+        """Where each figure of the tab comes from, in words."""
+        path = self.log.path
+        return {"faults": SOURCES["faults"].format(log=path) if path else SOURCES["faults-without-log"],
+                "downtime": SOURCES["downtime"], "state": SOURCES["state"]}
 
     def _poll(self, name: str, url: str) -> None:
         prev = self.last.get(name, {})
@@ -183,8 +236,9 @@ class ServersPanel:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
             self.last[name] = {"url": url, "state": "up", "stats": stats, "at": now, "down_since": None}
         except Exception as exc:  # noqa: BLE001 - a dead server is a row, not an exception
-            timed_out = "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower()
-            self.last[name] = {"url": url, "state": "no answer" if timed_out else "down", "stats": None,
+            # no answer is not "gone": ask what is known (its pid natively, a TCP connect anywhere)
+            probe = actions.silence(name, self.lab, self.timeout, url)
+            self.last[name] = {"url": url, "state": probe.state, "probe": probe, "stats": None,
                                "at": now, "error": f"{type(exc).__name__}: {exc}",
                                "down_since": prev.get("down_since") or now,
                                "last_stats": prev.get("stats") or prev.get("last_stats")}
@@ -200,25 +254,39 @@ class ServersPanel:
         names = sorted(self.last, key=lambda n: (rank.get(n, len(rank)), n))
         return [self._row(name, self.last[name], acc.get(name, {})) for name in names]
 
+    def _state(self, name: str, entry: dict[str, Any]) -> tuple[str, str]:
+        """The State and PIDs cells of a server that does not answer."""
+        now = time.time()
+        silent = f"{now - entry['down_since']:.0f}s"
+        probe: actions.Probe | None = entry.get("probe")
+        gone = entry.get("last_stats") or {}
+        pid = (probe.pid if probe else None) or gone.get("pid")
+        if entry["state"] == "hung":
+            if probe is not None and probe.alive:
+                return f"hung — no answer for {silent} (pid {pid} alive)", f"{pid} (alive, not answering)"
+            return (f"hung — no answer for {silent}; its port accepts connections, nobody answers",
+                    f"{pid} (last seen)" if pid else "")
+        pending = pending_restart(self.supervisor_state, name, now)
+        where = f"nothing listens on :{urlsplit(entry['url']).port}"
+        state = f"down — {pending}" if pending else f"down {silent} — {where}"
+        if probe is not None and probe.alive is False and pid:
+            return state, f"({pid} gone)"
+        return state, f"({pid} last seen)" if pid else ""
+
     def _row(self, name: str, entry: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
         stats = entry.get("stats") or {}
-        gone = entry.get("last_stats") or {}  # what a server that is down looked like when it was last up
         procs = stats.get("processes", [])
         totals = stats.get("totals", {})
         counters = stats.get("counters", {})
         workers = [p["pid"] for p in procs if p.get("role") == "worker"]
         master = stats.get("pid")
         state = entry["state"]
-        if entry.get("down_since"):
-            now = time.time()
-            pending = pending_restart(self.supervisor_state, name, now)
-            state = f"{state} — {pending}" if pending else f"{state} {now - entry['down_since']:.0f}s"
         if workers:
             pids = f"{master} · {' '.join(map(str, workers))}"
         else:
             pids = str(master) if master else ""
-        if not stats and gone.get("pid"):
-            pids = f"({gone['pid']} gone)"
+        if not stats:
+            state, pids = self._state(name, entry)
         dash = "" if stats else "—"
         if workers or "respawns" in counters:  # a master model: prefork, hybrid-threads, hybrid-loop
             restarts = counters.get("respawns")  # worker respawns by the master
@@ -226,6 +294,10 @@ class ServersPanel:
             restarts = stats["restarts"]  # counted by the native supervisor (`webmodels up`)
         else:
             restarts = self.restarts.get(name, 0)  # restarts this poller saw (Docker's policy)
+        logged = self.faults(name)
+        if logged is None:  # no event log: Locust's own injections are all that is known
+            logged = acc.get("injected", 0), {"Locust": acc.get("injected", 0)}
+        faults, faults_by = logged
         return {
             # displayed (single-word keys)
             "server": name, "state": state, "pids": pids,
@@ -233,13 +305,16 @@ class ServersPanel:
             "rss": _mb(totals.get("rss")) or dash, "uss": _mb(totals.get("uss")) or dash,
             "pss": _mb(totals.get("pss")) or dash, "restarts": restarts if restarts is not None else dash,
             "busy": busy_text(stats) if stats else dash, "served": counters.get("requests", dash),
-            "faults": acc.get("injected", 0), "collateral": acc.get("collateral", 0),
+            "faults": faults, "collateral": acc.get("collateral", 0),
             "downtime": round(acc.get("downtime_ms") or 0.0),
+            "dead": "—" if acc.get("dead_ms") is None else round(acc["dead_ms"]),
             "backoff": "—" if acc.get("backoff_ms") is None else round(acc["backoff_ms"]),
             # machine-readable extras for /servers.json
-            "name": name, "url": entry["url"], "up": entry["state"] == "up", "model": stats.get("model"), "pid": master,
+            "name": name, "url": entry["url"], "up": entry["state"] == "up", "hung": entry["state"] == "hung",
+            "model": stats.get("model"), "pid": master,
             "pid_list": [p["pid"] for p in procs], "pss_bytes": totals.get("pss"), "rss_bytes": totals.get("rss"),
             "uss_bytes": totals.get("uss"), "counters": counters, "polled_at": entry["at"],
+            "faults_by": faults_by, "faults_from": "event log" if self.log.path else "Locust's injector",
             "error": entry.get("error"),
         }
 
@@ -275,7 +350,7 @@ class ServersPanel:
         @app.route("/servers.json", endpoint="webmodels_servers_json")
         @web_ui.auth_required_if_enabled
         def servers_json():
-            return jsonify({"servers": self.rows(), "at": time.time()})
+            return jsonify({"servers": self.rows(), "at": time.time(), "sources": self.sources()})
 
         @app.route("/servers.csv", endpoint="webmodels_servers_csv")
         @web_ui.auth_required_if_enabled

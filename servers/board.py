@@ -22,7 +22,7 @@ import signal
 import time
 from typing import Any
 
-from webmodels.config import Config
+from webmodels.config import TICKING_ENGINES, Config
 from webmodels.runtime import Runtime, loop_lag_ms, worker_entry
 
 MAX_WORKERS = 64
@@ -38,6 +38,8 @@ class Slot(ctypes.Structure):
         ("loop_lag_ms", ctypes.c_double),
         ("accepted", ctypes.c_int64), ("requests", ctypes.c_int64), ("in_flight", ctypes.c_int64),
         ("errors_4xx", ctypes.c_int64), ("errors_5xx", ctypes.c_int64),
+        ("runners", ctypes.c_int64),  # its handler threads (0: it ticks instead)
+        ("closing", ctypes.c_int64),  # 1: the master closes this worker's listener after it (--reuseport, TTOU)
     ]
 
 
@@ -47,6 +49,7 @@ class Board(ctypes.Structure):
         ("master_pid", ctypes.c_int64), ("target_workers", ctypes.c_int64), ("spawns", ctypes.c_int64),
         ("respawns", ctypes.c_int64),  # spawns that replaced a worker which died without being asked to
         ("stopping", ctypes.c_int64),  # 1 once the master stops the server (a TERM then means: drain the queue)
+        ("migrate_req", ctypes.c_int64),  # net.ipv4.tcp_migrate_req at start (1, 0, or -1: unknown)
         *[(f"exits_{cause}", ctypes.c_int64) for cause in EXIT_CAUSES],
         # counters of workers that have died, folded in by the master when it reaps them
         ("retired_requests", ctypes.c_int64), ("retired_4xx", ctypes.c_int64), ("retired_5xx", ctypes.c_int64),
@@ -74,6 +77,27 @@ class BoardRuntime(Runtime):
     def attach(self, slot: Slot, index: int) -> None:
         self.slot, self.worker_index = slot, index
 
+    @property
+    def in_flight(self) -> int:
+        """This worker's requests in flight (its slot; the server's sum is counters()["in_flight"])."""
+        slot = getattr(self, "slot", None)
+        return int(slot.in_flight) if slot is not None else 0
+
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:
+        pass  # counted in the slot (_started/_finished)
+
+    @property
+    def runners(self) -> int:
+        return self._runners
+
+    @runners.setter
+    def runners(self, n: int) -> None:
+        self._runners = n
+        slot = getattr(self, "slot", None)
+        if slot is not None:
+            slot.runners = n
+
     # -- where the counts are kept: this worker's slot ----------------------------------------------------------
     def _started(self) -> None:
         slot = self.slot
@@ -99,10 +123,11 @@ class BoardRuntime(Runtime):
         slot = self.slot
         slot.heartbeat, slot.loop_lag_ms = now, lag_ms  # type: ignore[union-attr]
 
-    # -- read by the handler: the whole server ---------------------------------------------------------------
-    def server_stopping(self) -> bool:
-        """True once the master is stopping the whole server (not merely retiring this worker)."""
-        return bool(self.board.stopping)
+    # -- read by the lifecycle and the handler: the whole server ---------------------------------------------
+    def listener_closing(self) -> bool:
+        """Will our listener close with us? When the master stops the server, or closes our own (--reuseport,
+        a worker fewer) — not on a retire or recycle, where a sibling or our replacement accepts from it."""
+        return bool(self.board.stopping or (self.slot is not None and self.slot.closing))
 
     def requests_here(self) -> int:
         return self.slot.requests if self.slot else 0
@@ -112,8 +137,8 @@ class BoardRuntime(Runtime):
 
     def per_worker(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        return [worker_entry(int(s.pid), int(s.index), self.engine, int(s.accepted), int(s.requests),
-                             int(s.in_flight), s.heartbeat or now, s.loop_lag_ms)
+        return [{**worker_entry(int(s.pid), int(s.index), self.engine, int(s.accepted), int(s.requests),
+                                int(s.in_flight), s.heartbeat or now, s.loop_lag_ms), "booted": bool(s.booted)}
                 for s in sorted(self.live_slots(), key=lambda s: s.index)]
 
     def counters(self) -> dict[str, Any]:
@@ -129,11 +154,12 @@ class BoardRuntime(Runtime):
             "target_workers": b.target_workers,
             "busy_workers": sum(1 for s in live if s.in_flight),
             # one handler per thread: running handlers = busy threads (the loop has none to count)
-            "busy_threads": 0 if self.engine == "loop" else sum(s.in_flight for s in live),
+            "busy_threads": 0 if self.engine in TICKING_ENGINES else sum(s.in_flight for s in live),
             "loop_lag_ms": max(lags, default=0.0),
             "worker_spawns": b.spawns,
             "worker_exits": {cause: getattr(b, f"exits_{cause}") for cause in EXIT_CAUSES},
             "respawns": b.respawns,
+            **({"reuseport": reuseport_facts(int(b.migrate_req))} if self.config.reuseport else {}),
         }
 
     def process_roles(self) -> dict[int, str]:
@@ -174,3 +200,14 @@ class BoardRuntime(Runtime):
                 except ProcessLookupError:
                     pass
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reuseport_facts(migrate_req: int) -> dict[str, Any]:
+    """What /_lab/stats says about --reuseport's one window: a listener closing over its queue."""
+    closed = migrate_req == 1
+    return {"listeners": "one per worker, held by the master (a dying, hung, recycled or replaced worker leaves "
+                         "its queue to its successor)",
+            "tcp_migrate_req": migrate_req,
+            "scale_down_window": "closed: the kernel hands a closing listener's queue to a sibling" if closed else
+            "open: a worker removed by SIGTTOU resets what reached its listener after its last accept "
+            "(sysctl -w net.ipv4.tcp_migrate_req=1 closes it)"}

@@ -1,9 +1,8 @@
 """Prefork: a master process that never serves, and worker processes that each run one engine.
 
 `prefork` (engine sync, by default), `hybrid-threads` (engine threads) and `hybrid-loop` (engine loop) are
-all this module: the master is the same for every engine, only what runs inside a worker differs —
-servers/sync.py (one connection at a time, gunicorn sync), servers/threadpool.py (a thread pool, Apache's
-worker MPM or gunicorn gthread -w N), servers/eventloop.py (uvloop, nginx or uvicorn --workers N).
+all this module: the master is the same for every engine, only what runs inside a worker differs (the engines
+are registered in servers/__init__.py; each lives under servers/lifecycle.py).
 
 # What each process owns
 The **master** binds the listening socket, imports the whole application, then forks `--workers` children.
@@ -24,22 +23,23 @@ liveness: `busy_since` (sync and threads: since when *every* handler thread is b
 its lag task's last tick). Any worker can answer `/_lab/stats` for the whole server by reading the board.
 
 # How a connection reaches a worker
-By default all workers wait on the one listening socket inherited from the master. A sync worker waits in
-its own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection, idle ones in
-turn: no thundering herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each connection
-(one wins, the others find EAGAIN). Which worker gets a connection is
-whoever asks first: a busy worker simply does not ask, so a shared socket balances by availability.
+By default all workers wait on the one listening socket inherited from the master. A sync worker waits in its
+own epoll with EPOLLEXCLUSIVE, so Linux wakes one of them (rarely a few) per connection, idle ones in turn: no
+thundering herd; the threads and loop engines wait in plain epoll, and all their idle workers wake for each
+connection (one wins, the others find EAGAIN). Whoever asks first gets it: a busy worker does not ask, so a
+shared socket balances by availability.
 
-With `--reuseport` each worker opens its *own* listener on the same address (SO_REUSEPORT) and the kernel
-hashes each new connection to one of them: no herd, an even spread by count — but blind to load. The
-master still binds the address first (with port 0, that is how the port is learned), with SO_REUSEPORT
-but without `listen()`: it keeps the address reserved and, never listening, never receives a connection;
-workers do not inherit it (they close their copy before opening their own). The honest cost: a
-connection is queued at one worker's listener the moment it arrives. If that worker hangs, the
-connections queued behind it wait for it, not for a free sibling; when the master kills it, its listener
-closes and the kernel resets every connection still in its queue — those requests are lost, where a shared
-socket would have handed them to another worker. A gracefully stopping worker drains its own queue before it
-closes it (see Shutdown), with a window the shared socket does not have.
+With `--reuseport` each worker index has its *own* listener on the same address (SO_REUSEPORT) and the kernel
+hashes each new connection to one of them: no herd, an even spread by count — but blind to load. The master
+makes every one of them (listening, before it forks the worker that serves it) and keeps its copy open, so a
+listener outlives its worker: a worker that dies, hangs and is killed, recycles or is replaced by SIGHUP leaves
+what its queue holds to its successor, which gets the same listener — nothing queued is reset. Only a worker
+fewer (SIGTTOU, a scale down) closes a listener: that worker drains it (the master closed its own copy when it
+told it to go), so the one window left is the microseconds between its last empty accept and its close — and
+with `net.ipv4.tcp_migrate_req = 1` (Linux ≥ 5.14; per network namespace) the kernel hands even those to a
+sibling. `/_lab/stats` and the start-up line say which. The honest cost that remains: a connection queued at a
+worker's listener waits for *that* worker — behind a hung one until `--timeout` replaces it, behind a recycling
+one until its replacement boots — where a shared socket would hand it to any idle sibling.
 
 # How it fails
 - **A crash** (`/fault/crash`, a segfault, `kill -9`) costs what that worker held: one request for sync,
@@ -77,22 +77,20 @@ reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
   connecting during the stop may be, as it would be refused a moment later anyway. Under load that never
   pauses, the drain keeps serving newcomers until `--graceful-timeout`, and then the force-kill costs
   what is in flight: stop sending traffic first (take the server out of the balancer), then TERM.
-- **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): a shared listener stays open the whole
-  time and the replacements (forked at once) accept from the same queue, so the retiring worker only
-  finishes what it holds and drains nothing away. With `--reuseport` the retiring worker's listener is its
-  own: it drains it as above before closing it. Its window: a connection hashed to it between its last
-  empty `accept()` (after 20 ms of quiet) and its exit is reset — rare, but not impossible, under a steady
-  stream. (Linux ≥ 5.14 with `net.ipv4.tcp_migrate_req = 1` migrates such connections to a sibling
-  instead.) And if every worker recycles at the same moment, there is briefly no listener at all: new
-  connections are refused (not reset; a client retries) — `--max-requests-jitter` spreads the recycles.
-- A worker is forked with the master's signals *blocked*, and unblocks them once it has its own handlers:
-  a TERM that reaches it while it boots waits for them, instead of hitting the master's inherited
-  handler (which does nothing) and being lost until the force-kill.
+- **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): the listener stays open the whole time (the
+  shared one, or the worker's own in the master's hands) and the replacements accept from the same queue, so
+  the retiring worker only finishes what it holds and drains nothing away — except a worker fewer with
+  `--reuseport`, whose listener closes after it (above). If every worker recycles at the same moment, the
+  queue waits for the first replacement to boot: `--max-requests-jitter` spreads the recycles.
+- A worker is forked with the master's signals *blocked*, and unblocks the stop signals once its lifecycle
+  has its handlers: a TERM that reaches it while it boots waits for them — instead of hitting the master's
+  inherited handler (which does nothing) and being lost until the force-kill, or ending the worker before it
+  served what its queue holds.
 - The log tells the truth: "shutdown: drained in …; bye" only when nothing was forced; after
   `--graceful-timeout` it says "forcing N in flight" and nothing more.
 
-The threads and loop engines take the same TERM and do their own drain (their essays); the master's side —
-the listener kept open, `board.stopping`, the blocked signals, the honest log — is the same for all.
+Inside a worker every engine takes the same TERM the same way (servers/lifecycle.py); the master's side —
+the listeners kept open, `board.stopping`, the blocked signals, the honest log — is the same for all.
 
 # Signals (to the master)
 TERM graceful stop (workers finish what they hold and drain the queue, up to `--graceful-timeout`) · INT/QUIT fast stop ·
@@ -113,18 +111,18 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from types import ModuleType
 
 from webmodels import metrics
 from webmodels.config import Config
 from webmodels.exitcodes import EXIT_BOOT, EXIT_CONFIG, EXIT_NAMES, EXIT_RECYCLED, EXIT_TIMEOUT
-from webmodels.listen import log_shutdown_begin, log_shutdown_end, log_startup, make_listener
+from webmodels.listen import log_startup, make_listener
 from webmodels.log import log
 
-from . import eventloop, sync, threadpool
+from . import engine_factory, lifecycle, preload
 from .board import MAX_WORKERS, Board, BoardRuntime, Slot, clear, new_board
+from .lifecycle import log_shutdown_begin, log_shutdown_end
 
-ENGINES: dict[str, ModuleType] = {"sync": sync, "threads": threadpool, "loop": eventloop}
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 KILL_GRACE = 0.15  # after SIGABRT, how long a hung worker gets before SIGKILL
 FAST_STOP_GRACE = 1.0  # SIGINT/SIGQUIT: how long workers get before SIGKILL
 
@@ -141,20 +139,18 @@ def _die_with_parent() -> None:
 def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot: Slot, index: int) -> int:
     """Boot a worker in the child after fork() and run its engine; return the status to os._exit() with.
 
-    The master forked us with its signals blocked (see spawn_worker): a TERM sent to us now waits, instead
-    of reaching the master's inherited do-nothing handler and being lost. We unblock once our own
-    handlers are in place, so such a TERM ends us at once.
+    The master forked us with its signals blocked (see spawn_worker): a TERM sent to us while we boot waits,
+    instead of reaching the master's inherited do-nothing handler and being lost — or ending us before we have
+    served what the listen queue holds. The stop signals stay blocked until the lifecycle has its handlers
+    (lifecycle.install_signals unblocks them): such a TERM is then a graceful stop like any other.
     """
     if config.faults and (delay := os.environ.get("WEBMODELS_FAULT_BOOT_DELAY")):
         time.sleep(float(delay))  # a slow boot, to test the window above (imports, a big app)
     for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    # Until the engine installs its own: the master's stop signals simply end a worker that is still booting.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, lambda *_: os._exit(0))
     # The master's verdict "you are hung": leave at once with a status that says so.
     signal.signal(signal.SIGABRT, lambda *_: os._exit(EXIT_TIMEOUT))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, Master.SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(Master.SIGNALS) - set(lifecycle.STOP_SIGNALS))
     _die_with_parent()
     if os.getppid() != runtime.board.master_pid:
         return 0  # the master died between fork and prctl
@@ -165,16 +161,13 @@ def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
             max_requests += random.randint(0, config.max_requests_jitter)
-        if config.reuseport:
-            port = sock.getsockname()[1]
-            sock.close()  # the master's: bound, never listening (see the essay)
-            sock = make_listener(config, port=port, reuseport=True)
+        factory = engine_factory(config.engine)  # imported here, after the fork (an engine may patch its process)
         runtime.attach(slot, index)
         slot.booted = 1
     except BaseException:
         traceback.print_exc()
         return EXIT_BOOT
-    return ENGINES[config.engine].run(config, sock, runtime, max_requests)
+    return lifecycle.run(factory, config, sock, runtime, max_requests=max_requests)
 
 
 # -- the master --------------------------------------------------------------------------------------------------
@@ -195,8 +188,12 @@ class Master:
 
     def __init__(self, config: Config, sock: socket.socket) -> None:
         self.config, self.sock = config, sock
+        self.port = sock.getsockname()[1]
+        # --reuseport: one listener per worker index, made and kept open here (see the essay); else the one.
+        self.listeners: dict[int, socket.socket] = {0: sock} if config.reuseport else {}
         self.board: Board = new_board()
         self.board.master_pid = os.getpid()
+        self.board.migrate_req = read_migrate_req()
         self.board.target_workers = config.workers
         self.runtime = BoardRuntime(config, self.board)
         # Before any fork: the directory where each worker's /metrics samples live (see metrics.py).
@@ -225,19 +222,17 @@ class Master:
             # so un-sharing) the pages of objects every worker inherited
         detail = f"workers={self.config.workers} engine={self.config.engine}"
         if self.config.reuseport:
-            detail += " reuseport"
-        # "listening" is a promise that a connection is answered: with --reuseport the master's socket never
-        # listens, so it is said once a worker has opened its own listener (booted), not before — a client
-        # that connects on the word would otherwise be refused.
-        announced = not self.config.reuseport
-        if announced:
-            log_startup(self.config, self.sock, detail=detail)
+            detail += f" reuseport tcp_migrate_req={self.board.migrate_req}"
+        # Every listener listens before the first fork: a client that connects on the word waits in a queue
+        # for a worker to boot, it is never refused.
+        log_startup(self.config, self.sock, detail=detail)
+        if self.config.reuseport and self.board.migrate_req != 1:
+            log.info("--reuseport: a worker removed by SIGTTOU (or the last one at a stop) resets what its "
+                     "listener still queues; `sysctl -w net.ipv4.tcp_migrate_req=1` (root, per network "
+                     "namespace) makes the kernel hand those to a sibling")
         self.manage_workers()
         while True:
-            self.wait_for_signals(self._sleep_time() if announced else 0.01)
-            if not announced and any(self.board.slots[w.slot].booted for w in self.workers.values()):
-                log_startup(self.config, self.sock, detail=detail)
-                announced = True
+            self.wait_for_signals(self._sleep_time())
             while self.sig_queue:
                 sig = self.sig_queue.pop(0)
                 getattr(self, f"handle_{signal.Signals(sig).name[3:].lower()}")()
@@ -245,7 +240,8 @@ class Master:
             self.murder_workers()
             if self.stopping:
                 if not self.workers:
-                    self.sock.close()  # only now: until the last worker left, its queue was still being served
+                    for sock in {self.sock, *self.listeners.values()}:
+                        sock.close()  # only now: until the last worker left, its queue was still being served
                     if not self.forced:
                         log_shutdown_end(True, 0, time.monotonic() - self.stop_started)
                     self.metrics_store.close()
@@ -254,6 +250,7 @@ class Master:
                     self._force_stop()
                 continue
             self.manage_workers()
+            self.close_unheld_listeners()  # after the replacements took theirs
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         # No work here (no logging, no reaping). Python may call this once for two signals of the same
@@ -358,8 +355,9 @@ class Master:
                 continue
             stuck = self._stuck_since(w)
             if self.config.timeout and stuck and now - stuck > self.config.timeout:
-                what = {"sync": "busy on one request", "threads": "with every thread busy",
-                        "loop": "with its loop silent"}[self.config.engine]
+                slot = self.board.slots[w.slot]
+                what = ("with its loop silent" if not slot.busy_since else "busy on one request" if slot.runners == 1
+                        else f"with every thread busy ({slot.runners} of {slot.runners})")
                 log.warning("worker %d (pid %d) %s for %.2fs > --timeout %gs: SIGABRT", w.index, w.pid, what,
                             now - stuck, self.config.timeout)
                 w.aborted_at = now
@@ -372,6 +370,14 @@ class Master:
         for w in active[:max(0, len(active) - target)]:  # oldest first, as gunicorn does
             log.info("worker %d (pid %d) retiring: SIGTERM", w.index, w.pid)
             w.retiring = True
+            if self.config.reuseport:
+                # Its listener goes with it: it serves what its queue holds, and ours must not be the copy that
+                # outlives its last accept (the queue would be reset at our close, a window ms long; at the
+                # worker's own close it is µs).
+                self.board.slots[w.slot].closing = 1
+                sock = self.listeners.pop(w.index, None)
+                if sock is not None:
+                    sock.close()
             self._signal(w.pid, signal.SIGTERM)
         used = {w.index for w in active}
         for _ in range(target - len(active)):
@@ -385,6 +391,7 @@ class Master:
         slot = self.board.slots[slot_no]
         clear(slot)
         slot.index = index
+        listener = self.listener_for(index)
         # Signals wait while we fork: the child unblocks them once it has its own handlers (worker_main).
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         pid = os.fork()
@@ -394,8 +401,11 @@ class Master:
                 signal.set_wakeup_fd(-1)
                 os.close(self.wake_r)
                 os.close(self.wake_w)
+                for other in self.listeners.values():
+                    if other is not listener:
+                        other.close()  # else a sibling's listener would outlive the master's close of it
                 slot.pid = os.getpid()
-                code = worker_main(self.config, self.sock, self.runtime, slot, index)
+                code = worker_main(self.config, listener, self.runtime, slot, index)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -412,6 +422,27 @@ class Master:
             self.pending_replacements -= 1
             self.board.respawns += 1
         log.info("worker %d spawned (pid %d)", index, pid)
+
+    def listener_for(self, index: int) -> socket.socket:
+        """The listener worker INDEX serves: the shared one, or (--reuseport) its own, made on first use."""
+        if not self.config.reuseport:
+            return self.sock
+        sock = self.listeners.get(index)
+        if sock is None:
+            sock = self.listeners[index] = make_listener(self.config, port=self.port, reuseport=True)
+        return sock
+
+    def close_unheld_listeners(self) -> None:
+        """--reuseport: close the listener of an index no worker (active or retiring) serves any more.
+
+        Until then it stays open here, so a worker that dies, hangs, recycles or is replaced leaves its queue to
+        its successor instead of resetting it. (The port stays held by the others: at least one worker is kept.)
+        """
+        if self.stopping:
+            return  # closed together once the last worker has left
+        held = {w.index for w in self.workers.values()}
+        for index in [i for i in self.listeners if i not in held]:
+            self.listeners.pop(index).close()
 
     # -- signal handlers (called from the loop, never from the signal) -------------------------------------
     def handle_chld(self) -> None:
@@ -485,11 +516,21 @@ class Master:
             pass
 
 
+def read_migrate_req() -> int:
+    """net.ipv4.tcp_migrate_req of this network namespace: 1 = Linux hands a closing listener's queue to a
+    sibling; 0 = it resets it; -1 = unknown (not Linux ≥ 5.14)."""
+    try:
+        with open(MIGRATE_REQ) as f:
+            return int(f.read().strip() or "-1")
+    except (OSError, ValueError):
+        return -1
+
+
 def serve(config: Config) -> int:
     """Bind, fork the workers, supervise them until told to stop; return the exit status."""
     if config.workers > MAX_WORKERS:
         log.error("--workers %d: at most %d", config.workers, MAX_WORKERS)
         return EXIT_CONFIG
-    # With --reuseport: bound to learn and hold the port, never listening (workers open their own).
-    sock = make_listener(config, reuseport=config.reuseport, listen=not config.reuseport)
+    preload(config.engine)
+    sock = make_listener(config, reuseport=config.reuseport)
     return Master(config, sock).run()

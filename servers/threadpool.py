@@ -1,106 +1,55 @@
 """The threads engine: an acceptor thread, and a fixed pool of threads that admitted connections take turns on.
 
-It runs alone as the `threadpool` model (one process, `serve()` below), and inside every worker of
-`prefork --engine threads` / `hybrid-threads` (the Apache worker MPM, gunicorn `gthread -w N`): the same
-code, given a listening socket and a runtime by whoever hosts it.
+It runs alone as the `threadpool` model (one process), and inside every worker of `prefork --engine threads` /
+`hybrid-threads` (Apache's worker MPM, gunicorn `gthread -w N`): the same code, given a listening socket.
 
-Who owns what. The *acceptor* thread owns the listening socket and a selector (epoll) holding every
-connection that is waiting for something: brand-new ones that have not said anything yet, idle keep-alive
-ones between requests, and lingering closes (see below). When a waiting connection becomes readable, the
-acceptor puts it in the line for the pool. Each of the `--threads` *pool* threads ("pool-1" … "pool-N")
-takes one connection at a time and owns it outright — its socket and its policy state
-(`webmodels.connection`: deadlines, keep-alive, how to close, what to count) — until it gives it back or
-closes it. A connection therefore belongs to exactly one thread at any moment, and the handoffs (the line
-one way, a list plus a wake-up socketpair the other way) are the only places where threads meet. The
-*main* thread only waits for signals (`signal.set_wakeup_fd`; the handlers do nothing) and runs the
-shutdown.
+# What each thread owns
+The *acceptor* owns the listening socket and a selector (epoll) of every connection that is waiting for
+something: new ones that have not said anything yet, idle keep-alive ones between requests, lingering closes.
+Each of the `--threads` *pool* threads takes one connection at a time and owns it outright — its socket and its
+policy state (webmodels.connection) — until it gives it back or closes it. A connection belongs to exactly one
+thread at any moment; the handoffs (the line one way, a list plus a wake-up socketpair the other way) are the
+only places threads meet. The *main* thread waits for the lifecycle (signals, a recycle) and runs the stop.
 
-How a request flows. accept (the policy's `new` clock starts) → (data already there? into the line : park
-in the selector) → readable → line → a pool thread reads until the policy yields a request, runs
-`dispatch_sync` on its own stack (effects such as `Sleep` block that thread), writes the response under the
-policy's send deadline, then the response's after-hook runs once its bytes have left (which may kill the
-process). Everything the handler does — CPU, sleeping, hanging, crashing — happens on that pool thread.
+# How a request flows
+accept → (data already there? into the line : park in the selector) → readable → *admission* → the line → a
+pool thread reads until the policy yields a request, runs `dispatch_sync` on its own stack (effects block that
+thread), writes the answer under the send deadline (servers/blocking.py), then the after-hook runs once its
+bytes have left. Admission is the policy's rule (`Policy.admits`): a new connection's first request gets a
+thread if one is free or fewer than `--queue` new ones already wait; otherwise the policy's fast 503. Once
+admitted, a connection always gets its turn: a keep-alive connection is a promise. Overload shows as new
+connections refused (`rejected_503`) while admitted ones (`held_connections`) slow down together.
 
-Admission: accept only what you can serve — and then serve it. A connection is *admitted* when its first
-request arrives and either a thread is free or fewer than `--queue` new connections are already waiting
-for their first turn; otherwise the acceptor answers that first request with a fast 503 and closes. That
-is the only 503 the pool gives: once admitted, a connection's later requests always get their turn,
-because a keep-alive connection is a promise (refusing its next request would punish a client for being
-efficient — the old rule, a 503 whenever `threads + queue` connections were in the pool, turned 34 of 50
-keep-alive clients away after their first response). Why a 503 and not the listen backlog: a client in
-the backlog learns nothing until its own timeout, and a pool whose threads all hang (`/fault/hang`) would
-hold it there forever; the 503 is an answer within a millisecond. Overload therefore shows as new
-connections refused (`rejected_503`) while the admitted ones (`admitted`, `held_connections` in
-`/_lab/stats`) slow down together: their latency grows with held connections ÷ threads.
+Taking turns: the line is FIFO — new connections first, then admitted ones in the order their next request
+arrived. After a response a thread keeps a connection only while nobody waits: if others wait, one whose client
+already sent more goes to the back of the line, one that has not goes back to the selector; when nobody waits,
+it waits a moment (HANDOFF_S) for the same client (a round trip through the selector costs more than a
+request). An idle keep-alive connection never pins a thread: it waits in the selector, for a few KiB.
 
-Taking turns. The line is FIFO: new connections first (their client waits to learn whether it is served
-at all; there are at most `--queue` of them unless a thread is free), then admitted ones in the order their
-next request arrived. After a response, a pool thread keeps a connection only while nobody waits: if others
-wait, a connection whose client already sent more goes to the back of the line and one that has not goes
-back to the selector. When nobody waits, the thread waits a moment (HANDOFF_S, 2 ms) for the same client's
-next request, because handing a busy connection back and forth costs more than the request itself. With 8
-threads and 50 connections sending back to back every connection gets about 1/50 of the service
-(benchmarks/fairness.py). Pipelined requests are answered in order, but they too yield the thread when
-others wait. An idle keep-alive connection never pins a thread: it waits in the selector, where it costs
-a few KiB (the C10k figure: 10,000 idle connections in one selector).
+Timers: the acceptor keeps one ordered dict per kind of wait (`new`, `idle`, `linger`); each deadline is a
+constant offset from when the connection was put there (and the stop rule keeps that order), so every wake-up
+looks only at the heads — O(expired), not O(connections).
 
-Timers. The acceptor keeps one ordered dict per deadline kind (`new`, `idle`, `linger`): each kind is a
-constant offset from the moment its connection was put there (accept, end of the last response, last
-response out), so each dict is in deadline order and every wake-up looks only at the heads — O(expired),
-not O(connections). The wait is the earliest head's `deadline()`; its `expire()` says what to do (close).
-(Pool threads hand connections back in very nearly the order their responses ended; an inversion of a
-few microseconds delays a close by as much, never a wrong close.)
-
-Closing is the policy's call (`Connection.closing`): close; abort (a reset: `SO_LINGER (1, 0)`) when the
-client stopped reading for `--send-timeout`; or linger — shut down the write side, read and discard what
-the client still sends, for at most LINGER_S (2 s) or LINGER_BYTES, so a 413 is not destroyed by a reset.
-A lingering connection is handed to the acceptor, which reads and discards in its selector: a linger costs
-a selector slot, not a pool thread for 2 s (during a shutdown, when the acceptor may be gone, the pool
-thread lingers itself, within the grace period).
-
-How it fails.
-- Slow client: a client that has begun a request holds a pool thread while it trickles the rest, for up to
-  `--header-timeout` (then 408 and close), longer with `--min-rate` if it keeps the rate. A few such
-  clients take a few threads; `--threads` of them take the whole pool, and then new connections get 503
-  while admitted ones wait. Silence alone costs no thread (it waits in the selector). A client that stops
-  *reading* holds its thread for `--send-timeout` after the last progress, then is reset.
-- Hung handler: nothing can interrupt a Python thread, so `/fault/hang` keeps its thread for as long as it
-  hangs — a thread leak, visible as `busy_threads` that never goes down. Enough hangs and the pool is gone.
-- Crash: the `threadpool` model is one process, so `/fault/crash` (or a segfault, or the OOM killer) takes
-  every in-flight request and every open connection with it. Shared fate; a supervisor must restart the
-  server. Inside a worker the same crash costs that worker's share only, and its master forks a new one.
-- Leak: leaked memory belongs to the one process and is never returned until it restarts.
-- CPU: the GIL lets one thread run Python at a time, so 32 threads burning CPU share one core; `/cpu`
-  latency grows with the number of concurrent requests while throughput stays flat.
+# How it fails
+- Slow client: one that has begun a request holds a pool thread while it trickles (up to `--header-timeout`,
+  longer with `--min-rate`); `--threads` of them take the whole pool, then new connections get 503 while
+  admitted ones wait. Silence costs no thread (the selector). A client that stops reading holds its thread for
+  `--send-timeout` after the last progress, then is reset.
+- Hung handler: nothing can interrupt a Python thread, so `/fault/hang` keeps its thread as long as it hangs —
+  a thread leak, `busy_threads` that never goes down. Under a master a worker is *hung* only when every pool
+  thread is busy for longer than `--timeout` (gthread's rule: one hung thread of 16 does not trip it); the
+  runtime's `busy_since` says since when. The acceptor is no liveness signal: it runs on while the pool hangs.
+- Crash: one process, so `/fault/crash` takes every in-flight request and open connection with it (a worker's
+  share under a master, which forks a new one). Leak: kept until the process restarts.
+- CPU: the GIL lets one thread run Python at a time: `/cpu` latency grows with concurrency, throughput does not.
 - Shared state: threads share memory, so `/counter?mode=unsafe` loses updates; `mode=locked` does not.
 
-When is a threads worker hung? When every pool thread has been busy on its current request for longer than
-`--timeout`: then it serves nobody, and the master kills it (SIGABRT, then SIGKILL) and forks a fresh one.
-One hung thread of 16 does not trip it — the other 15 still serve, as in gunicorn's gthread (which only
-watches its main loop). The runtime publishes the fact in the worker's board slot: `busy_since` is set when
-the last free thread takes a request and cleared as soon as any thread finishes one. `busy_threads` per
-worker in `/_lab/stats` shows how close each worker is. The acceptor is not a liveness signal: it runs on
-while every pool thread hangs, which is exactly the side-thread trap.
-
-Under a master, several workers' acceptors watch one shared listening socket, so a new connection wakes
-every idle acceptor (a thundering herd: one wins `accept()`, the others get EAGAIN and go back to sleep);
-with `--reuseport` each worker has its own listener and the kernel picks one.
-
-Shutdown. SIGTERM: stop keeping connections alive (every response from now on says `Connection: close`),
-then the acceptor drains the listen backlog — accepts until the kernel says EAGAIN and lets all of those in
-(no 503 at a stop) — and only then closes the listener: closing it over connections the kernel already
-completed would reset them, requests and all. Idle keep-alive connections are closed; new ones that have
-not sent their request yet get up to FRESH_AT_STOP_S (within the grace) for it. The pool finishes what it
-holds for up to `--graceful-timeout`, then the process returns anyway: pool threads are daemon threads, so
-a hung one does not keep it alive. SIGINT/SIGQUIT (or a second signal during the drain): the same without
-waiting or draining. `--max-requests` (in a worker) starts the same graceful shutdown once the worker has
-started that many responses over all its connections (`Policy.exhausted`), and exits EXIT_RECYCLED; a
-master's SIGHUP reaches a worker as SIGTERM. The window that remains: a connection that completes its
-handshake after the drain's last accept and before the close (microseconds) is reset by the kernel — alone
-or under `--reuseport`; with a shared listener (a master without `--reuseport`) the master keeps the socket
-open, so it waits in the queue for a sibling or the next worker instead. A request sent on an idle keep-alive connection as we close it is lost the way HTTP/1.1
-always loses it (the client sees the close and may retry an idempotent request); and a client that
-connected but sends its request more than FRESH_AT_STOP_S later is closed unanswered.
+# How it stops
+servers/lifecycle.py decides the kind of stop; here, the acceptor drains the listen queue when it is ours to
+drain (accepts until the kernel says EAGAIN and admits them all: no 503 at a stop), closes the listener, then
+keeps applying the policy's deadlines, which at a stop close idle connections at once and silent ones within a
+second. The main thread waits until the pool holds nothing, up to `--graceful-timeout`; pool threads are daemon
+threads, so a hung one does not keep the process alive.
 """
 
 from __future__ import annotations
@@ -111,152 +60,121 @@ import select
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from webmodels import metrics
 from webmodels.app import dispatch_sync
-from webmodels.codec import BUSY_503, HttpError, error_response, render
+from webmodels.codec import HttpError
 from webmodels.config import Config
-from webmodels.connection import ABORT, Limits, Policy
-from webmodels.connection import Connection as Policed
-from webmodels.exitcodes import EXIT_RECYCLED
-from webmodels.listen import EXPECTED_NET_ERRORS, log_shutdown_begin, log_shutdown_end, log_startup, make_listener
+from webmodels.connection import ABORT, Connection
+from webmodels.listen import EXPECTED_NET_ERRORS
 from webmodels.log import log
 from webmodels.runtime import Runtime
 
-RECV_SIZE = 64 * 1024
-# After a response, how long a pool thread waits for the same client's next request before handing the
-# connection back to the acceptor — only when no other connection waits for a thread. A keep-alive client
-# usually answers within tens of microseconds; a round trip through the selector costs two thread switches
-# and three syscalls. (Not a lingering close: that is the policy's LINGER, done by the acceptor.)
-HANDOFF_S = 0.002
-# At a stop, a connection the drain accepted (or accepted just before) that has not sent its request yet gets
-# this long (within --graceful-timeout) for it: its request may be on the wire.
-FRESH_AT_STOP_S = 1.0
-STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGQUIT: "SIGQUIT"}
-RECYCLE = 255  # a byte on the main thread's wake-up pipe that no signal number can be: --max-requests reached
-_LISTENER, _WAKE = object(), object()  # selector tags; every other tag is a Conn
-# How a pool thread lets go of a connection (what _serve returns).
-_END, _PARK, _TURN = 0, 1, 2  # closed by the policy; idle → the acceptor's selector; has more → back of the line
+from . import blocking
+from .blocking import RECV_SIZE, readable
+from .lifecycle import Lifecycle, monotonic, serve_alone
 
-monotonic = time.monotonic
+HANDOFF_S = 0.002  # after a response, wait this long for the same client's next request when nobody waits
+_LISTENER, _WAKE = object(), object()  # selector tags; every other tag is a Conn
+_END, _PARK, _TURN = 0, 1, 2  # how a pool thread lets go: closed; idle → the selector; has more → the line
 
 
 class Conn:
     """One client connection and its policy state; owned by exactly one thread at a time."""
 
-    __slots__ = ("sock", "c", "events", "admitted")
+    __slots__ = ("sock", "c", "events")
 
-    def __init__(self, sock: socket.socket, c: Policed) -> None:
-        self.sock = sock
-        self.c = c  # webmodels.connection.Connection: deadlines, keep-alive, closing, accounting
+    def __init__(self, sock: socket.socket, c: Connection) -> None:
+        self.sock, self.c = sock, c
         self.events: deque[Any] = deque()  # parsed but not yet answered (pipelining)
-        self.admitted = False  # its first request was let in: from now on it always gets its turn
 
 
 class ThreadsEngine:
-    def __init__(self, config: Config, listener: socket.socket, rt: Runtime, max_requests: int = 0) -> None:
-        self.config = config
-        self.listener = listener
-        self.runtime = rt
-        self.policy = Policy(Limits.from_config(config, max_requests=max_requests), rt)
-        self.threads = config.threads
-        self.stopping = False
-        self.recycling = False
-        self.admitted = 0  # connections let in (their first request queued for a thread)
-        self.rejected_503 = 0  # new connections turned away with a fast 503 (never an admitted one)
-        rt.runners = config.threads  # all of them busy for longer than --timeout = hung (see the essay)
+    def __init__(self, config: Config, listener: socket.socket, rt: Runtime, life: Lifecycle) -> None:
+        self.listener, self.rt, self.life, self.policy = listener, rt, life, life.policy
+        self.runners = self.threads = config.threads  # all of them busy > --timeout = hung (see the essay)
+        self.admitted = 0  # connections let in (acceptor-only)
+        self.rejected_503 = 0  # new connections turned away at admission (acceptor-only)
         rt.shared_by_threads()
-        rt.engine_stats = self.stats
-        self._lock = threading.Lock()  # guards _held, _busy, _new_waiting, _returned, _wake_pending, stopping
-        self._held = 0  # connections in the pool: waiting for a thread or owned by one
-        self._busy = 0  # pool threads holding a connection
-        self._new_waiting = 0  # new connections waiting for their first turn (bounded by --queue when no thread is free)
-        # The line: connections waiting for a thread, new ones first (their client waits to learn whether it is
-        # served at all), then turns of admitted ones in arrival order. The SimpleQueue carries one token per
-        # connection in the two deques: a thread that got a token is sure to find one.
+        self._lock = threading.Lock()  # guards _held, _busy, _new_waiting, _returned, _wake_pending
+        self._held = self._busy = self._new_waiting = 0
+        # The line: new connections first, then turns of admitted ones; one token per connection in the deques.
         self._new: deque[Conn] = deque()
         self._turns: deque[Conn] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._returned: list[Conn] = []  # handed back by pool threads (idle or lingering), not yet adopted
+        self._returned: list[Conn] = []  # handed back by pool threads (idle or lingering), not yet parked
+        self._serving: set[Conn] = set()  # owned by a pool thread right now (a fast stop resets them)
         self._wake_pending = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        # Acceptor-only: parked connections, one dict per deadline kind, each in deadline order (a constant
-        # offset from when it was put there), so the head of each dict is the next to expire.
-        self._fresh: dict[Conn, None] = {}  # never sent anything: closed at the policy's `new` deadline
-        self._idle: dict[Conn, None] = {}  # between keep-alive requests: closed at its `idle` deadline
-        self._lingering: dict[Conn, None] = {}  # write side shut: read and discarded until the linger ends
-        self._sig_r, self._sig_w = os.pipe()  # main thread's wake-up: signal numbers, or 0 for "drained"
-        self._acceptor: threading.Thread | None = None
-        self._listener_closed = threading.Event()
-        self._accept_warned = 0.0
-        self._grace_until = 0.0  # at a stop: fresh connections wait for their request until then
-
-    # -- the main thread -----------------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Start the acceptor and the pool, wait for a stop signal, shut down; return the exit code."""
+        self._acceptor_gone = False
+        self._wake_r, self._wake_w = socket.socketpair()  # the acceptor's wake-up
+        self._sig_r, self._sig_w = os.pipe()  # the main thread's: signal numbers, wake(), "nothing held"
         for fd in (self._sig_r, self._sig_w):
             os.set_blocking(fd, False)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, lambda *_: None)  # the byte on the wakeup fd is all we need
-        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.listener.setblocking(False)
-        for i in range(1, self.config.threads + 1):
+        # Acceptor-only: parked connections, one dict per kind of wait, each in deadline order.
+        self._fresh: dict[Conn, None] = {}
+        self._idle: dict[Conn, None] = {}
+        self._lingering: dict[Conn, None] = {}
+        self._drain_queue: bool | None = None  # set by stop_accepting: the acceptor's cue
+        self._listener_closed = threading.Event()
+        self._acceptor: threading.Thread | None = None
+        self._accept_warned = 0.0
+
+    # -- the lifecycle's side (main thread) -------------------------------------------------------------------
+    def wakeup_fd(self) -> int:
+        return self._sig_w
+
+    def wake(self) -> None:
+        _write_byte(self._sig_w)
+
+    def serve(self) -> None:
+        """Start the pool and the acceptor; wait until the lifecycle says stop."""
+        for sock in (self._wake_r, self._wake_w, self.listener):
+            sock.setblocking(False)
+        for i in range(1, self.threads + 1):
             threading.Thread(target=self._pool_loop, name=f"pool-{i}", daemon=True).start()
         self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
         self._acceptor.start()
-        signame = None
-        while signame is None:
-            signame = self._wait_for_signal(None)
-        self._shutdown(signame)
-        return EXIT_RECYCLED if signame == "max-requests" else 0
+        while not self.life.reason:
+            self._wait_main(None)
 
-    def _wait_for_signal(self, timeout: float | None) -> str | None:
-        """Block until a stop signal (its name), a pool 'drained' note or TIMEOUT (None)."""
-        ready, _, _ = select.select([self._sig_r], [], [], timeout)
-        if not ready:
-            return None
-        try:
-            data = os.read(self._sig_r, 512)
-        except BlockingIOError:
-            return None
-        for signum in data:
-            if signum in STOP_SIGNALS:
-                return STOP_SIGNALS[signum]
-            if signum == RECYCLE:
-                return "max-requests"
-        return None
-
-    def _shutdown(self, signame: str) -> None:
-        t0 = monotonic()
-        grace = self.config.graceful_timeout if signame in ("SIGTERM", "max-requests") else 0.0
-        log_shutdown_begin(signame, self.runtime.in_flight, grace)
-        self._grace_until = t0 + min(grace, FRESH_AT_STOP_S)
-        self.policy.drain()  # every response from now on says Connection: close
-        with self._lock:
-            self.stopping = True
+    def stop_accepting(self, drain_queue: bool) -> int:
+        before = self.admitted
+        self._drain_queue = drain_queue
         self._wake_acceptor()
-        deadline = t0 + grace
-        while self._busy_at_stop() and (left := deadline - monotonic()) > 0:
-            again = self._wait_for_signal(min(left, 0.05))  # polled: the acceptor's share is not signalled
-            if again in ("SIGINT", "SIGQUIT") or again == signame == "SIGTERM":
-                break  # an impatient second signal: stop waiting
-        drained = not self._busy_at_stop()
-        log_shutdown_end(drained, self.runtime.in_flight, monotonic() - t0)
-        # Hung pool threads are daemon threads: returning ends the process without them.
+        self._listener_closed.wait(1.0)
+        return self.admitted - before
+
+    def finish(self, deadline: float) -> bool:
+        """Wait until the pool and the acceptor hold nothing, DEADLINE passes or the stop turns fast."""
+        while self._busy_at_stop() and not self.life.fast and (left := deadline - monotonic()) > 0:
+            self._wait_main(min(left, 0.05))  # polled: the acceptor's share is not signalled
+        return not self._busy_at_stop()
+
+    def abort_all(self) -> None:
+        """Reset what the pool threads serve (they are daemon threads: returning ends the process)."""
+        with self._lock:
+            serving = list(self._serving)
+        for conn in serving:
+            blocking.abort(conn.sock, conn.c)
+
+    def close(self) -> None:
+        pass
+
+    def _wait_main(self, timeout: float | None) -> None:
+        if select.select([self._sig_r], [], [], timeout)[0]:
+            try:
+                os.read(self._sig_r, 512)
+            except BlockingIOError:
+                pass
 
     def _busy_at_stop(self) -> bool:
-        """Anything left to finish: a connection in the pool, or one the acceptor still waits on."""
         acceptor = self._acceptor
         return self._held > 0 or (acceptor is not None and acceptor.is_alive())
 
-    # -- the acceptor thread -------------------------------------------------------------------------------------
+    # -- the acceptor thread --------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
         """Own the listener and every waiting connection; hand readable ones to the pool."""
         sel = selectors.DefaultSelector()
@@ -264,6 +182,7 @@ class ThreadsEngine:
         sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         try:
             self._select_loop(sel)
+            self.wake()  # the main thread may be waiting for us to leave
         except Exception:
             # Without its acceptor the server would look alive and serve no one: stop it instead.
             log.exception("the acceptor thread failed; stopping the server")
@@ -280,9 +199,10 @@ class ThreadsEngine:
                     if not stopped:  # (closed earlier in this batch otherwise)
                         self._accept(sel)
                 elif tag is _WAKE:
-                    if self._adopt(sel) and not stopped:
+                    self._adopt(sel)
+                    if self._drain_queue is not None and not stopped:
                         stopped = True
-                        self._stop_accepting(sel)
+                        self._stop_listening(sel)
                 elif tag in self._lingering:
                     self._discard(sel, tag)
                 elif tag in self._idle:
@@ -293,13 +213,15 @@ class ThreadsEngine:
                     del self._fresh[tag]
                     sel.unregister(tag.sock)
                     self._admit(tag)
-                # else: closed earlier in this batch (a stop closes the idle ones)
             self._expire(sel, monotonic())
-            if stopped and not (self._fresh or self._lingering):
-                return  # nothing left for the acceptor: the pool finishes what it holds
+            if stopped:
+                with self._lock:
+                    if not (self._fresh or self._idle or self._lingering or self._returned):
+                        self._acceptor_gone = True  # from now on the pool ends what it lets go of itself
+                        return
 
-    def _accept(self, sel: selectors.BaseSelector, draining: bool = False) -> None:
-        """Accept until the kernel's queue is empty; DRAINING (at a stop): let in whatever it held."""
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        """Accept until the kernel's queue is empty."""
         while True:
             try:
                 sock, _ = self.listener.accept()
@@ -310,11 +232,9 @@ class ThreadsEngine:
                 if monotonic() - self._accept_warned > 1.0:
                     self._accept_warned = monotonic()
                     log.warning("accept failed: %s", exc)
-                if draining:
-                    return
                 time.sleep(0.01)
                 return
-            self.runtime.connection_accepted()
+            self.rt.connection_accepted()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Conn(sock, self.policy.connection(monotonic()))
             try:
@@ -325,25 +245,21 @@ class ThreadsEngine:
             except OSError:
                 ready = b""
             if ready:
-                self._admit(conn, force=draining)  # the request is already there: skip a round through the selector
+                self._admit(conn)  # the request is already there: skip a round through the selector
             else:
-                sock.close()  # it left before saying anything
-                conn.c.closed(monotonic())
+                self._close(conn)  # it left before saying anything
 
-    def _admit(self, conn: Conn, force: bool = False) -> None:
-        """Let a new connection in — a free thread, or fewer than --queue new ones waiting — or answer 503.
-
-        FORCE (the drain at a stop): its connection was established before the stop; it is served, not refused.
-        """
+    def _admit(self, conn: Conn) -> None:
+        """Let a new connection's first request in, or turn it away with the policy's 503."""
         with self._lock:
-            room = force or self.stopping or self._busy < self.threads or self._new_waiting < self.config.queue
+            room = self.policy.admits(self._busy, self.threads, self._new_waiting)
             if room:
                 self._new_waiting += 1
         if not room:
-            self._reject(conn)
+            self.rejected_503 += 1
+            blocking.reject(conn.sock, conn.c)
             return
-        conn.admitted = True
-        self.admitted += 1  # acceptor-only
+        self.admitted += 1
         self._enqueue(conn, self._new)
 
     def _enqueue(self, conn: Conn, line: deque[Conn]) -> None:
@@ -352,27 +268,8 @@ class ThreadsEngine:
         line.append(conn)
         self._tokens.put(None)
 
-    def _reject(self, conn: Conn) -> None:
-        sock = conn.sock
-        try:
-            # Read what the client sent first: closing over unread bytes makes the kernel send a RST,
-            # which can destroy the 503 before the client reads it.
-            if sock.recv(RECV_SIZE, socket.MSG_DONTWAIT) == b"":
-                sock.close()  # it had left anyway
-                conn.c.abort(monotonic())
-                return
-            sock.send(render(error_response(BUSY_503), False), socket.MSG_DONTWAIT)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # best effort: we are saturated and this client gets nothing better
-        sock.close()
-        conn.c.abort(monotonic())  # counted just below, as a 503, not as an abandoned request
-        self.rejected_503 += 1  # acceptor-only
-        self.runtime.request_finished(503, started=False)
-        metrics.observe(self.runtime, metrics.OTHER_METHOD, None, 503, 0.0)
-
-    def _adopt(self, sel: selectors.BaseSelector) -> bool:
-        """Park connections the pool handed back (idle keep-alive ones, lingering closes); True once stopping."""
+    def _adopt(self, sel: selectors.BaseSelector) -> None:
+        """Park connections the pool handed back: idle keep-alive ones, lingering closes."""
         try:
             self._wake_r.recv(4096)
         except BlockingIOError:
@@ -380,15 +277,8 @@ class ThreadsEngine:
         with self._lock:
             returned, self._returned = self._returned, []
             self._wake_pending = False
-            stopping = self.stopping  # read with the list: nothing is handed back after this says True
         for conn in returned:
-            if conn.c.closing:
-                self._park(sel, conn, self._lingering)
-            elif stopping:
-                self._close(conn)  # idle at a stop: nothing asked, nothing owed
-            else:
-                self._park(sel, conn, self._idle)
-        return stopping
+            self._park(sel, conn, self._lingering if conn.c.closing else self._idle)
 
     def _park(self, sel: selectors.BaseSelector, conn: Conn, where: dict[Conn, None]) -> None:
         where[conn] = None
@@ -403,11 +293,10 @@ class ThreadsEngine:
             return
         except OSError:
             data = b""
-        now = monotonic()
         if data:
-            c.receive(data, now)
+            c.receive(data, monotonic())
         else:
-            c.eof(now)
+            c.eof(monotonic())
         if not c.lingering:
             del self._lingering[conn]
             sel.unregister(conn.sock)
@@ -415,11 +304,7 @@ class ThreadsEngine:
 
     def _next_expiry(self) -> float | None:
         heads = [next(iter(where)).c.deadline()[0] for where in (self._fresh, self._idle, self._lingering) if where]
-        if self.stopping and self._fresh:
-            heads.append(self._grace_until)
-        if not heads:
-            return None
-        return max(0.0, min(heads) - monotonic())
+        return max(0.0, min(heads) - monotonic()) if heads else None
 
     def _expire(self, sel: selectors.BaseSelector, now: float) -> None:
         """Close the parked connections whose deadline has passed (the heads of the dicts: O(expired))."""
@@ -427,76 +312,52 @@ class ThreadsEngine:
             while where:
                 conn = next(iter(where))
                 if conn.c.expire(now) is None:
-                    if where is self._fresh and self.stopping and now >= self._grace_until:
-                        conn.c.abort(now)  # stopping: it had its chance to send a request
-                    else:
-                        break
+                    break
                 del where[conn]
                 sel.unregister(conn.sock)
                 self._close(conn)
 
-    def _stop_accepting(self, sel: selectors.BaseSelector) -> None:
-        """The first step of every shutdown: drain the listen backlog, close the listener and idle connections.
-
-        With a grace period, connections the kernel already completed (waiting in the backlog) are accepted
-        first and served: closing the listener over them would reset them, requests and all.
-        """
-        if self._grace_until > monotonic():
-            self._accept(sel, draining=True)
+    def _stop_listening(self, sel: selectors.BaseSelector) -> None:
+        """Take what the kernel queued (when ours to drain: closing over it would reset it), close the listener."""
+        if self._drain_queue:
+            self._accept(sel)
         sel.unregister(self.listener)
         self.listener.close()
         self._listener_closed.set()
-        for conn in self._idle:
-            sel.unregister(conn.sock)
-            self._close(conn)
-        self._idle.clear()
-        if self._grace_until <= monotonic():  # no grace: nor for the silent ones
-            for conn in self._fresh:
-                sel.unregister(conn.sock)
-                self._close(conn)
-            self._fresh.clear()
 
     def _close(self, conn: Conn) -> None:
         conn.sock.close()
         conn.c.closed(monotonic())
 
-    # -- pool threads --------------------------------------------------------------------------------------------
+    # -- pool threads -------------------------------------------------------------------------------------------
     def _pool_loop(self) -> None:
         new, turns, lock = self._new, self._turns, self._lock
         while True:
             self._tokens.get()
             try:
-                conn = new.popleft()
-                first = True
+                conn, first = new.popleft(), True
             except IndexError:
-                conn = turns.popleft()
-                first = False
+                conn, first = turns.popleft(), False
             with lock:
                 self._busy += 1
+                self._serving.add(conn)
                 if first:
                     self._new_waiting -= 1
-            how = _END
             try:
                 how = self._serve(conn)
             except OSError as exc:
-                if exc.errno in EXPECTED_NET_ERRORS or isinstance(exc, (BlockingIOError, socket.timeout)):
-                    log.debug("connection lost: %s", exc)
-                else:
-                    log.exception("unexpected socket error")
-                conn.sock.close()
-                conn.c.closed(monotonic())  # counts a request the peer abandoned mid-way (FIN or RST) once
+                blocking.lost(exc)
+                self._close(conn)  # counts a request the peer abandoned mid-way (FIN or reset) once
                 how = -1
             except Exception:
                 log.exception("unexpected error in %s", threading.current_thread().name)
-                conn.sock.close()
-                conn.c.abort(monotonic())
+                blocking.abort(conn.sock, conn.c)
                 how = -1
             self._release(conn, how)
 
     def _serve(self, conn: Conn) -> int:
         """Serve CONN's requests in order, under the policy; say how to let go of it (_END, _PARK, _TURN)."""
-        sock, c, events, rt, policy = conn.sock, conn.c, conn.events, self.runtime, self.policy
-        tokens = self._tokens
+        sock, c, events, rt, tokens = conn.sock, conn.c, conn.events, self.rt, self._tokens
         while True:
             if not events:
                 if not self._read(conn):
@@ -506,11 +367,8 @@ class ThreadsEngine:
             if isinstance(ev, HttpError):
                 out = c.refuse(ev, monotonic())
             else:
-                resp = dispatch_sync(ev, rt)
-                out = c.respond(ev, resp, monotonic())
-                if policy.exhausted and not self.recycling:
-                    self._recycle()
-            if not self._send(sock, c, out) or c.closing:
+                out = c.respond(ev, dispatch_sync(ev, rt), monotonic())
+            if not blocking.send(sock, c, out) or c.closing:
                 return _END
             if events:  # pipelined: next in order, unless others wait for a thread
                 if tokens.qsize():
@@ -519,8 +377,10 @@ class ThreadsEngine:
             if not c.idle:
                 continue  # a partial next request: read the rest here (a slow client holds this thread)
             if tokens.qsize():  # others wait: this one goes to the back of the line
-                return _TURN if _readable(sock, 0.0) else _PARK
-            if _readable(sock, HANDOFF_S):
+                return _TURN if readable(sock, 0.0) else _PARK
+            if self.policy.draining:
+                return _PARK  # at a stop its idle deadline is now: the policy closes it
+            if readable(sock, HANDOFF_S):
                 continue  # the client's next request came quickly: no round trip through the selector
             return _PARK
 
@@ -533,13 +393,13 @@ class ThreadsEngine:
             now = monotonic()
             wait = c.timeout(now)
             if wait is None or wait > 0:
-                _readable(conn.sock, wait)
+                readable(conn.sock, wait)
                 return True
             act = c.expire(now)
             if act is None:
                 return True  # only an after-hook was due
             if act.reply:
-                self._send(conn.sock, c, act.reply)
+                blocking.send(conn.sock, c, act.reply)
             return False
         now = monotonic()
         if not data:
@@ -548,163 +408,81 @@ class ThreadsEngine:
         conn.events.extend(c.receive(data, now))
         return True
 
-    def _send(self, sock: socket.socket, c: Policed, data: bytes) -> bool:
-        """Write DATA under the policy's send deadline (from the last progress); False if it aborted."""
-        try:
-            n = sock.send(data, socket.MSG_DONTWAIT)  # the usual case: it all fits in one go
-        except BlockingIOError:
-            n = 0
-        now = monotonic()
-        c.sending(len(data) - n, now)
-        if n == len(data):
-            return True
-        view = memoryview(data)[n:]
-        while view:
-            timeout = c.timeout(now)
-            if timeout == 0.0:
-                act = c.expire(now)  # the send deadline (abort), or an `after` hook that waited enough
-                if act is not None and act.then == ABORT:
-                    return False
-            elif _writable(sock, timeout):
-                try:
-                    n = sock.send(view, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    n = 0
-                view = view[n:]
-                now = monotonic()
-                c.sending(len(view), now)
-                continue
-            now = monotonic()
-        return True
-
     def _release(self, conn: Conn, how: int) -> None:
         """Let go of CONN as HOW says: back of the line, back to the acceptor, or end it as the policy says."""
+        with self._lock:
+            self._serving.discard(conn)
         if how == _TURN:
             self._turns.append(conn)  # still held: straight back in line, no round trip through the selector
             with self._lock:
                 self._busy -= 1
             self._tokens.put(None)
             return
-        if how == _END and self._finish(conn):
-            if self.stopping:
-                self._linger_here(conn)  # the acceptor may be gone already
-            else:
-                how = _PARK  # lingering: the acceptor reads and discards, not a pool thread
+        if how == _END:
+            how = self._end(conn)
+        if how == _PARK:
+            with self._lock:
+                park = not self._acceptor_gone
+                if park:
+                    self._returned.append(conn)
+                    wake, self._wake_pending = not self._wake_pending, True
+            if park:
+                if wake:
+                    self._wake_acceptor()
+            else:  # a stop, and the acceptor has left: end it here, within the grace
+                if not conn.c.lingering:
+                    conn.c.expire(monotonic())  # idle at a stop: its deadline is now
+                blocking.linger(conn.sock, conn.c)
+                self._close(conn)
         with self._lock:
             self._held -= 1
             self._busy -= 1
-            park = how == _PARK and not self.stopping
-            if park:
-                self._returned.append(conn)
-                wake, self._wake_pending = not self._wake_pending, True
-            drained = self.stopping and self._held == 0
-        if park:
-            if wake:
-                self._wake_acceptor()
-        elif how == _PARK:
-            self._close(conn)  # idle at a stop
+            drained = bool(self.life.reason) and self._held == 0
         if drained:
-            _write_byte(self._sig_w)
+            self.wake()
 
-    def _finish(self, conn: Conn) -> bool:
-        """End CONN as `closing` says; True when it must linger (handed to the acceptor to read and discard)."""
-        sock, c = conn.sock, conn.c
+    def _end(self, conn: Conn) -> int:
+        """End CONN as the policy says; a lingering close goes to the acceptor (a selector slot, not a thread)."""
+        if conn.c.closing == ABORT:
+            blocking.finish(conn.sock, conn.c)
+            return _END
         try:
-            if c.closing == ABORT:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
-                sock.shutdown(socket.SHUT_WR)  # our FIN right after the last byte
-                if c.lingering:
-                    return True
+            conn.sock.shutdown(socket.SHUT_WR)  # our FIN right after the last byte
         except OSError:
             pass
+        if conn.c.lingering:
+            return _PARK
         self._close(conn)
-        return False
+        return _END
 
-    def _linger_here(self, conn: Conn) -> None:
-        """Read and discard until the linger ends (at most LINGER_S), on this thread; then close."""
-        sock, c = conn.sock, conn.c
-        try:
-            while c.lingering:
-                now = monotonic()
-                wait = c.timeout(now)
-                if wait == 0.0:
-                    c.expire(now)
-                    break
-                if not _readable(sock, wait):
-                    continue
-                data = sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
-                if data:
-                    c.receive(data, monotonic())
-                else:
-                    c.eof(monotonic())
-        except OSError:
-            pass
-        self._close(conn)
-
-    # -- shared helpers --------------------------------------------------------------------------------------
     def _wake_acceptor(self) -> None:
         try:
             self._wake_w.send(b"\0")
         except OSError:
             pass  # buffer full: it is awake already
 
-    def _recycle(self) -> None:
-        """--max-requests reached: stop accepting, then ask the main thread for the graceful shutdown.
-
-        Called before the last response is sent, and waits (briefly) for the acceptor to close the listener:
-        a client that reconnects after reading that response must find the listener gone, not be accepted
-        here and then dropped by the shutdown. Under a shared listener its connection waits for a sibling.
-        """
-        with self._lock:
-            if self.recycling:
-                return
-            self.recycling = True
-        _write_byte(self._sig_w, RECYCLE)
-        self._listener_closed.wait(0.5)
-
     def stats(self) -> dict[str, Any]:
-        """The figures only this engine knows (handed to the runtime as its engine_stats)."""
-        parked = len(self._idle) + len(self._fresh)
+        """The figures only this engine knows."""
         return {
-            "pool_size": self.config.threads,
-            "queue_size": self.config.queue,
+            "pool_size": self.threads,
+            "queue_size": self.policy.limits.queue,
             # One handler per thread, so threads running a handler = requests in flight (hung ones included).
-            "busy_threads": self.runtime.in_flight,
+            "busy_threads": self.rt.in_flight,
             "queued": self._tokens.qsize(),  # connections waiting for a thread (new ones and turns)
-            "idle_keepalive": parked,  # parked in the selector (new silent ones too)
+            "idle_keepalive": len(self._idle) + len(self._fresh),  # parked in the selector (new silent ones too)
             "admitted": self.admitted,
             "rejected_503": self.rejected_503,
             "held_connections": self._held + len(self._idle),  # admitted and open: in the pool or parked idle
         }
 
 
-def _readable(sock: socket.socket, timeout: float | None) -> bool:
-    poller = select.poll()  # not select(): it cannot watch descriptors above 1023
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
-
-
-def _writable(sock: socket.socket, timeout: float | None) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
-
-
-def _write_byte(fd: int, value: int = 0) -> None:
+def _write_byte(fd: int) -> None:
     try:
-        os.write(fd, bytes((value,)))
+        os.write(fd, b"\0")
     except OSError:
         pass
 
 
-def run(config: Config, sock: socket.socket, rt: Runtime, max_requests: int = 0) -> int:
-    """Run the threads engine on SOCK until a stop signal (or --max-requests); return the exit status."""
-    return ThreadsEngine(config, sock, rt, max_requests).run()
-
-
 def serve(config: Config) -> int:
     """Run the threadpool model — the threads engine alone in one process — until a stop signal."""
-    sock = make_listener(config)
-    log_startup(config, sock, detail=f"threads={config.threads}")
-    return run(config, sock, Runtime(config))
+    return serve_alone(ThreadsEngine, config, f"threads={config.threads}")

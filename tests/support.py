@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 import httpx
 
 from webmodels import launch
+from webmodels.config import MASTER_MODELS
 from webmodels.launch import addr_in_use
 
 MODELS = ("threadpool", "prefork", "eventloop")
@@ -26,6 +27,8 @@ SERVERS: dict[str, tuple[str, ...]] = {
     "eventloop": ("eventloop",),
     "hybrid-threads": ("hybrid-threads",),
     "hybrid-loop": ("hybrid-loop",),
+    "greenthreads": ("greenthreads",),
+    "prefork-gevent": ("prefork", "--engine", "gevent", "--workers", "2"),
 }
 
 
@@ -145,6 +148,14 @@ class Server:
             raise AssertionError(f"{model} did not start:\n{self.log}")
         self.address, self.host, self.port = self.proc.address, self.proc.host, self.proc.port
         self.url = f"http://{self.address}"
+        if model in MASTER_MODELS and not {"WEBMODELS_FAULT_BOOT_DELAY", "WEBMODELS_FAULT_BOOT"} & set(env or {}):
+            # "listening" comes from the master before its workers boot (a gevent worker patches for ~0.15 s):
+            # a test times its client's actions from a server that serves, not from one still booting.
+            wait_for(self._booted, timeout=20, what=f"{model}'s workers booted")
+
+    def _booted(self) -> bool:
+        workers = self.stats()["per_worker"]
+        return bool(workers) and all(w["booted"] for w in workers)
 
     @property
     def lines(self) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from loadtest.accounting import (COLLATERAL, EXPECTED, OK, RecoveryWatch, ServerTally, Tally, classify, downtime,
@@ -218,21 +220,37 @@ def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_pa
     from .support import wait_for
 
     srv = start_server("threadpool", "--threads", "1", "--queue", "0", faults=False)
-    # The one thread is busy for the first 1.5 s: every user's new connection meanwhile gets a 503 (an admitted
-    # connection never does; after the 503 Locust reconnects and tries again), later ones are let in and served.
-    hog = threading.Thread(target=httpx.get, args=(srv.url + "/io?ms=1500",), kwargs={"timeout": 10}, daemon=True)
-    hog.start()
+    # A hog holds the one thread until Locust's users have all connected (whenever a loaded machine gets Locust
+    # started: a fixed 1.5 s, then 6 s, each missed it once): every user's new connection meanwhile gets a 503 (an
+    # admitted connection never does; after the 503 Locust reconnects and tries again). A second after the spawn
+    # the hog lets go, and the users' next connections are let in and served.
+    spawned = threading.Event()
+
+    def hog() -> None:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:  # one keep-alive connection: admitted once
+            while not spawned.wait(0):
+                c.get("/io?ms=300")
+
+    hogger = threading.Thread(target=hog, daemon=True)
+    hogger.start()
     time.sleep(0.3)  # (not a stats poll: with the thread busy, its new connection would get the 503)
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "WEBMODELS_"))}
     env["WEBMODELS_THREADPOOL_URL"] = srv.url
     acc_path, stats = tmp_path / "accounting.json", tmp_path / "stats"
-    proc = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"), "--skip-log-setup",
-         "--headless", "-t", "3s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"),
+         "--headless", "-t", "6s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
          "--accounting-json", str(acc_path), "--json-file", str(stats), "ThreadpoolUser"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    out = proc.stdout + proc.stderr
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if "All users spawned" in line and not spawned.is_set():
+            threading.Timer(1.0, spawned.set).start()
+    proc.wait(60)
+    spawned.set()
+    out = "".join(lines)
     assert proc.returncode in (0, 1), out[-3000:]  # 1: some requests failed, which is the point
     row = json.loads(acc_path.read_text())["servers"]["threadpool"]
     locust = collections.Counter()
@@ -277,3 +295,40 @@ def test_table_has_a_backoff_column():
     table = format_table(summary)
     assert "back-off ms" in table.splitlines()[0] and "5900.0" in table.splitlines()[2]
     assert format_table(t.summary(["eventloop"])).splitlines()[2].split()[6] == "-"  # unknown: no supervisor
+
+
+def test_downtime_is_one_definition_with_its_dead_part():
+    # issue 18's hang-then-kill: users fail from the hang on (33.463 s), the process is dead for only the last
+    # 293 ms (SIGKILL → 100 ms back-off → 193 ms start): the tab and the supervisor's log must say both, in
+    # the same words
+    t = Tally()
+    feed(t, "eventloop", [(99.9, True), *[(100.0 + i * 0.5, False) for i in range(67)], (133.463, False),
+                          (133.5, True)])
+    restarts = {"eventloop": [{"died_at": 133.17, "started_at": 133.27, "ready_at": 133.463}]}
+    row = t.summary(["eventloop"], restarts, run_from=90.0, run_to=140.0)["eventloop"]
+    assert row["downtime_ms"] == 33463.0
+    assert abs(row["dead_ms"] - 293.0) < 0.01 and abs(row["backoff_ms"] - 100.0) < 0.01, row
+    assert t.summary(["eventloop"])["eventloop"]["dead_ms"] is None  # no supervisor record: unknown, not 0
+    header, _, line = format_table({"eventloop": row}).splitlines()
+    assert "downtime ms" in header and "dead ms" in header and "back-off ms" in header
+    assert re.split(r" {2,}", line)[5:8] == ["33463.0", "293.0", "100.0"], line
+
+
+def test_table_columns_never_run_together():
+    # the figures of a long crash run (issue 18: "60060.060512.7 +10never" was three cells)
+    row = {"requests": 1234567, "ok": 1170000, "expected": 4567, "collateral": 60000, "balanced": True,
+           "downtime_ms": 60060.0, "dead_ms": 60512.7, "backoff_ms": 59999.9, "recovery_ms": 60512.7,
+           "unrecovered": 10, "down_at_end": True}
+    short = {**row, "requests": 5, "ok": 5, "expected": 0, "collateral": 0, "downtime_ms": 0.0, "dead_ms": None,
+             "backoff_ms": None, "recovery_ms": None, "unrecovered": 0, "down_at_end": False}
+    table = format_table({"hybrid-threads": row, "threadpool": short})
+    header, rule, *lines = table.splitlines()
+    titles = re.split(r" {2,}", header.strip())
+    assert len(titles) == 11 and len(rule) == len(header)
+    cells = [re.split(r" {2,}", line.strip()) for line in lines]
+    assert cells[0] == ["hybrid-threads", "1234567", "1170000", "4567", "60000", "60060.0", "60512.7", "59999.9",
+                        "60512.7 (+10 never)", "down", "yes"], cells[0]
+    assert cells[1] == ["threadpool", "5", "5", "0", "0", "0.0", "-", "-", "-", "up", "yes"], cells[1]
+    for title in titles[1:9]:  # numbers are right-aligned under their title
+        end = header.index(title) + len(title)
+        assert all(line[end - 1] != " " for line in lines), (title, table)

@@ -180,7 +180,8 @@ def test_prefork_log_does_not_say_drained_after_forcing(start_server) -> None:
     srv.wait_exit(10)
     wait_for(lambda: "forcing 1 in flight" in srv.log, timeout=5, what="the forcing line")
     time.sleep(0.2)  # the log reader thread may still be draining the pipe
-    assert "drained" not in srv.log, srv.log
+    master = [line for line in srv.lines if f"[{srv.pid}]" in line]  # (an idle worker drained: its own line)
+    assert not [line for line in master if "drained" in line], srv.log
 
 
 # -- SIGTERM loses nothing that was already sent ------------------------------------------------------------------
@@ -402,17 +403,22 @@ def test_threadpool_serves_a_waiting_client_while_another_keeps_its_connection_b
     stop = threading.Event()
     served = [0]
 
-    def busy_client() -> None:  # back-to-back requests on one keep-alive connection: never idle for 2 ms
+    def busy_client() -> None:
+        # One keep-alive connection that always has its next request waiting in the socket when an answer goes out
+        # (sent 25 ms into each 50 ms request): a thread that kept it while others wait would never let go.
         with conn(srv) as c:
+            c.get("/io?ms=50")
             while not stop.is_set():
-                c.get("/")
+                time.sleep(0.025)
+                c.get("/io?ms=50")
                 assert c.read_reply().status == 200
                 served[0] += 1
+            c.read_reply()
 
     hog = threading.Thread(target=busy_client, daemon=True)
     hog.start()
     try:
-        wait_for(lambda: served[0] >= 50, what="the busy client under way")
+        wait_for(lambda: served[0] >= 5, what="the busy client under way")
         waits = []
         for _ in range(3):
             t0 = time.monotonic()
@@ -421,8 +427,7 @@ def test_threadpool_serves_a_waiting_client_while_another_keeps_its_connection_b
                 assert s.recv(100).startswith(b"HTTP/1.1 200")
             waits.append(time.monotonic() - t0)
         n = served[0]
-        time.sleep(0.1)
-        assert served[0] > n, "the busy client must still be served too"
+        wait_for(lambda: served[0] > n, timeout=2, what="the busy client still served too")
     finally:
         stop.set()
         hog.join(10)
@@ -485,12 +490,45 @@ def test_every_mutant_of_the_table_still_matches_the_code_exactly_once() -> None
 
 # -- "listening" means a connection is answered ---------------------------------------------------------------
 @pytest.mark.parametrize("engine", ["sync", "threads", "loop"])
-def test_reuseport_master_says_listening_only_once_a_worker_listens(start_server, engine: str) -> None:
-    # With --reuseport the master's socket is bound, never listening: each worker opens its own listener. A
-    # worker that boots slowly (0.5 s here) must not leave a window in which the start-up line is out and a
-    # client connecting on it is refused.
-    t0 = time.monotonic()
+def test_reuseport_master_listening_line_means_a_client_is_answered(start_server, engine: str) -> None:
+    # With --reuseport the master makes every worker's listener (and keeps it). A worker that boots slowly (0.5 s
+    # here) must not leave a window in which the start-up line is out and a client connecting on it is refused:
+    # the connection waits in the listener's queue for the worker.
     srv = start_server("prefork", "--engine", engine, "--workers", "1", "--reuseport",
                        env={"WEBMODELS_FAULT_BOOT_DELAY": "0.5"})
-    assert time.monotonic() - t0 >= 0.5, "said listening before the worker could listen"
+    t0 = time.monotonic()
     assert srv.get("/").status_code == 200
+    print(f"--reuseport, engine {engine}: the first request on the word answered after {time.monotonic() - t0:.3f}s")
+
+
+# -- issue 20: the --reuseport window, measured with the arrival rhythm that exposed it ----------------------------
+# A removed worker's listener closes; it drains it first and closes it itself, so what remains is the µs between its
+# last empty accept and its close: at most this many lost per hundred answered (measured: 0 in 5 × 8 s runs).
+REMOVAL_BOUND_PER_100 = 1
+
+
+def _check_window(result: dict) -> None:
+    for label, counts in result["runs"].items():
+        event, listener = label.split()
+        print(f"tcp_migrate_req={result['migrate_req']} {event} {listener}: {counts}")
+        assert counts["answered"] >= 20, (label, counts)
+        if listener == "shared" or event in ("recycle", "hup") or result["migrate_req"] == 1:
+            assert counts["lost"] == 0, (label, counts)  # nothing closes, or the kernel migrates what does
+        else:
+            assert counts["lost"] <= max(1, counts["answered"] * REMOVAL_BOUND_PER_100 // 100), (label, counts)
+
+
+def test_reuseport_window_recycles_and_hups_lose_nothing_a_removal_only_without_migration() -> None:
+    """Steady fresh connections (3 clients, 20 ms apart) through recycles, SIGHUPs and SIGTTOUs: with migration in a
+    network namespace of our own 0 lost everywhere; without it, 0 but for a removed worker's listener (its bound)."""
+    from webmodels.bench.scenarios import reuseport as window
+
+    if (why := window.can_unshare()):
+        if os.environ.get("CI"):
+            pytest.skip(f"{why}: CI runs this as root, in network namespaces of its own")
+        _check_window(window.measure_all(2.5))  # this namespace's setting only
+        return
+    for migrate in (1, 0):
+        result = window.measure_in_namespace(migrate, 2.5)
+        assert result["migrate_req"] == migrate
+        _check_window(result)

@@ -145,7 +145,7 @@ def test_hybrid_flags_still_override_their_defaults() -> None:
 @pytest.mark.parametrize("model, flag_name, value, says", [
     ("prefork", "threads", "8", "--threads does not apply to the prefork model with --engine sync (it applies "
                                 "to threadpool, hybrid-threads, or prefork with --engine threads)"),
-    ("hybrid-loop", "queue", "8", "it applies to threadpool, hybrid-threads, or prefork with --engine threads"),
+    ("hybrid-loop", "queue", "8", "it applies to threadpool, greenthreads, hybrid-threads, or prefork with --engine threads|gevent"),
     ("prefork", "loop", "asyncio", "it applies to eventloop, hybrid-loop, or prefork with --engine loop"),
     ("hybrid-threads", "loop", "asyncio", "--loop does not apply to the hybrid-threads model (engine threads)"),
     ("hybrid-loop", "watchdog", "1", "--watchdog does not apply to the hybrid-loop model (engine loop) (it "

@@ -20,13 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from webmodels.config import MASTER_MODELS
+from webmodels.config import ENGINES, MASTER_MODELS, MODEL_ENGINE, TICKING_ENGINES
 
 from .rawhttp import Conn
 from .support import SERVERS, Server, wait_for
 
 REQUESTS = Path(__file__).parent / "requests"
-PER_WORKER_KEYS = {"pid", "index", "engine", "accepted", "requests", "in_flight", "busy_threads", "loop_lag_ms"}
+PER_WORKER_KEYS = {"pid", "index", "engine", "accepted", "requests", "in_flight", "busy_threads", "loop_lag_ms",
+                   "booted"}
 STATS_PROCESS_KEYS = {"pid", "ppid", "role", "threads", "rss", "uss", "pss", "cpu_percent", "ctx_switches",
                       "open_fds", "connections"}
 
@@ -161,9 +162,8 @@ def test_stats_schema(shared: Server) -> None:
     counters = data["counters"]
     assert {"requests", "in_flight", "errors_4xx", "errors_5xx"} <= set(counters)
     assert counters["requests"] >= 1 and counters["in_flight"] >= 1  # this very request is in flight
-    assert data["engine"] in ("sync", "threads", "loop")
-    assert data["engine"] == {"threadpool": "threads", "eventloop": "loop", "hybrid-threads": "threads",
-                              "hybrid-loop": "loop"}.get(shared.model, data["engine"])
+    assert data["engine"] in ENGINES
+    assert data["engine"] == (MODEL_ENGINE[shared.model] if shared.model != "prefork" else data["engine"])
     rows = data["per_worker"]
     assert rows and all(set(r) == PER_WORKER_KEYS for r in rows), rows
     assert all(r["engine"] == data["engine"] for r in rows)
@@ -174,8 +174,9 @@ def test_stats_schema(shared: Server) -> None:
     else:
         assert [(r["pid"], r["index"]) for r in rows] == [(shared.pid, 0)]
     for r in rows:
-        assert (r["busy_threads"] is None) == (data["engine"] == "loop")
-        assert (r["loop_lag_ms"] is None) == (data["engine"] != "loop")
+        assert (r["busy_threads"] is None) == (data["engine"] in TICKING_ENGINES)
+        assert (r["loop_lag_ms"] is None) == (data["engine"] not in TICKING_ENGINES)
+        assert r["booted"] is True
 
 
 def test_per_worker_rows_add_up_to_the_counters(shared: Server) -> None:

@@ -231,6 +231,101 @@ def test_max_requests_counts_responses_of_the_whole_process() -> None:
     assert policy.exhausted and policy.responses == 3
 
 
+def test_max_requests_tells_whoever_recycles_once_at_the_last_response() -> None:
+    policy = Policy(Limits(max_requests=2), Counts())
+    calls: list[int] = []
+    policy.on_exhausted = lambda: calls.append(policy.responses)
+    conn = policy.connection(T0)
+    serve_one(conn, GET, T0)
+    assert calls == []
+    serve_one(policy.connection(T0), GET, T0)
+    serve_one(policy.connection(T0), GET, T0)  # a third, already past the limit: not told again
+    assert calls == [2]
+
+
+# -- the rule at a stop: one row per state the connection is in ------------------------------------------------
+def test_stop_closes_an_idle_keepalive_connection_at_once() -> None:
+    conn, counts = make()
+    serve_one(conn, GET, T0)
+    assert conn.deadline() == (T0 + 5.0, "idle")
+    conn.policy.drain(T0 + 1.0)
+    assert conn.deadline() == (T0 + 1.0, "idle")
+    assert conn.expire(T0 + 1.0) == Action("idle", b"", CLOSE)
+    conn.closed(T0 + 1.0)
+    assert conn.end == "stop-idle" and conn.policy.ends == {"stop-idle": 1} and counts.finished == []
+
+
+def test_stop_lets_a_silent_connection_keep_its_deadline_its_request_may_be_on_the_wire() -> None:
+    conn, counts = make()  # accepted at T0, nothing sent
+    conn.policy.drain(T0 + 2.0)
+    assert conn.deadline() == (T0 + 10.0, "new")
+    [req] = conn.receive(GET, T0 + 5.0)  # a client that paused between connect and send
+    assert status_and_close(conn.respond(req, OK, T0 + 5.0)) == (200, True)
+
+
+def test_stop_closes_a_silent_connection_that_never_asks_at_its_header_timeout() -> None:
+    conn, counts = make()
+    conn.policy.drain(T0 + 2.0)
+    assert conn.expire(T0 + 9.9) is None
+    assert conn.expire(T0 + 10.0) == Action("new", b"", CLOSE)
+    assert conn.end == "stop-silent" and counts.finished == []
+
+
+def test_stop_lets_a_half_sent_head_keep_its_deadline_then_answers_it_with_close() -> None:
+    conn, counts = make(header_timeout=10.0)
+    conn.receive(b"GET / HTTP/1.1\r\nHo", T0)
+    conn.policy.drain(T0 + 1.0)
+    assert conn.deadline() == (T0 + 10.0, "head")
+    [req] = conn.receive(b"st: t\r\n\r\n", T0 + 2.0)
+    assert status_and_close(conn.respond(req, OK, T0 + 2.0)) == (200, True)
+    assert conn.end == "close"
+
+
+def test_stop_lets_a_half_sent_head_that_never_completes_get_its_408() -> None:
+    conn, counts = make(header_timeout=10.0)
+    conn.receive(b"GET / HTTP/1.1\r\nHo", T0)
+    conn.policy.drain(T0 + 1.0)
+    act = conn.expire(T0 + 10.0)
+    assert act is not None and act.kind == "head" and act.reply.startswith(b"HTTP/1.1 408")
+    assert conn.end == "408" and counts.finished == [(408, False)]
+
+
+def test_stop_answers_a_request_being_served_with_close() -> None:
+    conn, _ = make()
+    [req] = conn.receive(GET, T0)
+    conn.policy.drain(T0 + 0.5)
+    assert conn.deadline() == (INF, "")  # we owe it: no deadline of the client's
+    assert status_and_close(conn.respond(req, OK, T0 + 3.0)) == (200, True)
+
+
+def test_a_forced_stop_says_so() -> None:
+    conn, counts = make()
+    conn.receive(GET, T0)
+    conn.abort(T0 + 30)
+    assert conn.end == "forced" and conn.closing == ABORT and counts.finished == []
+
+
+# -- admission ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("busy, waiting, draining, admitted", [
+    (1, 0, False, True),  # a runner is free
+    (2, 1, False, True),  # all busy, the line has room
+    (2, 2, False, False),  # all busy, the line full: 503
+    (2, 2, True, True),  # stopping: what was accepted before is served
+])
+def test_admission_rule(busy: int, waiting: int, draining: bool, admitted: bool) -> None:
+    policy = Policy(Limits(queue=2), Counts())
+    if draining:
+        policy.drain(T0)
+    assert policy.admits(busy=busy, runners=2, waiting=waiting) is admitted
+
+
+def test_a_rejected_connection_gets_a_counted_503_and_closes() -> None:
+    conn, counts = make()
+    out = conn.reject(T0)
+    assert status_and_close(out) == (503, True)
+    assert conn.closing == CLOSE and conn.end == "busy" and counts.finished == [(503, False)]
+
+
 def test_peer_eof_with_nothing_queued_closes_after_the_answer() -> None:
     conn, counts = make()
     [req] = conn.receive(GET, T0)
@@ -487,7 +582,8 @@ def test_idle_is_false_while_anything_is_asked_owed_or_unsent() -> None:
 def test_limits_from_config() -> None:
     cfg = build_config("eventloop", {"header_timeout": "2", "keepalive": "3", "send_timeout": "4",
                                      "min_rate": "500"}, {})
-    assert Limits.from_config(cfg) == Limits(header_timeout=2.0, keepalive=3.0, send_timeout=4.0, min_rate=500.0)
+    assert Limits.from_config(cfg) == Limits(header_timeout=2.0, keepalive=3.0, send_timeout=4.0, min_rate=500.0,
+                                             queue=cfg.queue)
     pre = build_config("prefork", {"max_requests": "100"}, {})
     assert Limits.from_config(pre, max_requests=107).max_requests == 107
     assert Limits.from_config(pre).max_requests == 100

@@ -86,7 +86,7 @@ def test_a_killed_worker_is_replaced_within_half_a_second(start_server, engine: 
 def test_sigterm_drains_an_in_flight_request_then_exits_0(start_server, engine: str) -> None:
     srv = start(start_server, engine, "--workers", "2")
     workers_become(srv, 2)
-    slow = Background(srv, "/io?ms=500")
+    slow = Background(srv, "/io?ms=2000")  # long enough to be seen in flight on a busy machine
     in_flight_becomes(srv, 1)
     srv.signal(signal.SIGTERM)
     assert slow.result() == 200, slow.error
@@ -247,3 +247,32 @@ def test_reuseport_spreads_connections_over_every_worker(start_server, engine: s
     assert all(r["accepted"] > 0 for r in rows.values()), rows
     assert sum(r["accepted"] for r in rows.values()) >= 201
     assert sum(r["requests"] for r in rows.values()) == data["counters"]["requests"]
+
+
+def _listening_sockets(port: int) -> int:
+    """LISTEN sockets on PORT in this network namespace (/proc/net/tcp and tcp6 list each socket once)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_reuseport_gives_each_worker_a_listener_of_its_own(start_server, engine: str) -> None:
+    # Spreading alone proves nothing (a shared listener spreads too): count the listening sockets.
+    shared = start(start_server, engine, "--workers", "3")
+    workers_become(shared, 3)
+    assert _listening_sockets(shared.port) == 1
+    own = start(start_server, engine, "--workers", "3", "--reuseport")
+    workers_become(own, 3)
+    assert _listening_sockets(own.port) == 3
+    assert own.stats()["counters"]["reuseport"]["tcp_migrate_req"] in (-1, 0, 1)
+    os.kill(own.pid, signal.SIGTTOU)  # a worker fewer: its listener closes with it
+    wait_for(lambda: _listening_sockets(own.port) == 2, timeout=10, what="one listener per remaining worker")

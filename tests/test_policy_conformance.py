@@ -15,6 +15,7 @@ mark cannot outlive the gap). Nothing here is skipped; today NOT_YET is empty.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 import time
@@ -30,13 +31,15 @@ BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1"
 # The models this table runs against. Named here, not taken from support.MODELS, so that a new model or
 # engine joins the table when its integration does (with its ONE_WORKER flags and any NOT_YET entries).
 TABLE_MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop", "prefork-threads",
-                "prefork-loop")
+                "prefork-loop", "greenthreads", "prefork-gevent")
 ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (),
               "hybrid-loop": ("--workers", "1"), "prefork-loop": ("--workers", "1"),
               "hybrid-threads": ("--workers", "1", "--threads", "1"),
-              "prefork-threads": ("--workers", "1", "--threads", "1")}
+              "prefork-threads": ("--workers", "1", "--threads", "1"),
+              "greenthreads": ("--greenlets", "1"), "prefork-gevent": ("--workers", "1", "--greenlets", "1")}
 # Table ids that are a model plus flags rather than a served name.
-SERVED_AS = {"prefork-loop": ("prefork", "--engine", "loop"), "prefork-threads": ("prefork", "--engine", "threads")}
+SERVED_AS = {"prefork-loop": ("prefork", "--engine", "loop"), "prefork-threads": ("prefork", "--engine", "threads"),
+             "prefork-gevent": ("prefork", "--engine", "gevent")}
 ENGINES = TABLE_MODELS
 BIG_KB = 10240  # /bytes?kb=10240: 10 MiB, far more than the kernel buffers for a client that does not read
 QUIET_S = 6.0  # how long a client waits for a server that says nothing before calling it "open"
@@ -228,21 +231,24 @@ def never_reads(srv: Server) -> Seen:
                                  "whole_body": len(data) >= BIG_KB * 1024})
 
 
+SLOW_READER_SEND_TIMEOUT = 3.0  # long enough that a loaded machine pausing this client for a second is no stall
+
+
 def slow_reader(srv: Server) -> Seen:
     s = connect(srv, rcvbuf=65536)
     s.sendall(b"GET /bytes?kb=%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG_KB)
     data, t0 = b"", time.monotonic()
-    while not parse_replies(data):  # ~5 MiB/s: 10 MiB take ~2 s, longer than --send-timeout, never a stall
+    while not parse_replies(data):  # ~2.5 MiB/s: 10 MiB take ~4 s, longer than --send-timeout, never a stall
         chunk = s.recv(256 * 1024)
         if not chunk:
             break
         data += chunk
-        time.sleep(0.05)
+        time.sleep(0.1)
     took = time.monotonic() - t0
     rest, end, after = finish(s, time.monotonic())
     replies = parse_replies(data + rest)
     return Seen(replies, end, after, {"whole_body": bool(replies) and len(replies[0].body) == BIG_KB * 1024,
-                                      "longer_than_send_timeout": took > 1.0})
+                                      "longer_than_send_timeout": took > SLOW_READER_SEND_TIMEOUT})
 
 
 def trickled_head_above_min_rate(srv: Server) -> Seen:
@@ -272,6 +278,56 @@ def reset_mid_request(srv: Server) -> Seen:
     time.sleep(0.3)  # a second count would show up by now
     return Seen([], "reset-by-client", time.monotonic() - t,
                 {"errors_4xx_delta": srv.stats()["counters"]["errors_4xx"] - before})
+
+
+# -- the rule at a stop: the client's side of each state a connection can be in when SIGTERM comes ---------------
+STOP_FLAGS = ("--header-timeout", "4", "--keepalive", "5", "--graceful-timeout", "8")
+
+
+def stopped(srv: Server, s: socket.socket, then: bytes = b"", after: float = 0.0) -> Seen:
+    """SIGTERM the server (a master forwards it); AFTER seconds later send THEN; see what the client gets,
+    timed from the signal."""
+    time.sleep(0.3)  # the server has accepted us, and read what we sent
+    t = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    if then:
+        time.sleep(after)
+        send_quietly(s, then)
+    return seen(s, t, exit=srv.wait_exit(15))
+
+
+def stop_silent(srv: Server) -> Seen:
+    return stopped(srv, connect(srv))
+
+
+def stop_silent_then_asks(srv: Server) -> Seen:
+    return stopped(srv, connect(srv), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", after=1.5)  # paused > a second
+
+
+def stop_idle(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    first = s.recv(65536)
+    out = stopped(srv, s)
+    return Seen(parse_replies(first) + out.replies, out.end, out.end_after, out.facts)
+
+
+def stop_half_head(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHo")
+    return stopped(srv, s, b"st: t\r\n\r\n", after=0.4)
+
+
+def stop_half_head_stalls(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHo")
+    return stopped(srv, s)
+
+
+def stop_in_flight(srv: Server) -> Seen:
+    s = connect(srv)
+    s.sendall(b"GET /io?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n")
+    return stopped(srv, s)
 
 
 # -- the table ------------------------------------------------------------------------------------------------
@@ -312,11 +368,25 @@ CASES = [
     Case("slow-reader", slow_reader,  # the send deadline counts from the last progress, not the start
          # (the idle clock starts when the last bytes reach the kernel, before this client has read them)
          Outcome(((200, False, None),), "eof", (0.0, 3.0),
-                 facts=(("whole_body", True), ("longer_than_send_timeout", True))), one_worker=True),
+                 facts=(("whole_body", True), ("longer_than_send_timeout", True))), one_worker=True,
+         flags=("--send-timeout", str(SLOW_READER_SEND_TIMEOUT))),
     Case("min-rate-trickle", trickled_head_above_min_rate,
          Outcome(((200, True, HELLO),), "eof"), flags=("--min-rate", "100")),
     Case("reset-mid-request", reset_mid_request,
          Outcome((), "reset-by-client", (0.0, 10.0), facts=(("errors_4xx_delta", 1),))),
+    # At a stop (webmodels.connection, "The rule at a stop"), timed from the SIGTERM; the server exits 0.
+    Case("stop-silent", stop_silent,  # keeps its `new` deadline (4 s from the accept): its request may be coming
+         Outcome((), "eof", (3.0, 5.5), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-silent-then-asks", stop_silent_then_asks,  # ... and when it comes, it is answered
+         Outcome(((200, True, HELLO),), "eof", (0.3, 2.5), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-idle", stop_idle,  # nothing asked, nothing owed: closed at once, not after --keepalive
+         Outcome(((200, False, HELLO),), "eof", (0.0, 0.6), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-half-head", stop_half_head,  # a request has begun: it is owed, and answered with close
+         Outcome(((200, True, HELLO),), "eof", (0.3, 2.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-half-head-stalls", stop_half_head_stalls,  # ... under its own deadline (4 s from its first byte)
+         Outcome(((408, True, None),), "eof", (3.0, 5.5), error="head", facts=(("exit", 0),)), flags=STOP_FLAGS),
+    Case("stop-in-flight", stop_in_flight,  # finished and answered with close
+         Outcome(((200, True, b'{"waited_ms":1500}'),), "eof", (0.9, 3.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
 ]
 
 # (case, model) pairs that fail on today's servers because the policy is not wired in yet — measured on
@@ -358,4 +428,4 @@ def test_policy_case(start_server, case: Case, model: str) -> None:
     seen_ = case.client(srv)  # type: ignore[arg-type]
     print(f"{case.id} on {model}: {seen_}")
     check(seen_, case.expect)
-    assert srv.alive()
+    assert srv.alive() != case.id.startswith("stop-")  # a stop case stops it; no other case may

@@ -113,6 +113,7 @@ def test_full_pool_answers_503_fast_and_hung_threads_show_as_busy(start_server) 
     assert all(h.result(timeout=10).status_code == 200 for h in hangs.futures)
     c = counters(srv)
     assert c["busy_threads"] == 1 and c["rejected_503"] >= 2 and c["errors_5xx"] >= 2
+    assert c["connection_ends"]["busy"] == c["rejected_503"]  # the policy's 503, counted once, its end said
 
 
 def test_idle_keepalive_connection_does_not_pin_the_only_thread(start_server) -> None:
@@ -303,22 +304,26 @@ def test_more_connections_than_threads_take_turns_and_an_admitted_one_never_gets
 def test_a_stop_accepts_what_the_backlog_holds_before_closing_the_listener() -> None:
     """Issue 11 §1, the drain itself (no threads started): 12 connections in the backlog are let in, not reset."""
     from webmodels.config import build_config
+    from webmodels.connection import Limits, Policy
     from webmodels.runtime import Runtime
+    from webmodels.servers.lifecycle import Lifecycle
     from webmodels.servers.threadpool import ThreadsEngine
 
     config = build_config("threadpool", {"threads": 2}, {})
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
-    engine = ThreadsEngine(config, listener, Runtime(config))
+    rt = Runtime(config)
+    life = Lifecycle(config, rt, Policy(Limits.from_config(config), rt), alone=True)
+    engine = life.engine = ThreadsEngine(config, listener, rt, life)
     clients = [socket.create_connection(listener.getsockname()[:2], timeout=5) for _ in range(12)]
     for c in clients:
         c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     time.sleep(0.1)  # loopback: the requests are in the kernel by now
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
-    engine._grace_until = time.monotonic() + 1.0
-    engine.stopping = True
-    engine._stop_accepting(sel)
+    life.request_stop("SIGTERM")  # the policy drains: admission lets in what was accepted before the stop
+    engine._drain_queue = True
+    engine._stop_listening(sel)
     try:
         assert listener.fileno() == -1, "the listener is closed after the drain"
         assert len(engine._new) == 12 and engine.rejected_503 == 0  # all admitted, none refused at a stop

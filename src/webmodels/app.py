@@ -17,7 +17,7 @@ import traceback
 from types import GeneratorType
 from typing import Any, Callable, Coroutine, Generator
 
-from . import faults, metrics, stats
+from . import events, faults, metrics, stats
 from .codec import HttpError, Request, Response, error_response, json_response, render
 from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
 from .exitcodes import EXIT_CRASH
@@ -64,6 +64,13 @@ def io(req: Request, rt: Runtime) -> Handler:
     ms = _int(req, "ms", 100, 0, 60000)
     yield Sleep(ms / 1000)
     return json_response(200, {"waited_ms": ms})
+
+
+def io_in_c(req: Request, rt: Runtime) -> Response:
+    """Simulated I/O that blocks inside C (ctypes nanosleep), where no monkey-patch reaches: green threads stall."""
+    ms = _int(req, "ms", 100, 0, 60000)
+    faults.block_os_thread(ms / 1000)
+    return json_response(200, {"waited_ms": ms, "in": "C"})
 
 
 def burn(ms: float) -> int:
@@ -233,6 +240,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "*": (("OPTIONS",), options_server),  # the codec gives the asterisk form to OPTIONS only
     "/": (("GET",), hello),
     "/io": (("GET",), io),
+    "/io-in-c": (("GET",), io_in_c),  # blocks the OS thread outside Python: what gevent's patching cannot cover
     "/cpu": (("GET",), cpu),
     "/bytes": (("GET",), bytes_),
     "/whoami": (("GET",), whoami),
@@ -282,6 +290,8 @@ def _route(req: Request, rt: Runtime) -> Route | Response:
                              headers=[("Allow", ", ".join(methods))])
     if fault:
         metrics.fault(rt, req.path)  # before it strikes: a crashing worker's count survives in its file
+    if rt.config.faults and req.path in FAULT_ROUTES:
+        events.route_entered(rt, req)  # the lab's event log, before it strikes (webmodels.events)
     return fn
 
 

@@ -12,7 +12,7 @@ from .config import MASTER_MODELS, MODELS, OPTIONS, ConfigError, build_config
 from .exitcodes import EXIT_CONFIG
 
 # The module that serves each name: the master models are all the prefork master over some engine.
-SERVER_MODULES = {"threadpool": "threadpool", "eventloop": "eventloop",
+SERVER_MODULES = {"threadpool": "threadpool", "eventloop": "eventloop", "greenthreads": "greenthreads",
                   **{m: "prefork" for m in MASTER_MODELS}}
 
 
@@ -68,9 +68,12 @@ def _seconds(text: str) -> float:
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("up", help="run the whole lab natively: five servers + Locust UI, with restarts",
-                       description="Start the five servers on 127.0.0.1:8001-8005 with the settings in lab/*.env "
-                       "and the Locust web UI on 127.0.0.1:8089; restart a crashed server as Docker's restart "
+    from .lab import LOCUST_PORT, SERVERS
+    ports = [s.port for s in SERVERS.values()]
+    p = sub.add_parser("up", help=f"run the whole lab natively: {len(SERVERS)} servers + Locust UI, with restarts",
+                       description=f"Start the lab's {len(SERVERS)} servers on 127.0.0.1:{min(ports)}-{max(ports)} "
+                       f"with the settings in lab/*.env and the Locust web UI on 127.0.0.1:{LOCUST_PORT}; restart a "
+                       "crashed server as Docker's restart "
                        "policy would (100 ms, doubling up to 1 min, reset after 10 s up). Ctrl-C stops everything.",
                        epilog="The supervisor's state (restarts, back-off) is kept in a JSON file that `webmodels "
                        "status` and Locust's Servers tab read. For short experiments WEBMODELS_BACKOFF_FIRST and "
@@ -82,8 +85,9 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
                    help="also run Prometheus on 127.0.0.1:9090 scraping every server's /metrics (needs a "
                    "`prometheus` binary: apt-get install prometheus)")
     p.add_argument("--port-offset", type=int, default=int(os.environ.get("WEBMODELS_PORT_OFFSET", "0")),
-                   metavar="N", help="shift every lab port by N (e.g. 10000 → 18001-18005, 18089; also "
-                   "WEBMODELS_PORT_OFFSET, read by status, kill and scale too)")
+                   metavar="N", help=f"shift every lab port by N (e.g. 10000 → {min(ports) + 10000}-"
+                   f"{max(ports) + 10000}, {LOCUST_PORT + 10000}; also WEBMODELS_PORT_OFFSET, read by status, kill "
+                   "and scale too)")
     p.add_argument("--restart-delay", type=_seconds, default=None, metavar="S",
                    help="restart a crashed server after a fixed S seconds instead of Docker's growing back-off "
                    "(0 = at once), so repeated crashes measure the model, not the restart policy")
@@ -116,39 +120,45 @@ def _add_offset(p: argparse.ArgumentParser) -> None:
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="table of the five lab servers (native or compose)")
+    p = sub.add_parser("status", help="table of the lab's servers (native or compose): up, hung or down")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_offset(p)
     p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).print_status(a.json, a.port_offset))
 
 
 def _add_kill(sub: argparse._SubParsersAction) -> None:
-    from .lab import LAB_PORTS, MASTER_MODELS
-    p = sub.add_parser("kill", help="SIGKILL one worker of a master model or a whole lab server",
-                       description="Kill through the server's own POST /_lab/kill route (needs faults on, as in "
-                       f"the lab). Default: --worker for the master models ({', '.join(MASTER_MODELS)}), "
-                       "--process for the others.")
-    p.add_argument("model", choices=tuple(LAB_PORTS))
+    from .lab import SERVERS
+    masters = ", ".join(m for m, s in SERVERS.items() if s.master)
+    p = sub.add_parser("kill", help="SIGKILL one worker of a master model or a whole lab server, and confirm it",
+                       description="SIGKILL a lab server (--process) or one of its workers (--worker; default for "
+                       f"the master models: {masters}) and confirm the process is gone. Natively (`webmodels up`) by "
+                       "pid, from the supervisor's state file; with `docker compose up` through the Docker engine "
+                       "(docker exec … kill, confirmed by docker inspect); otherwise through the server's own "
+                       "POST /_lab/kill route (faults on, as in the lab). Works on a hung server natively and in "
+                       "Docker. Exit status 0 only when the process is confirmed gone.")
+    p.add_argument("model", choices=tuple(SERVERS))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--worker", dest="target", action="store_const", const="worker",
-                   help=f"one worker ({', '.join(MASTER_MODELS)})")
+                   help=f"one worker ({masters})")
     g.add_argument("--process", dest="target", action="store_const", const="process",
                    help="the whole server (for a master model: the master, and its workers with it)")
     p.add_argument("--pid", type=int, help="with --worker: this worker")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (ok, message, facts)")
     _add_offset(p)
     p.set_defaults(func=cmd_kill)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from .lab import MASTER_MODELS
+    from .actions import default_target
+    from .lab import SERVERS
     from .labctl import kill
 
-    target = args.target or ("worker" if args.model in MASTER_MODELS else "process")
-    if target == "worker" and args.model not in MASTER_MODELS:
+    target = args.target or default_target(args.model)
+    if target == "worker" and not SERVERS[args.model].master:
         print(f"webmodels kill: error: the {args.model} model has no worker processes; use --process",
               file=sys.stderr)
         return EXIT_CONFIG
-    return kill(args.model, target, args.pid, args.port_offset)
+    return kill(args.model, target, args.pid, args.port_offset, args.json)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -190,15 +200,17 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_scale(sub: argparse._SubParsersAction) -> None:
-    from .lab import MASTER_MODELS
+    from .lab import SERVERS
     p = sub.add_parser("scale", help="add or remove workers of a master model (SIGTTIN/SIGTTOU to the master)",
                        description="Works natively and in Docker alike (docker-init does not forward SIGTTIN): the "
-                       "server's POST /_lab/scale route signals its own master.")
-    p.add_argument("model", choices=MASTER_MODELS)
+                       "server's POST /_lab/scale route signals its own master. Exit status 0 once the live worker "
+                       "count has reached the new target.")
+    p.add_argument("model", choices=tuple(m for m, s in SERVERS.items() if s.master))
     p.add_argument("delta", type=int, help="workers to add (+N) or remove (-N), at most 16 at a time")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (ok, message, facts)")
     _add_offset(p)
     p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).scale(a.model, a.delta,
-                                                                                         a.port_offset))
+                                                                                         a.port_offset, a.json))
 
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
@@ -206,8 +218,19 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "bench": _add_bench, "report": _add_report}
 
 
+def _patch_first(argv: list[str]) -> None:
+    """`serve greenthreads`: gevent must patch the standard library before anything imports socket or threading.
+
+    (Its module patches as its first line; a prefork worker of engine gevent patches after its fork instead.)
+    """
+    model = next((a for a in argv[1:] if not a.startswith("-")), None) or os.environ.get("WEBMODELS_MODEL")
+    if argv[:1] == ["serve"] and model == "greenthreads":
+        importlib.import_module("webmodels.servers.greenthreads")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _patch_first(argv)
     parser = argparse.ArgumentParser(prog="webmodels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     # Build only the parser of the command named, when one is: `serve` starts hundreds of times (tests, the

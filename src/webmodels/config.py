@@ -5,10 +5,11 @@ container can be configured without a command line. A flag given for a model it 
 error, never silently ignored: an attendee who passes `--workers 8` to the event loop must learn that the
 event loop has no workers, not wonder why nothing changed.
 
-Five served names, three ways of waiting ("engines"): `threadpool` is the threads engine alone, `eventloop`
-the loop engine alone; `prefork`, `hybrid-threads` and `hybrid-loop` are a master over workers that each
-run one engine (`--engine sync|threads|loop`; the hybrids are prefork with `threads`/`loop` preset). A
-thread flag applies wherever the threads engine runs, a loop flag wherever the loop engine runs.
+Six served names, four ways of waiting ("engines"): `threadpool` is the threads engine alone, `eventloop`
+the loop engine alone, `greenthreads` the gevent engine alone; `prefork`, `hybrid-threads` and `hybrid-loop` are
+a master over workers that each run one engine (`--engine sync|threads|loop|gevent`; the hybrids are prefork
+with `threads`/`loop` preset). A thread flag applies wherever the threads engine runs, a loop flag wherever the
+loop engine runs, a greenlet flag wherever the gevent engine runs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop")
+MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop", "greenthreads")
 MASTER_MODELS = ("prefork", "hybrid-threads", "hybrid-loop")  # a master and worker processes
-ENGINES = ("sync", "threads", "loop")
+ENGINES = ("sync", "threads", "loop", "gevent")
 # The engine each name runs; prefork's is its --engine flag (default sync).
 MODEL_ENGINE = {"threadpool": "threads", "eventloop": "loop", "prefork": "sync", "hybrid-threads": "threads",
-                "hybrid-loop": "loop"}
+                "hybrid-loop": "loop", "greenthreads": "gevent"}
+# The engines whose one thread multiplexes everything: they prove they are alive by ticking (a loop lag), not by
+# a count of busy handler threads.
+TICKING_ENGINES = ("loop", "gevent")
 ENV_PREFIX = "WEBMODELS_"
 
 
@@ -68,11 +72,13 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("bind", str, "HOST:PORT to listen on (port 0 picks a free port)"),
     Option("engine", str, "how each worker waits: sync (one connection at a time), threads (a pool), loop "
-           "(uvloop)", MASTER_MODELS, choices=ENGINES),
+           "(uvloop), gevent (green threads)", MASTER_MODELS, choices=ENGINES),
     Option("workers", int, "worker processes", MASTER_MODELS, 1, 64),
     Option("threads", int, "thread-pool size", ("threadpool",), 1, 4096, engines=("threads",)),
-    Option("queue", int, "new connections waiting for their first turn (no thread free) before the next new one "
-           "gets a fast 503", ("threadpool",), 0, 65536, engines=("threads",)),
+    Option("greenlets", int, "greenlets, one per connection: how many connections are served at once",
+           ("greenthreads",), 1, 100000, engines=("gevent",)),
+    Option("queue", int, "new connections waiting for their first turn (no thread or greenlet free) before the next "
+           "new one gets a fast 503", ("threadpool", "greenthreads"), 0, 65536, engines=("threads", "gevent")),
     Option("timeout", float, "kill a worker that is stuck for longer than S seconds (0 = never): sync busy on one "
            "request, threads all busy, loop not ticking", MASTER_MODELS, 0, 86400),
     Option("graceful_timeout", float, "on SIGTERM, let in-flight requests finish for up to S seconds",
@@ -87,7 +93,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("send_timeout", float, "abort a connection whose response makes no progress for S seconds (a "
            "client that does not read)", MODELS, 0.1, 3600),
     Option("min_rate", float, "each byte of a request head or body received extends its deadline by "
-           "1/BYTES_PER_S seconds (0 = off; as Apache mod_reqtimeout's MinRate)", MODELS, 0, 10**9),
+           "1/BYTES_PER_S seconds, up to --header-timeout after the last byte (0 = off; as Apache mod_reqtimeout's "
+           "MinRate). It only ever lengthens a deadline: alone it cuts a client slower than the rate at about "
+           "--header-timeout (a 1 B/s trickler at 10.1 s with the default 10 s and --min-rate 100: of 100 "
+           "tricklers on the event loop, 0 cut in the first 10 s, 100 in 20 s). To cut them sooner, lower "
+           "--header-timeout (2: 200 cuts in 10 s, each trickler at 2.02 s after it connects); --min-rate then "
+           "spares a big head or body that keeps coming at BYTES_PER_S or faster", MODELS, 0, 10**9),
     Option("faults", bool, "enable the /fault/* routes and POST /_lab/kill"),
     Option("access_log", bool, "log one line per request"),
     Option("loop", str, "event loop implementation", ("eventloop",), choices=("uvloop", "asyncio"),
@@ -111,7 +122,8 @@ DEFAULTS: dict[str, Any] = {
     "engine": None,  # None → the model's own (MODEL_ENGINE)
     "workers": 4,
     "threads": 32,
-    "queue": None,  # None → same as threads
+    "greenlets": 1000,
+    "queue": None,  # None → same as threads (or greenlets, for the gevent engine)
     "timeout": 30.0,
     "graceful_timeout": 30.0,
     "max_requests": 0,
@@ -144,6 +156,7 @@ class Config:
     engine: str = "sync"  # resolved for every model: threadpool → threads, eventloop → loop
     workers: int = 4
     threads: int = 32
+    greenlets: int = 1000
     queue: int = 32
     timeout: float = 30.0
     graceful_timeout: float = 30.0
@@ -257,7 +270,7 @@ def build_config(model: str, flags: Mapping[str, Any], environ: Mapping[str, str
         values[opt.name] = _parse(opt, raw, source)
         explicit.add(opt.name)
     if values["queue"] is None:
-        values["queue"] = values["threads"]
+        values["queue"] = values["greenlets"] if engine == "gevent" else values["threads"]
     split_bind(values["bind"])  # validate early, with the flag's name in the message
     names = {f.name for f in dataclasses.fields(Config)}
     return Config(model=model, explicit=frozenset(explicit), **{k: v for k, v in values.items() if k in names})

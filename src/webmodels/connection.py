@@ -38,6 +38,39 @@ deadline is never more than `--header-timeout` after the last byte received, so 
 and then stalls does not bank the burst for later (mod_reqtimeout caps with an explicit maximum instead;
 ours needs no extra flag). Bytes count per read: the read that starts a phase counts whole.
 
+# The rule at a stop (`Policy.drain(now)`: a shutdown, a retire or a recycle began)
+The same for every engine, by the state the connection is in when the stop comes:
+
+| state at the stop                        | what happens                                            | `end`        |
+|------------------------------------------|---------------------------------------------------------|--------------|
+| state at the stop                        | what happens                                            | `end`        |
+|------------------------------------------|---------------------------------------------------------|--------------|
+| idle keep-alive, between requests        | closed at once, silently (nothing asked, nothing owed)  | `stop-idle`  |
+| silent: accepted, nothing sent yet       | keeps its `new` deadline: asks → answered with `Connection: close`; else a silent close at `--header-timeout` | `stop-silent` |
+| a head or body half-sent                 | keeps its `head`/`body` deadline: completed → answered with `Connection: close`, else 408 | (as usual) |
+| a request being served                   | finished and answered with `Connection: close`          | `close`      |
+
+Everything is bounded by the engine's `--graceful-timeout`; what is still held then is aborted (`forced`).
+Only the idle keep-alive connection changes: everything else keeps its own deadline, because a connection
+accepted before the stop may have its request on the wire (a client paused between connect and send on a
+loaded machine is still a client; cutting silent ones after a second lost such requests). An idle
+keep-alive connection is closed at once: a request its client sends at that very moment is lost the way
+HTTP/1.1 always loses it (the client sees the close and may retry an idempotent request).
+
+# Admission (the 503 at the door)
+An engine that bounds how many connections it serves at once (the pool's threads) asks `Policy.admits`
+when a new connection's first request arrives: admitted while a runner is free or fewer than `--queue` new
+connections already wait for one — and always while draining (what was accepted before a stop is served).
+A connection refused there gets `Connection.reject(now)`: a 503 rendered, counted and closed here, like
+every other refusal. An admitted connection is never refused later: a keep-alive connection is a promise.
+
+# How a connection ends: `closing` says how, `end` says why
+`closing` is the engine's instruction (close, linger or abort, below); `end` is the one field that says
+why, for tests and `/_lab/stats` (`Policy.ends` counts them): `close` (a response that did not keep the
+connection), `idle` (keep-alive ran out), `silent` (a new connection never asked), `408`, `refused`
+(the codec's 4xx), `busy` (the 503 at admission), `send` (the client stopped reading: reset), `peer`
+(the client closed or reset), `stop-idle`, `stop-silent`, `forced` (the server gave up at its deadline).
+
 # What an expiry answers
 408 only when a request has begun (head or body) — its message says which; silence when nothing has been
 asked (`new`, `idle`); an abort when the client does not read (`send`); nothing else to say at the end of a
@@ -93,8 +126,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from .codec import (BODY_TIMEOUT_408, HEAD, HEAD_TIMEOUT_408, HttpError, Request, RequestParser, Response,
-                    error_response, render)
+from .codec import (BODY_TIMEOUT_408, BUSY_503, HEAD, HEAD_TIMEOUT_408, HttpError, Request, RequestParser,
+                    Response, error_response, render)
 from .log import log
 
 INF = float("inf")
@@ -123,6 +156,7 @@ class Limits:
     send_timeout: float = 30.0
     min_rate: float = 0.0  # bytes per second; 0 = off
     max_requests: int = 0  # responses per process before it recycles (already jittered); 0 = never
+    queue: int = 0  # new connections that may wait for a runner before the next gets a 503 (admits())
     linger_s: float = LINGER_S
     linger_bytes: int = LINGER_BYTES
     after_wait: float = AFTER_WAIT
@@ -131,7 +165,7 @@ class Limits:
     def from_config(cls, config: Any, max_requests: int | None = None) -> Limits:
         """Limits from a `Config`; MAX_REQUESTS overrides --max-requests (a worker passes its jittered value)."""
         return cls(header_timeout=config.header_timeout, keepalive=config.keepalive,
-                   send_timeout=config.send_timeout, min_rate=config.min_rate,
+                   send_timeout=config.send_timeout, min_rate=config.min_rate, queue=config.queue,
                    max_requests=config.max_requests if max_requests is None else max_requests)
 
 
@@ -141,13 +175,22 @@ class Policy:
     def __init__(self, limits: Limits, counts: Counts | None = None) -> None:
         self.limits = limits
         self.counts = counts  # the Runtime: where refusals and abandoned requests are counted
-        self.draining = False  # set by drain(): every response then closes
+        self.draining = False  # set by drain(): every response then closes, the stop rule applies
+        self.drained_at = -INF  # when the stop began (the clocks of the stop rule start there)
         self.responses = 0  # responses started in this process (for --max-requests)
+        self.on_exhausted: Callable[[], None] | None = None  # called once, at the --max-requests'th response
+        self.ends: dict[str, int] = {}  # how connections ended (Connection.end), for /_lab/stats
         self._next = itertools.count(1).__next__  # atomic under the GIL, unlike `+= 1` from pool threads
         self._reuse = limits.keepalive > 0  # keepalive on and not draining: one load on the fast path
 
-    def drain(self) -> None:
-        """Stop keeping connections alive (shutdown or recycling): each next response says close."""
+    def drain(self, now: float = -INF) -> None:
+        """A stop began at NOW (shutdown, retire, recycle): no more keep-alive, and the stop rule applies.
+
+        Flags only, safe from a signal handler. The engine must then look at every connection's deadline
+        again (they moved earlier: an idle keep-alive one is due at once).
+        """
+        if not self.draining:
+            self.drained_at = now
         self.draining = True
         self._reuse = False
 
@@ -156,12 +199,23 @@ class Policy:
         """True once --max-requests responses were started: the engine recycles the process."""
         return 0 < self.limits.max_requests <= self.responses
 
+    def admits(self, busy: int, runners: int, waiting: int) -> bool:
+        """Admit a new connection's first request? BUSY of RUNNERS are serving, WAITING new ones in line."""
+        return self.draining or busy < runners or waiting < self.limits.queue
+
     def connection(self, now: float) -> Connection:
         return Connection(self, now)
 
     def _count(self, status: int) -> None:
         if self.counts is not None:
             self.counts.request_finished(status, started=False)
+
+    def _started(self) -> int:
+        """Number the response being started; at the --max-requests'th, tell whoever recycles (once)."""
+        n = self.responses = self._next()
+        if n == self.limits.max_requests and self.on_exhausted is not None:
+            self.on_exhausted()
+        return n
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +230,16 @@ class Action:
 class Connection:
     """One client connection's policy state; see the module docstring for the rules."""
 
-    __slots__ = ("policy", "limits", "parser", "closing", "peer_eof", "served", "_owed", "_unsent", "_progress_at",
-                 "_free_at", "_rx_start", "_rx_last", "_rx_bytes", "_final_at", "_discarded", "_after", "_closed")
+    __slots__ = ("policy", "limits", "parser", "closing", "end", "peer_eof", "served", "_owed", "_unsent",
+                 "_progress_at", "_free_at", "_rx_start", "_rx_last", "_rx_bytes", "_final_at", "_discarded", "_after",
+                 "_closed")
 
     def __init__(self, policy: Policy, now: float) -> None:
         self.policy = policy
         self.limits = policy.limits
         self.parser = RequestParser()
         self.closing = ""  # "" while reusable; else CLOSE, LINGER or ABORT (see the module docstring)
+        self.end = ""  # why it ends (see "How a connection ends"); set with the first `closing`
         self.peer_eof = False
         self.served = 0  # responses rendered on this connection (refusals and 408 included)
         self._owed = 0  # events handed out by receive() not yet answered by respond()/refuse()
@@ -234,7 +290,7 @@ class Connection:
             return
         self._count_abandoned()
         if not self._owed:
-            self.closing = CLOSE  # nothing more can be asked; pending bytes still go out first
+            self.closing, self.end = CLOSE, "peer"  # nothing more can be asked; pending bytes still go out first
             if not self._unsent:
                 self._final_at = now
 
@@ -243,7 +299,7 @@ class Connection:
         self._owed -= 1
         self.served += 1
         policy = self.policy
-        n = policy.responses = policy._next()
+        n = policy._started()
         keep = req.keep_alive and policy._reuse and not resp.close
         if keep and ((self.peer_eof and not self._owed) or 0 < self.limits.max_requests <= n):
             keep = False
@@ -254,6 +310,7 @@ class Connection:
             # Bytes may follow that we will not read (pipelined requests, a partial one): linger for them.
             unread = self._owed or self.parser.phase
             self.closing = LINGER if unread and not self.peer_eof else CLOSE
+            self.end = "close"
         if not self._unsent:
             self._progress_at = now
         self._unsent += len(out)
@@ -262,7 +319,19 @@ class Connection:
     def refuse(self, err: HttpError, now: float) -> bytes:
         """Count a request the codec refused and return its reply; the connection then closes."""
         self._owed -= 1
-        return self._refusal(err, now, CLOSE if self.peer_eof else LINGER)
+        out = self._refusal(err, now, CLOSE if self.peer_eof else LINGER)
+        self.end = "refused"
+        return out
+
+    def reject(self, now: float) -> bytes:
+        """Turn a new connection away at admission (`Policy.admits` said no): a 503, counted here; then close.
+
+        Its request is not parsed; the engine reads what the client sent before closing (closing over
+        unread bytes makes the kernel send a reset, which can destroy the 503 before the client reads it).
+        """
+        out = self._refusal(BUSY_503, now, CLOSE)
+        self.end = "busy"
+        return out
 
     def sending(self, unsent: int, now: float) -> None:
         """UNSENT bytes of what respond()/refuse()/expire() returned are still waiting to leave; 0 = all gone.
@@ -285,6 +354,8 @@ class Connection:
     def abort(self, now: float) -> None:
         """The server gives up on this connection (a forced shutdown): nothing is counted against the client."""
         if not self._closed:
+            if not self.end or not self.closing:
+                self.end = "forced"
             self.closing = ABORT
             self._unsent = 0
             self.closed(now)
@@ -296,7 +367,9 @@ class Connection:
         self._closed = True
         if not self.closing:
             self._count_abandoned()  # the peer vanished (reset, or FIN we had not seen) mid-request
-            self.closing = CLOSE
+            self.closing, self.end = CLOSE, "peer"
+        ends = self.policy.ends
+        ends[self.end] = ends.get(self.end, 0) + 1  # (a lost update between pool threads costs a count)
         if self._after:
             self._run_after(now, everything=True)
 
@@ -321,6 +394,8 @@ class Connection:
             if not phase:
                 if self.served:
                     when, kind = free + limits.keepalive, IDLE
+                    if self.policy.draining:
+                        when = self.policy.drained_at  # the stop rule: an idle keep-alive one closes at once
                 else:
                     when, kind = free + limits.header_timeout, NEW
             else:
@@ -359,12 +434,15 @@ class Connection:
             return None
         if kind in (NEW, IDLE):
             self.closing, self._final_at = CLOSE, now
+            why = "silent" if kind == NEW else "idle"
+            self.end = "stop-" + why if self.policy.draining else why
             return Action(kind, b"", CLOSE)
         if kind in (HEAD_PHASE, BODY_PHASE):
             reply = self._refusal(HEAD_TIMEOUT_408 if kind == HEAD_PHASE else BODY_TIMEOUT_408, now, CLOSE)
+            self.end = "408"
             return Action(kind, reply, CLOSE)
         if kind == SEND:
-            self.closing = ABORT
+            self.closing, self.end = ABORT, "send"
             self._unsent = 0
             if self._after:
                 self._run_after(now, everything=True)  # those bytes will never leave
@@ -393,7 +471,7 @@ class Connection:
     def _refusal(self, err: HttpError, now: float, then: str) -> bytes:
         self.served += 1
         policy = self.policy
-        policy.responses = policy._next()
+        policy._started()
         policy._count(err.status)
         self.closing = then
         if not self._unsent:

@@ -100,8 +100,31 @@ def segfault() -> None:
 
 
 def hang(seconds: float) -> None:
-    """Block the calling thread without yielding to anyone (time.sleep, not the Sleep effect)."""
-    time.sleep(seconds)
+    """Block the calling OS thread without yielding to anyone (not the Sleep effect, and not time.sleep either)."""
+    block_os_thread(seconds)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CHUNK_S = 0.05  # each C sleep at most this long: between two, Python runs pending signal handlers (a master's
+# SIGABRT, a stop) as it would in time.sleep
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def block_os_thread(seconds: float) -> None:
+    """Sleep SECONDS inside C (nanosleep through ctypes): the OS thread blocks where no Python patch can see.
+
+    ctypes releases the GIL around the call, so a thread pool's other threads keep running (a real OS thread
+    blocks, the kernel schedules the rest); an event loop, or gevent's hub — whose monkey-patching turns
+    `time.sleep` into a switch to another greenlet — waits with it: this is the blocking call green threads
+    cannot make cooperative.
+    """
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        chunk = min(left, _CHUNK_S)
+        _libc.nanosleep(ctypes.byref(_Timespec(int(chunk), int(chunk % 1 * 1e9))), None)
 
 
 def leak(mb: int) -> int:

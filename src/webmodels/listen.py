@@ -1,4 +1,4 @@
-"""The pieces of a server's life that must read the same in every model: the socket, the log lines."""
+"""The listening socket and the start-up line that says where it is (launch.Process reads it), alike in every model."""
 
 from __future__ import annotations
 
@@ -59,15 +59,3 @@ def log_startup(config: Config, sock: socket.socket, detail: str = "") -> None:
     """The one start-up line: model, pid, bound address, effective config."""
     log.info("webmodels %s pid=%d listening on http://%s%s config=%s", config.model, os.getpid(),
              address(sock), f" {detail}" if detail else "", json.dumps(config.effective(), sort_keys=True))
-
-
-def log_shutdown_begin(signame: str, in_flight: int, graceful_timeout: float) -> None:
-    log.info("shutdown (%s): stop accepting; %d in flight, waiting up to %gs", signame, in_flight,
-             graceful_timeout)
-
-
-def log_shutdown_end(drained: bool, in_flight: int, elapsed: float) -> None:
-    if drained:
-        log.info("shutdown: drained in %.3fs; bye", elapsed)
-    else:
-        log.warning("shutdown: graceful timeout after %.3fs; forcing %d in flight", elapsed, in_flight)

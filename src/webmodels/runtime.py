@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .config import Config
+from .config import TICKING_ENGINES, Config
 
 LAG_INTERVAL = 0.05  # how often a loop ticks its heartbeat; lag = how late that tick woke up
 
@@ -117,8 +117,12 @@ class Runtime:
 
     def per_worker(self) -> list[dict[str, Any]]:
         """One entry per process that serves: here, this one (index 0)."""
-        return [worker_entry(os.getpid(), 0, self.engine, self.accepted, self.requests, self.in_flight,
-                             self.tick, self.lag_ms)]
+        return [{**worker_entry(os.getpid(), 0, self.engine, self.accepted, self.requests, self.in_flight,
+                                self.tick, self.lag_ms), "booted": True}]
+
+    def listener_closing(self) -> bool:
+        """Will our listener close with us (so what its queue holds must be served first)? Alone: always."""
+        return True
 
     # -- the process tree ------------------------------------------------------------------------------------
     def process_roles(self) -> dict[int, str]:
@@ -152,6 +156,7 @@ def worker_entry(pid: int, index: int, engine: str, accepted: int, requests: int
                  tick: float, lag_ms: float) -> dict[str, Any]:
     """One row of /_lab/stats "per_worker". busy_threads: handlers running (one per thread) — null for the loop;
     loop_lag_ms: null for the engines without a loop."""
+    ticks = engine in TICKING_ENGINES
     return {"pid": pid, "index": index, "engine": engine, "accepted": accepted, "requests": requests,
-            "in_flight": in_flight, "busy_threads": None if engine == "loop" else in_flight,
-            "loop_lag_ms": loop_lag_ms(tick, lag_ms) if engine == "loop" else None}
+            "in_flight": in_flight, "busy_threads": None if ticks else in_flight,
+            "loop_lag_ms": loop_lag_ms(tick, lag_ms) if ticks else None}

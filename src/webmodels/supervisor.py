@@ -4,8 +4,9 @@ The thread pool and the event loop are single processes: when one crashes, nothi
 back. In compose, Docker's `restart: unless-stopped` does that; here this supervisor does the same thing
 the same way, back-off included: wait 100 ms before the first restart, double the wait after every crash
 (up to 1 min), and forget it once a server has stayed up for 10 s (moby's restartmanager does exactly
-this). Each restart is logged with how long the server was down (from its death to the first accepted
-connection) and how much of that was the back-off. The master models (prefork and the two hybrids) need no
+this). Each restart is logged with how long the server was dead (from its exit to the first accepted
+connection: the "dead" part of the downtime, in the lab's words — see loadtest/accounting.py) and how much of
+that was the back-off. The master models (prefork and the two hybrids) need no
 help for a dead worker — their master is their supervisor — but a dead master is restarted the same way.
 
 The back-off is the supervisor's policy, not the model's cost: under a crash every 6 s the waits grow to
@@ -44,7 +45,10 @@ from typing import Any
 from . import promlab
 from .exitcodes import EXIT_NAMES
 from .launch import Process, accepts, serve_argv, stop_all
-from .lab import LAB_PORTS, LOCUST_PORT, URL_ENV, project_root, server_env, server_url, supervisor_state_path
+from . import pathlink
+from .events import ENV as EVENTS_ENV
+from .lab import (LAB_PORTS, LOCUST_PORT, SERVERS, URL_ENV, events_path, project_root, read_env_file, server_env,
+                  server_url, supervisor_state_path)
 from .log import log
 
 BACKOFF_FIRST = 0.1  # Docker's defaultTimeout
@@ -161,10 +165,11 @@ class Child:
 
 class Supervisor:
     def __init__(self, children: list[Child], policy: RestartPolicy | None = None,
-                 state_path: Path | None = None) -> None:
+                 state_path: Path | None = None, events: Path | None = None) -> None:
         self.children = children
         self.policy = policy or RestartPolicy()
         self.state_path = state_path
+        self.events = events  # the lab's event log (webmodels.events), named in the state file for its readers
         self.state_lock = threading.Lock()
         # Recorded times are epoch seconds for other processes to read, all from the monotonic clock and one
         # offset, so a recorded wait is exactly the wait (time.time() read separately can step or lag).
@@ -280,11 +285,13 @@ class Supervisor:
             if record is not None:
                 record["ready_at"] = self.wall(time.monotonic())
         if record is not None:
-            down_ms = (time.monotonic() - child.died_at) * 1000
+            # "dead", the lab's word for this part of the downtime (loadtest/accounting.py): from the exit to
+            # accepting again. Users may have seen it down for longer: a hang before a kill is not dead time.
+            dead_ms = (record["ready_at"] - record["died_at"]) * 1000
             start_ms = (record["ready_at"] - record["started_at"]) * 1000
-            log.info("%s serving again on :%d after %.0f ms down (restart #%d: %s %.0f ms, start "
-                     "%.0f ms)", child.name, child.port, down_ms, child.restarts, self.policy.name,
-                     record["delay_s"] * 1000, start_ms)
+            log.info("%s serving again on :%d after %.0f ms dead (from its exit to accepting; restart #%d: %s "
+                     "%.0f ms + start %.0f ms)", child.name, child.port, dead_ms, child.restarts, self.policy.name,
+                     (record["started_at"] - record["died_at"]) * 1000, start_ms)
         self.write_state()
 
     def wall(self, mono: float) -> float:
@@ -303,7 +310,8 @@ class Supervisor:
                                "delay_s": c.backoff if c.next_start else None, "last_exit": c.last_exit or None,
                                "history": list(c.history)}
         return {"supervisor_pid": os.getpid(), "updated_at": time.time(), "policy": self.policy.name,
-                "policy_text": self.policy.describe(), "servers": servers}
+                "policy_text": self.policy.describe(), "events": str(self.events) if self.events else None,
+                "servers": servers}
 
     def write_state(self) -> None:
         """Replace the state file atomically (readers never see half a file)."""
@@ -325,51 +333,73 @@ class Supervisor:
         for child in self.children:
             if child.proc is not None and child.proc in late:
                 log.warning("%s did not stop within %.0fs: SIGKILL", child.name, STOP_GRACE)
-        if self.state_path is not None:
-            try:
-                self.state_path.unlink()
-            except OSError:
-                pass
+        for path in (self.state_path, self.events):  # a lab leaves nothing behind in /tmp
+            if path is not None:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
         log.info("lab stopped")
 
 
 def lab_children(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
-                 state_path: Path | None = None) -> list[Child]:
+                 state_path: Path | None = None, events: Path | None = None) -> list[Child]:
     py = sys.executable
+    log_env = {EVENTS_ENV: str(events)} if events is not None else {}  # every fault recorded, whoever fires it
     # bind and faults come from the lab's env files (server_env), as in compose
-    children = [Child(model, serve_argv(model, bind=None, faults=False), server_env(model, offset=offset),
-                      port=port + offset) for model, port in LAB_PORTS.items()]
+    children = [Child(model, serve_argv(model, bind=None, faults=False),
+                      {**server_env(model, offset=offset), **log_env}, port=port + offset)
+                for model, port in LAB_PORTS.items()]
     if locust:
         locust_bin = os.path.join(os.path.dirname(py), "locust")
         argv = [locust_bin if os.path.exists(locust_bin) else "locust", "-f",
                 str(project_root() / "loadtest" / "locustfile.py"), "--class-picker",
                 "--users", "30", "--spawn-rate", "10",  # form defaults: a multiple of 5, one fifth each
                 "--web-host", "127.0.0.1", "--web-port", str(LOCUST_PORT + offset), *(locust_args or [])]
-        env = {URL_ENV[m]: server_url(m, offset=offset) for m in LAB_PORTS}
+        env = {**{URL_ENV[m]: server_url(m, offset=offset) for m in LAB_PORTS}, **log_env}
         if state_path is not None:
             env["WEBMODELS_SUPERVISOR_STATE"] = str(state_path)  # the Servers tab shows restarts waiting
         children.append(Child("locust", argv, env, port=LOCUST_PORT + offset))
     return children
 
 
-WELCOME = """
-  webmodels lab is up.
-    Locust UI       http://127.0.0.1:{locust}   (tab "Servers" shows the five servers live)
-    thread pool     http://127.0.0.1:{threadpool}
-    prefork         http://127.0.0.1:{prefork}
-    event loop      http://127.0.0.1:{eventloop}
-    hybrid-threads  http://127.0.0.1:{hybrid_threads}   (2 worker processes × 16 threads)
-    hybrid-loop     http://127.0.0.1:{hybrid_loop}   (2 worker processes × an event loop)
-    restarts        {policy}
+def shape(model: str) -> str:
+    """Say what a server's processes are, from its lab/<model>.env: "(2 worker processes × 16 threads)"."""
+    env = read_env_file(project_root() / SERVERS[model].env_file)
+    server = SERVERS[model]
+    if not server.master:
+        return f"({env['WEBMODELS_THREADS']} threads)" if "WEBMODELS_THREADS" in env else ""
+    workers = f"{env.get('WEBMODELS_WORKERS', '?')} worker processes"
+    each = {"threads": f" × {env.get('WEBMODELS_THREADS', '?')} threads", "loop": " × an event loop"}
+    return f"({workers}{each.get(server.engine, '')})"
 
-  Try first:
-    1. In Locust pick all five user classes, 30 users, workload "io", Start.
-    2. Crash a prefork worker, then the event loop, and watch the Servers tab:
-         webmodels kill prefork --worker
-         curl http://127.0.0.1:{eventloop}/fault/crash
-    3. webmodels status      (memory: RSS vs USS vs PSS per model)
-  Ctrl-C stops everything.
-"""
+
+def welcome(offset: int, policy: str, locust: bool = True, events: Path | None = None) -> str:
+    """The banner `webmodels up` prints once everything answers; every command in it works as printed."""
+    flag = f" --port-offset {offset}" if offset else ""  # the commands must reach *this* lab
+    lines = ["", "  webmodels lab is up."]
+    if locust:
+        lines.append(f"    {'Locust UI':15} http://127.0.0.1:{LOCUST_PORT + offset}   (tab \"Servers\" shows the "
+                     f"{len(SERVERS)} servers live)")
+    for name, server in SERVERS.items():
+        lines.append(f"    {server.label:15} {server_url(name, offset=offset)}   {shape(name)}".rstrip())
+    lines.append(f"    {'restarts':15} {policy}")
+    if events is not None:
+        lines.append(f"    {'event log':15} {events}   (every fault and kill, whoever started it)")
+    if locust:
+        masters = [n for n, sv in SERVERS.items() if sv.master]
+        singles = [n for n, sv in SERVERS.items() if not sv.master]
+        lines += ["", "  Try first (in another terminal):",
+                  f"    1. In Locust pick all {len(SERVERS)} user classes, 30 users, workload \"io\", Start.",
+                  f"    2. Crash a {masters[0]} worker, then the {SERVERS[singles[-1]].label}, and watch the "
+                  "Servers tab:",
+                  f"         webmodels kill {masters[0]} --worker{flag}",
+                  f"         curl {server_url(singles[-1], offset=offset)}/fault/crash",
+                  f"    3. webmodels status{flag}      (memory: RSS vs USS vs PSS per model)"]
+    if locust and (note := pathlink.hint()):
+        lines.append("  " + note)
+    lines += ["  Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
 
 
 def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 0,
@@ -384,7 +414,14 @@ def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 
     check_ports_free(ports)
     policy = policy or RestartPolicy()
     state_path = supervisor_state_path(offset)
-    sup = Supervisor(lab_children(locust, locust_args, offset, state_path) + extra, policy, state_path)
+    log_path = events_path(offset)
+    try:
+        log_path.write_bytes(b"")  # a new lab, a new log (removed when the lab stops, with the state file)
+    except OSError as exc:
+        log.warning("no event log at %s (%s): faults started by hand will not be counted", log_path, exc)
+        log_path = None
+    sup = Supervisor(lab_children(locust, locust_args, offset, state_path, log_path) + extra, policy, state_path,
+                     log_path)
     threading.Thread(target=_announce, args=(sup, locust, offset), daemon=True).start()
     return sup.run()
 
@@ -399,10 +436,9 @@ def _announce(sup: Supervisor, locust: bool, offset: int) -> None:
     if pending:
         log.warning("not answering after 30 s: %s", ", ".join(pending))
     elif not sup.stopping:
-        ports = {m.replace("-", "_"): p + offset for m, p in LAB_PORTS.items()}
-        text = WELCOME.format(locust=LOCUST_PORT + offset, policy=sup.policy.describe(), **ports)
+        text = welcome(offset, sup.policy.describe(), locust, sup.events)
         if any(c.name == "prometheus" for c in sup.children):
             port = next(c.port for c in sup.children if c.name == "prometheus")
-            text = text.replace("\n  Try first", f"    Prometheus     http://127.0.0.1:{port}   (every server's /metrics, "
-                                "1 s scrapes)\n\n  Try first", 1)
-        print(text if locust else text.split("Try first")[0], flush=True)
+            text = text.replace("\n\n  Try first", f"\n    {'Prometheus':15} http://127.0.0.1:{port}   (every server's "
+                                "/metrics, 1 s scrapes)\n\n  Try first", 1)
+        print(text, flush=True)
