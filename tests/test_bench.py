@@ -29,7 +29,7 @@ from webmodels.bench.locustrun import live
 from webmodels.bench.runner import BenchServer, Progress
 from webmodels.bench.scenarios import SCENARIOS
 from webmodels.bench.scenarios.soak import attribute, growth
-from webmodels.config import MODELS
+from webmodels.bench.kit import MODELS  # the lab's servers: what the bench loads
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench-results.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -467,6 +467,16 @@ def test_a_one_second_locust_run_lasts_a_second_and_sends_requests(tmp_path: Pat
                           workdir=tmp_path)
     window = r["accounting_run"]["stopped_at"] - r["accounting_run"]["started_at"]
     assert window >= 0.9 and r["stats"]["eventloop /"]["requests"] > 0, (window, r["stats"], r["log_tail"])
+
+
+def test_the_bench_loads_the_labs_servers_and_refuses_a_model_locust_cannot_load(tmp_path: Path) -> None:
+    from webmodels import config
+    from webmodels.lab import SERVERS
+    assert MODELS == tuple(m for m in config.MODELS if m in SERVERS) and set(MODELS) == set(SERVERS)
+    outside = [m for m in config.MODELS if m not in SERVERS]  # e.g. a new engine not yet a lab server
+    if outside:
+        proc = webmodels("bench", "--models", outside[0], "--scenarios", "wrk", "--out", str(tmp_path), timeout=60)
+        assert proc.returncode == 2 and "Locust has a user class for each" in proc.stderr, proc.stderr
 
 
 def test_hybrids_get_their_locust_class_and_url_variable_by_contract() -> None:

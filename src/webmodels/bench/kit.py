@@ -26,10 +26,14 @@ import httpx
 
 from .. import config
 from ..faults import kind_of
+from ..lab import SERVERS as LAB_SERVERS
 from . import locustrun
 from .runner import BenchServer, Pinning, Progress, RemoteServer, StatsSampler, get_stats
 
-MODELS, MASTER_MODELS = config.MODELS, config.MASTER_MODELS  # MASTER_MODELS: a master and worker processes
+# The models the bench can load: the lab's servers, each with its Locust user class (lab.SERVERS); a model of
+# `webmodels serve` that is not a lab server yet has no user class, so Locust could not load it.
+MODELS = tuple(m for m in config.MODELS if m in LAB_SERVERS)
+MASTER_MODELS = config.MASTER_MODELS  # a master and worker processes
 HYBRIDS = ("hybrid-threads", "hybrid-loop")
 SIZE_KEYS = ("workers", "threads")  # of a server's effective config, kept with its final stats
 LOCUST_OVERHEAD_S = 1.5  # start-up and shutdown of one Locust subprocess, for the progress estimate

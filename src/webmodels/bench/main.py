@@ -39,8 +39,8 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
         return 2
     bad = [m for m in models if m not in MODELS]
     if bad:
-        print(f"webmodels bench: error: unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)}",
-              file=sys.stderr)
+        print(f"webmodels bench: error: unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)} (the "
+              "lab's servers: Locust has a user class for each)", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     if seed is None and "soak" in scenarios:
