@@ -47,13 +47,13 @@ from loadtest.chaos import FAULTS, Injector  # noqa: E402
 from loadtest.servers_tab import ServersPanel  # noqa: E402
 from loadtest.timeline import Timeline  # noqa: E402
 from webmodels import actions  # noqa: E402
+from webmodels.faults import FAULTS as FAULT_TABLE  # noqa: E402
 from webmodels.lab import SERVERS as LAB_SERVERS  # noqa: E402
 
 log = logging.getLogger("loadtest")
 
 SERVERS = tuple(LAB_SERVERS)
 DEFAULT_URLS = {name: f"http://127.0.0.1:{s.port}" for name, s in LAB_SERVERS.items()}
-MASTER_SERVERS = tuple(name for name, s in LAB_SERVERS.items() if s.master)  # `kill-worker` applies
 FAIL_BACKOFF_S = 0.1  # a user whose request failed pauses, so a dead server isn't hammered at full CPU
 FLUSH_EVERY_S = 1.0
 FINAL_WAIT_S = 15.0  # how long the master waits at most for the workers' final outboxes before writing the table
@@ -132,8 +132,11 @@ def _options(parser) -> None:
     parser.add_argument("--cpu-ms", type=int, default=10, help="Milliseconds of CPU each /cpu request burns")
     parser.add_argument("--kb", type=int, default=16, help="KiB per /bytes response")
     parser.add_argument("--fault", choices=FAULTS, default="none",
-                        help="Fault the injector fires at every loaded server (servers need --faults); "
-                             "kill-worker: SIGKILL one worker of each master model (prefork, hybrids) only")
+                        help="Fault the injector fires at every loaded server it applies to, every --fault-every "
+                             "s (servers need --faults): " + "; ".join(f"{f.kind}: {f.what}" for f in FAULT_TABLE)
+                             + "; chaos: a random one at a random server every 1-3 s, drawn from --chaos-seed")
+    parser.add_argument("--chaos-seed", type=int, default=1,
+                        help="--fault chaos: the seed of its schedule (the same seed, the same faults)")
     parser.add_argument("--fault-every", type=float, default=5.0, help="Seconds between injected faults, per server")
     parser.add_argument("--hang-s", type=int, default=5, help="Seconds a 'hang' fault blocks")
     parser.add_argument("--leak-mb", type=int, default=16, help="MiB a 'leak' fault keeps")
@@ -331,9 +334,8 @@ def _test_start(environment, **_kw) -> None:
     lab.started_at, lab.stopped_at = time.time(), 0.0
     lab.panel.start()
     targets = lab.targets()
-    if o.fault == "kill-worker":  # the single-process models have no worker to kill
-        targets = {name: url for name, url in targets.items() if name in MASTER_SERVERS}
-    lab.injector.start(targets, o.fault, o.fault_every, hang_s=o.hang_s, leak_mb=o.leak_mb,
+    lab.injector.start(targets, o.fault, o.fault_every, seed=o.chaos_seed, until=o.run_time or None,
+                       hang_s=o.hang_s, leak_mb=o.leak_mb,
                        timeout=o.request_timeout)
 
 
@@ -354,7 +356,7 @@ def _request(request_type, name, response_time, response_length, exception=None,
     if kind == OK:
         for key, first in lab.watch.on_success(server, start):
             lab.outbox.add_recovery(server, key, first)
-    lab.timeline.write(start, server, name, exception is None, kind, error, response_time)
+    lab.timeline.write(start, server, name, exception is None, kind, error, response_time, context.get("fault"))
 
 
 @events.test_stop.add_listener
@@ -363,11 +365,9 @@ def _test_stop(environment, **_kw) -> None:
         lab.flusher.kill(block=False)
         lab.flusher = None
     if not lab.is_worker:
-        # Its kill does not wait: a fault request already answered would still report itself after the final
-        # flush below, counted by Locust and lost to the table (seen: 714 vs Locust's 715). Wait for its end.
-        shots = lab.injector.loops + lab.injector.shots
+        # it waits for its loop and every shot to end: a fault request answered meanwhile would otherwise report
+        # itself after the final flush below, counted by Locust and lost to the table (seen: 714 vs Locust's 715)
         lab.injector.stop()
-        gevent.joinall(shots, timeout=5)
     lab.flush(final=True)  # users are stopped: nothing more will be counted in this process
     lab.timeline.close()
     if lab.is_worker:

@@ -1,9 +1,10 @@
 """`webmodels bench --quick` for real (servers, Locust, wrk as subprocesses), the soak, and `webmodels report`.
 
 The bench test checks the report's content, not that files exist: every row of the table has figures, prefork's
-crash collateral is 0 while the shared-fate models' is not, every Locust run's accounting adds up, the idle and
-slow-client lessons hold, and the charts are PNGs matplotlib can decode. Unit tests pin the pieces whose
-mistakes no figure would show: the soak's attribution and schedule, growth verdicts, port handling, CI rules.
+crash collateral is 0 while the shared-fate models' is not, every Locust run's accounting adds up, the hang,
+idle and slow-client lessons hold, and the charts are PNGs matplotlib can decode. Unit tests pin the pieces whose
+mistakes no figure would show: the soak's attribution, growth verdicts, progress, port handling, CI rules, a
+missing tool (PATH without wrk), and that the bench process never loads Locust.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from webmodels.bench.runner import BenchServer
+from webmodels import chaos
+from webmodels.bench import SCHEMA
+from webmodels.bench import locustrun
+from webmodels.bench.locustrun import live
+from webmodels.bench.runner import BenchServer, Progress
 from webmodels.bench.scenarios import SCENARIOS
-from webmodels.bench.scenarios.slow import serve_has_flag
-from webmodels.bench.scenarios.soak import attribute, growth, schedule
-from webmodels.config import MODELS
+from webmodels.bench.scenarios.soak import attribute, growth
+from webmodels.bench.kit import MODELS  # the lab's servers: what the bench loads
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench-results.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,11 +72,27 @@ def table(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
     return head, rows
 
 
+WRK_SKIPPED = "wrk is not installed (apt-get install wrk"
+
+
 def allowed_skips() -> set[str]:
-    """Scenarios this checkout cannot run (outside CI only): accept needs --reuseport (engines branch)."""
-    if IN_CI:
-        return set()
-    return set() if serve_has_flag("--reuseport") else {"accept"}
+    """Scenarios this machine may skip: outside CI, the one whose tool is missing (the README asks for Python only)."""
+    return set() if IN_CI or shutil.which("wrk") else {"wrk"}
+
+
+def path_without(tool: str, where: Path) -> str:
+    """A PATH with every program of this one but TOOL: a directory of symlinks (the system's binary untouched)."""
+    bin_dir = where / f"path-without-{tool}"
+    bin_dir.mkdir()
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name != tool and not os.path.lexists(bin_dir / e.name) and os.access(e.path, os.X_OK):
+                (bin_dir / e.name).symlink_to(e.path)
+    return str(bin_dir)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +101,11 @@ def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # one-second load steps (--quick's default is 2): this run checks that every row is measured and every
     # lesson shows, within make test's few minutes; the figures worth quoting come from full runs
     proc = webmodels("bench", "--quick", "--duration", "1", "--out", str(out), timeout=600)
+    (out / "console.txt").write_text(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "accounting:" in proc.stdout and "balanced in every run" in proc.stdout, proc.stdout
+    for name in allowed_skips():  # outside CI a missing tool is a skip that says what to install
+        assert f"scenario {name} skipped: {WRK_SKIPPED}" in proc.stderr, proc.stderr[-3000:]
     return out
 
 
@@ -100,8 +123,8 @@ def test_quick_bench_report_has_every_row_with_figures(quick_bench: Path) -> Non
         figures = [c for c in rows[label][:len(models)] if c != "–"]
         assert figures and all(any(ch.isdigit() for ch in c) for c in figures), (label, rows[label])
         assert len(rows[label][-1]) > 20, f"row {label!r} has no why"
-    for label in ("many idle clients", "slow clients"):  # rows for every model, not only some
-        assert all(c != "–" for c in rows[label][:len(models)]), (label, rows[label])
+    for label in ("many idle clients", "slow clients", "communication", "hung work"):  # every model, not some
+        assert all(c != "–" and "–%" not in c for c in rows[label][:len(models)]), (label, rows[label])
     assert re.search(r"/metrics scrape at 8 workers [\d.]+ ms \([\d.]+ ms CPU",
                      rows["communication"][models.index("prefork")]), rows["communication"]
     assert "Every request accounted" in md and "balanced in every run" in md
@@ -120,6 +143,7 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     assert not [n for n, s in sc.items() if s.get("error")], {n: s.get("error") for n, s in sc.items()}
     skipped = {n for n, s in sc.items() if s.get("skipped")}
     assert skipped <= allowed_skips(), {n: sc[n]["skipped"] for n in skipped}
+    assert "accept" not in skipped
     crash = sc["faults"]["summary"]
     assert crash["crash prefork"]["injected"] >= 1
     assert crash["crash prefork"]["collateral"] == 0  # a crash costs only the request that caused it
@@ -129,6 +153,9 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     runs = 0
     for s in sc.values():
         for run in _runs(s):
+            # the test lasts its -t however long Locust took to start (gevent's cached clock once cut it short)
+            window = run["accounting_run"]["stopped_at"] - run["accounting_run"]["started_at"]
+            assert window >= max(1, round(run["duration_s"])) - 0.25, (run["duration_s"], window)
             for model, a in run["accounting_rows"].items():
                 assert a["ok"] + a["expected"] + a["collateral"] == a["requests"] == a["locust_requests"], (model, a)
                 runs += 1
@@ -138,17 +165,29 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
             assert crash[f"crash {h}"]["injected"] >= 1
             assert crash[f"crash {h}"]["collateral"] < crash["crash threadpool"]["collateral"], crash
             assert crash[f"crash {h}"]["downtime_ms_median"] < crash["crash threadpool"]["downtime_ms_median"], crash
-    if "accept" not in skipped:  # per-worker shares from /_lab/stats per_worker, summing to 1
-        for label, v in sc["accept"]["summary"].items():
-            assert len(v["shares"]) >= 2 and abs(sum(v["shares"]) - 1) < 0.01, (label, v)
+    for label, v in sc["accept"]["summary"].items():  # per-worker shares from /_lab/stats per_worker, summing to 1
+        assert len(v["shares"]) >= 2 and abs(sum(v["shares"]) - 1) < 0.01, (label, v)
     comm = sc["communication"]["summary"]
+    for m in MODELS:  # a fixed count of increments, whatever the machine's load: all of them answered
+        for mode in ("unsafe", "locked"):
+            e = comm[f"{m} {mode}"]
+            assert e["increments_ok"] == comm["clients_per_server"] * comm["increments_per_client"] // 2, (m, e)
     assert comm["threadpool unsafe"]["lost"] > 0 and comm["threadpool locked"]["lost"] == 0
     assert comm["prefork unsafe"]["lost"] == 0 and comm["prefork unsafe"]["processes"] > 1
     # the IPC cost of prefork's /metrics: one scrape by a worker merging all 8 workers' files (issue 10)
     sc8 = comm["scrape_8_workers"]
     assert sc8["workers"] == sc8["workers_served"] == 8 and sc8["n"] >= 20 and sc8["samples"] > 50, sc8
     assert 0 < sc8["cpu_ms_median"] <= sc8["wall_ms_median"] <= sc8["wall_ms_p90"] < 1000, sc8
-    assert sc["hang"]["summary"]["prefork"]["timeout_kills"] >= 1
+    hang = sc["hang"]["summary"]
+    assert hang["prefork"]["timeout_kills"] >= 1
+    assert hang["eventloop"]["ok_per_s_last_second"] == 0  # a hung loop serves nobody till the end of the run
+    # every hang pins a pool thread for good; a threads worker with a free thread is not hung, so none is killed
+    pool = hang["threadpool"]
+    assert pool["injected"] >= 1 and pool["hung_threads"] == min(pool["injected"], pool["threads"]), pool
+    if "hybrid-threads" in MODELS:
+        ht = hang["hybrid-threads"]
+        assert ht["injected"] >= 1 and ht["hung_threads"] == ht["injected"] < ht["threads"] // 2, ht
+        assert ht["timeout_kills"] == 0, ht
     mem = sc["memory"]["summary"]
     assert mem["prefork_pss_per_worker_mb"] > 0
     assert any(k.startswith("prefork_rss_over_pss_at_") and v > 1.5 for k, v in mem.items())
@@ -170,8 +209,9 @@ def test_quick_bench_idle_slow_and_fairness_show_their_lessons(quick_bench: Path
     assert slow["eventloop"]["plain"]["success_pct"] >= 90, slow["eventloop"]
     assert slow["prefork"]["plain"]["success_pct"] <= 50, slow["prefork"]  # 100 slow heads pin 4 workers
     assert slow["threadpool"]["plain"]["success_pct"] <= 50, slow["threadpool"]  # ... and 32 threads + queue
-    assert all(v["--min-rate 100"] == {"na": "n/a (flag missing)"} for m, v in slow.items() if m in MODELS) \
-        != serve_has_flag("--min-rate")
+    for m in MODELS:  # the plain run and both defences, each with figures
+        assert set(slow[m]) == {"plain", "--header-timeout 2", "--min-rate 100"}, slow[m]
+        assert all(v["sent"] > 0 and v["success_pct"] is not None for v in slow[m].values()), (m, slow[m])
     if "hybrid-loop" in MODELS:  # after the hybrids land: a loop per worker holds idle and slow clients too
         assert idle["hybrid-loop"]["answered"] == n, idle["hybrid-loop"]
         assert slow["hybrid-loop"]["plain"]["success_pct"] >= 90, slow["hybrid-loop"]
@@ -192,6 +232,28 @@ def test_quick_bench_results_json_is_compact(quick_bench: Path) -> None:
     samples = results["scenarios"]["faults"]["raw"]["runs"]["crash"][0]["samples"]["prefork"]
     assert set(samples) == {"cols", "rows"} and samples["rows"], samples.keys()
     assert "snippet" not in results["scenarios"]["creation"]["raw"]  # thousands of raw timings: summary only
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
+def test_quick_bench_wrk_cross_check(quick_bench: Path) -> None:
+    wrk = json.loads((quick_bench / "results.json").read_text())["scenarios"]["wrk"]
+    if wrk.get("skipped"):  # a missing tool is a skip that says what to install (a failure under CI=true)
+        pytest.skip(wrk["skipped"])
+    for m in MODELS:
+        assert wrk["summary"][m]["rps_median"] > 0, wrk["summary"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(700)  # the first one to run also runs the bench (the fixture)
+def test_quick_bench_console_summary_names_each_models_figure(quick_bench: Path) -> None:
+    console = (quick_bench / "console.txt").read_text().splitlines()
+    head, rows = table((quick_bench / "report.md").read_text())
+    models = head[1:-2]
+    for label, cells in rows.items():  # the row's label, then one line per model: its name, then its cell
+        at = console.index(f"  {label}")
+        for i, (model, cell) in enumerate(zip(models, cells)):
+            assert console[at + 1 + i].split() == [f"{model}:", *cell.replace("\\|", "|").split()], console[at:at + 6]
 
 
 def _runs(s: dict) -> list[dict]:
@@ -222,32 +284,30 @@ def test_soak_60s_every_failure_attributed_nothing_grows_all_serving(tmp_path: P
     sc = json.loads((tmp_path / "results.json").read_text())["scenarios"]["soak"]
     s, raw = sc["summary"], sc["raw"]
     assert s["injected"] == s["scheduled"] >= 20, s
+    # Locust's injector fired the very schedule the bench drew from the seed (one implementation, webmodels.chaos)
+    drawn = list(chaos.seeded(20261125, MODELS, 60))
+    assert [(f["model"], f["fault"]) for f in raw["fired"]] == [(x.server, x.kind) for x in drawn]
+    assert all(abs(f["at_s"] - x.at) < 1.5 for f, x in zip(raw["fired"], drawn)), raw["fired"][:3]
     assert s["unattributed_total"] == 0, {m: raw["attribution"][m]["unattributed_examples"] for m in MODELS
                                           if m in raw["attribution"]}
-    assert s["all_serving_at_end"], raw["serving_at_end_s"]
+    assert s["all_serving_at_end"], raw["serving_at_end"]
     assert not s["any_growth"], s["growth"]
     assert "bench (supervisor)" in s["growth"] and "prefork master" in s["growth"]
     for m in MODELS:
         a = raw["attribution"][m]
         assert a["injected"] >= 1 and a["requests"] > 100, (m, a)
         assert sum(a["attributed"].values()) == a["failed"], (m, a)
-    kinds = {f["fault"] for f in raw["fired"]}
-    assert {"crash", "segfault", "hang", "leak", "raise"} <= kinds, kinds
-    assert any(m["accounting_rows"] for m in [raw["run"]])
+    assert {"crash", "segfault", "hang", "leak", "raise"} <= {f["fault"] for f in raw["fired"]}
+    # the accounting agrees: each fault request is an expected request of its server, and every run balances
+    acc = raw["run"]["accounting_rows"]
+    assert all(acc[m]["expected"] == raw["attribution"][m]["injected"] and acc[m]["balanced"] for m in MODELS), acc
     check_pngs(tmp_path, ["soak.png"])
-
-
-def test_soak_schedule_is_reproducible_from_its_seed() -> None:
-    models = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop")
-    a, b, c = schedule(7, models, 60), schedule(7, models, 60), schedule(8, models, 60)
-    assert a == b and a != c
-    assert 14 <= len(a) <= 56 and all(2.0 <= e["at"] < 56 for e in a)
-    kills = {e["fault"] for e in a if e["fault"].startswith("kill")}
-    for e in a:
-        if e["fault"].startswith("kill"):  # a worker for the master models, the process for the others
-            assert e["fault"] == ("kill --worker" if e["model"] in ("prefork", "hybrid-threads", "hybrid-loop")
-                                  else "kill --process"), e
-    assert kills
+    # a long step shows its progress as it goes (not a terminal: a line every 10 s): elapsed, faults so far
+    steps = [ln for ln in proc.stderr.splitlines() if "soak · 60 s" in ln]
+    seen = [(int(m[1]) * 60 + int(m[2]), int(f[1]) if (f := re.search(r"(\d+) faults injected", ln)) else 0)
+            for ln in steps if (m := re.search(r" · (\d+)m(\d\d)s of ~", ln))]
+    assert len(seen) >= 4 and [t for t, _ in seen] == sorted(t for t, _ in seen) and seen[-1][0] >= 40, steps
+    assert [n for _, n in seen] == sorted(n for _, n in seen) and seen[-1][1] >= 10, steps
 
 
 def test_soak_attribution_counts_exactly() -> None:
@@ -255,16 +315,20 @@ def test_soak_attribution_counts_exactly() -> None:
         return {"t": t, "server": "eventloop", "name": "eventloop /", "ok": ok,
                 "class": "ok" if ok else "collateral", "error": None if ok else "ConnectionRefusedError", "ms": ms}
     # a crash sent at 10.0 takes effect at 10.2 (its request ends); first success sent after it: 10.5
-    fired = [{"model": "eventloop", "fault": "crash", "sent": 10.0, "end": 10.2, "effect": 10.2}]
+    fired = [{"model": "eventloop", "fault": "crash", "sent": 10.0, "effect": 10.2}]
     records = [req(9.0, True), req(9.95, False, 300.0),  # in flight at the crash: attributed
                req(10.3, False), req(10.4, False),  # refused while down: attributed
                req(10.5, True), req(10.45, False, 100),  # sent before the recovery point: attributed
                req(11.0, False),  # sent after the server was back: no fault explains it
-               req(8.0, False)]  # before any fault: unattributed
+               req(8.0, False), req(10.1, True, 50)]  # before any fault: unattributed; a success before the effect
     a = attribute(records, fired, ["eventloop"])["eventloop"]
     assert a["failed"] == 6 and a["attributed"] == {"crash": 4} and a["unattributed"] == 2, a
-    assert fired[0]["recovered_at"] == 10.5
+    assert fired[0]["recovered_at"] == 10.5 and a["never_recovered"] == 0
     assert sorted(x["t"] for x in a["unattributed_examples"]) == [8.0, 11.0]
+    # a hang takes effect when sent; the first success sent at that very moment is its recovery
+    hang = [{"model": "eventloop", "fault": "hang", "sent": 20.0, "effect": 20.0}]
+    assert attribute([req(19.0, True), req(20.0, True)], hang, ["eventloop"])["eventloop"]["never_recovered"] == 0
+    assert hang[0]["recovered_at"] == 20.0
 
 
 def test_growth_verdicts() -> None:
@@ -326,6 +390,93 @@ def test_a_skipped_scenario_fails_the_bench_in_ci_only(tmp_path: Path, ci: str) 
         assert proc.returncode == 1 and "a failure in CI" in proc.stderr, (proc.returncode, proc.stderr)
     else:
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_without_wrk_the_bench_skips_its_cross_check_saying_what_to_install(tmp_path: Path, ci: str) -> None:
+    env = {**os.environ, "CI": ci, "PATH": path_without("wrk", tmp_path)}
+    assert shutil.which("wrk", path=env["PATH"]) is None  # everything else is still there
+    assert bool(shutil.which("taskset", path=env["PATH"])) == bool(shutil.which("taskset"))
+    proc = webmodels("bench", "--models", "eventloop", "--scenarios", "wrk", "--out", str(tmp_path / "out"),
+                     timeout=120, env=env)
+    assert f"scenario wrk skipped: {WRK_SKIPPED}" in proc.stderr, proc.stderr
+    assert proc.returncode == (1 if ci else 0), (proc.returncode, proc.stderr)
+    assert "Skipped: wrk is not installed" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_bench_process_never_loads_locust_or_gevent(tmp_path: Path) -> None:
+    # from another directory: the bench finds loadtest/'s plain-Python parts beside the package, not in the cwd
+    code = ("import sys, webmodels.bench.main, webmodels.bench.scenarios, webmodels.bench.locustrun as lr; "
+            "assert lr.RecoveryWatch and lr.read_timeline; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'locust', 'gevent', 'geventhttpclient'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_progress_shows_a_long_step_as_it_goes_even_without_a_terminal() -> None:
+    class Out(list):
+        def write(self, text: str) -> None:
+            self.append(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+    out = Out()
+    bar = Progress(10.0, stream=out)
+    bar.PLAIN_EVERY_S = 0.2
+    done = iter(range(1, 100))
+    bar.step("soak · 240 s", 9.0, detail=lambda: f"{next(done)} faults injected")
+    bar._draw()  # at once after the step's own line: nothing new to say yet
+    deadline = time.monotonic() + 10
+    while len(out) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        bar._draw()
+    assert len(out) == 3 and all(line.endswith("\n") and "soak · 240 s · 0m0" in line for line in out), out
+    assert [re.search(r"(\d+) faults injected", line)[1] for line in out] == ["1", "2", "3"], out
+    broken = Progress(10.0, stream=Out())
+    broken.step("step", 1.0, detail=lambda: 1 / 0)  # a detail that fails never breaks the run it describes
+    assert "step · 0m00s of ~0m01s  ~" in broken.line()
+
+
+def test_live_progress_reads_requests_and_faults_from_locusts_csv(tmp_path: Path) -> None:
+    assert live(tmp_path) == ""  # not written yet
+    (tmp_path / "locust_stats.csv").write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time\n"
+        "GET,prefork /,1200,3,1\nPOST,prefork /fault/crash,4,4,2\nPOST,eventloop /_lab/kill,2,0,3\n"
+        "GET,eventloop /io,800,0,50\n,Aggregated,2006,7,2\n")
+    assert live(tmp_path) == "2 006 requests (7 failed), 6 faults injected"
+    (tmp_path / "locust_stats.csv").write_text("Type,Name,Request Count\nGET,prefork /,12")  # mid-rewrite
+    assert live(tmp_path) == ""
+
+
+def test_report_refuses_results_of_another_schema(tmp_path: Path) -> None:
+    doc = json.loads(FIXTURE.read_text())
+    (tmp_path / "results.json").write_text(json.dumps({**doc, "schema": SCHEMA - 1}))
+    proc = webmodels("report", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and f"this version reads schema {SCHEMA}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_a_one_second_locust_run_lasts_a_second_and_sends_requests(tmp_path: Path) -> None:
+    # Locust's start-up takes seconds on a busy machine; the run's test window must still be its -t
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    with BenchServer("eventloop", cpus=cpus) as srv:
+        r = locustrun.run(locustrun.LocustRun(targets={"eventloop": srv.url}, users=2, duration=1.0), cpus=cpus,
+                          workdir=tmp_path)
+    window = r["accounting_run"]["stopped_at"] - r["accounting_run"]["started_at"]
+    assert window >= 0.9 and r["stats"]["eventloop /"]["requests"] > 0, (window, r["stats"], r["log_tail"])
+
+
+def test_the_bench_loads_the_labs_servers_and_refuses_a_model_locust_cannot_load(tmp_path: Path) -> None:
+    from webmodels import config
+    from webmodels.lab import SERVERS
+    assert MODELS == tuple(m for m in config.MODELS if m in SERVERS) and set(MODELS) == set(SERVERS)
+    outside = [m for m in config.MODELS if m not in SERVERS]  # e.g. a new engine not yet a lab server
+    if outside:
+        proc = webmodels("bench", "--models", outside[0], "--scenarios", "wrk", "--out", str(tmp_path), timeout=60)
+        assert proc.returncode == 2 and "Locust has a user class for each" in proc.stderr, proc.stderr
 
 
 def test_hybrids_get_their_locust_class_and_url_variable_by_contract() -> None:

@@ -191,6 +191,6 @@ def test_cli_rejects_a_flag_for_the_wrong_model_before_binding() -> None:
                           env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
                                "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])})
     assert pycs() == before
-    assert proc.returncode == 2  # faults.EXIT_CONFIG
+    assert proc.returncode == 2  # exitcodes.EXIT_CONFIG
     assert "--workers" in proc.stderr and "eventloop" in proc.stderr
     assert "listening" not in proc.stderr + proc.stdout

@@ -249,7 +249,7 @@ def test_restart_policy_is_dockers_back_off_or_a_fixed_delay() -> None:
 
 
 def test_every_list_of_the_labs_servers_is_the_one_table() -> None:
-    # DESIGN.md rule 12: adding a server is one row of lab.SERVERS, its lab/<name>.env and its compose service;
+    # one table per fact: adding a server is one row of lab.SERVERS, its lab/<name>.env and its compose service;
     # everything else reads the table. The compose files cannot import it, so this test reads them.
     from pathlib import Path
 

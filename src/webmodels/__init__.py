@@ -1,3 +1,3 @@
-"""webmodels: one HTTP handler under three I/O models, for workshops on concurrency."""
+"""webmodels: one HTTP handler under several I/O models (threads, processes, an event loop, hybrids), for workshops."""
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """The lab's controls — kill, fault, scale, probe — one code path for the CLI, the Locust tabs and the tests.
 
-A control confirms its effect (DESIGN.md rule 14): a kill checks that the process is gone, a scale that the
+A control confirms its effect: a kill checks that the process is gone, a scale that the
 worker count is reached, a hang that the server really stopped answering; "no answer" is never "killed".
 
     from webmodels import actions

@@ -1,4 +1,4 @@
-"""The handler: one set of routes, written once, run unchanged by all three models.
+"""The handler: one set of routes, written once, run unchanged by every model.
 
 Routes that wait yield an effect (see effects.py); routes that burn CPU or inject a fault do it inline on
 purpose, because holding the GIL, blocking the loop or killing the process *is* the experiment. Call
@@ -20,6 +20,7 @@ from typing import Any, Callable, Coroutine, Generator
 from . import events, faults, metrics, stats, tally
 from .codec import Request, Response, json_response
 from .effects import Acquire, Handler, Release, Sleep, run_async, run_sync
+from .exitcodes import EXIT_CRASH
 from .log import access, log
 from .runtime import Runtime
 
@@ -154,7 +155,7 @@ def metrics_(req: Request, rt: Runtime) -> Handler:
 
 # -- faults -----------------------------------------------------------------------------------------------------
 def fault_crash(req: Request, rt: Runtime) -> Response:
-    log.warning("fault: /fault/crash — exiting with status %d, no cleanup", faults.EXIT_CRASH)
+    log.warning("fault: /fault/crash — exiting with status %d, no cleanup", EXIT_CRASH)
     faults.crash()
     raise AssertionError("unreachable")
 
@@ -248,14 +249,13 @@ ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
     "/_lab/stats": (("GET",), lab_stats),
     metrics.PATH: (("GET",), metrics_),  # never accounted: see dispatch_sync
 }
+# The fault routes come from the one fault table (faults.FAULTS); kill-worker and kill-process share /_lab/kill.
+FAULT_HANDLERS: dict[str, Route] = {"crash": fault_crash, "segfault": fault_segfault, "hang": fault_hang,
+                                    "leak": fault_leak, "raise": fault_raise, "kill-worker": lab_kill,
+                                    "kill-process": lab_kill}
 FAULT_ROUTES: dict[str, tuple[tuple[str, ...], Route]] = {
-    "/fault/crash": (("GET", "POST"), fault_crash),
-    "/fault/segfault": (("GET", "POST"), fault_segfault),
-    "/fault/hang": (("GET", "POST"), fault_hang),
-    "/fault/leak": (("GET", "POST"), fault_leak),
-    "/fault/raise": (("GET", "POST"), fault_raise),
-    "/_lab/kill": (("POST",), lab_kill),
-    "/_lab/scale": (("POST",), lab_scale),
+    **{f.path: (f.methods, FAULT_HANDLERS[f.kind]) for f in faults.FAULTS},
+    "/_lab/scale": (("POST",), lab_scale),  # a control, not a fault, behind --faults too
 }
 
 tally.register_routes(ROUTES, FAULT_ROUTES)  # /metrics labels these templates; any other path is `other`

@@ -162,12 +162,14 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench.kit import MODELS as BENCH_MODELS  # the lab's servers: the models Locust can load
     from .bench.scenarios import DEFAULT, SCENARIOS
     p = sub.add_parser("bench", help="measure the processes-vs-threads table; write results.json + a report",
                        description="Start the servers (pinned with taskset), load them with Locust as a subprocess, "
                        "sample /_lab/stats, and write DIR/results.json, report.md, report.html and PNG charts. "
                        "With CI=true a scenario that errored or was skipped fails the run.")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default: all: {', '.join(MODELS)})")
+    p.add_argument("--models", default=",".join(BENCH_MODELS),
+                   help=f"comma-separated (default: the lab's servers: {', '.join(BENCH_MODELS)})")
     p.add_argument("--scenarios", default=",".join(DEFAULT),
                    help=f"comma-separated from: {', '.join(SCENARIOS)} (default: all but "
                    f"{', '.join(n for n in SCENARIOS if n not in DEFAULT) or 'none'})")

@@ -1,7 +1,7 @@
 """Sans-IO HTTP/1.1 codec on httptools: bytes in, `Request`s or one `HttpError` out, response bytes back.
 
-This module imports neither `socket` nor `asyncio`: the three servers feed it whatever they read, however
-they read it, so the same input gets the same answer from every model. It is the only code that touches
+This module imports neither `socket` nor `asyncio`: every engine feeds it whatever it reads, however
+it reads it, so the same input gets the same answer from every model. It is the only code that touches
 httptools (llhttp). llhttp already rejects most malformed framing (Content-Length with Transfer-Encoding,
 duplicate Content-Length, bad chunk sizes, bare CR, control characters in values); the rules it leaves to
 the server are enforced here: Host on HTTP/1.1, the version (505), and the size limits, each mapped to a

@@ -49,18 +49,14 @@ def path() -> str:
 
 
 def kind_of(route: str) -> str:
-    """The event kind of a lab route: "/fault/crash" → "crash", "/_lab/kill" → "kill", "/_lab/scale" → "scale"."""
-    table = getattr(faults, "kind_of", None)  # the soak branch makes faults.py the one fault table
-    if table is not None:
-        try:
-            kind = table(route)
-            if kind:
-                return str(kind)
-        except (KeyError, ValueError):
-            pass
-    from .metrics import FAULT_KINDS  # here: Locust reads the log too, and needs no prometheus_client for it
+    """The event kind of a lab route: "/fault/crash" → "crash", "/_lab/kill" → "kill", "/_lab/scale" → "scale".
 
-    return FAULT_KINDS.get(route) or route.rpartition("/")[2]
+    Its fault kind from the one fault table (faults.kind_of), except a kill: the event says "kill" and keeps
+    its target (worker or process) in a field of its own, as a kill from outside does (webmodels.actions).
+    """
+    path = route.partition("?")[0]
+    kind = faults.kind_of(path)
+    return kind if kind and path != "/_lab/kill" else path.rpartition("/")[2]
 
 
 def record(server: str, kind: str, *, via: str, by: str = "?", pid: int | None = None,

@@ -1,6 +1,6 @@
 """The lab's servers, in one table, and the lab's settings for `webmodels up`, `status`, `kill` and the bench.
 
-SERVERS is the one list of the lab's servers (DESIGN.md rule 12): each row says the port, the settings file,
+SERVERS is the one list of the lab's servers (one table per fact): each row says the port, the settings file,
 the Locust user class, the environment variable holding its URL, whether a master supervises workers and
 which engine serves. Everything that lists the servers reads it: the native supervisor, status/kill/scale,
 the actions layer, the locustfile (its user classes are made from it), the Servers tab and its charts,

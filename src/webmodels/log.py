@@ -1,4 +1,4 @@
-"""One log format for all three models: time, pid, level, message."""
+"""One log format for every model: time, pid, level, message."""
 
 from __future__ import annotations
 

@@ -71,10 +71,10 @@ def argv(binary: str, config_file: str, data_dir: str, listen: str) -> list[str]
             "--log.level=warn"]
 
 
-def native_command(ports: dict[str, int], offset: int = 0) -> tuple[list[str], int]:
-    """`webmodels up --metrics`'s Prometheus: (its command line, its port 9090+OFFSET), scraping PORTS.
+def native(ports: dict[str, int], offset: int = 0) -> tuple[list[str], int]:
+    """`webmodels up --metrics`' Prometheus: its command line and port (127.0.0.1:9090+OFFSET), scraping PORTS.
 
-    The supervisor makes the child of it (supervisor → promlab: this module knows nothing of supervisors).
+    The supervisor makes it one of its children: it imports this module, never the other way round.
     """
     binary = find_binary()
     if binary is None:

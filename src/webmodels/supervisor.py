@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .faults import EXIT_NAMES
+from . import promlab
+from .exitcodes import EXIT_NAMES
 from .launch import Process, accepts, serve_argv, stop_all
 from . import pathlink
 from .events import ENV as EVENTS_ENV
@@ -408,10 +409,8 @@ def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 
         ports["locust"] = LOCUST_PORT + offset
     extra = []
     if metrics:  # Prometheus scraping the servers (webmodels.promlab owns the details)
-        from .promlab import native_command
-        argv, port = native_command({m: p + offset for m, p in LAB_PORTS.items()}, offset)
-        extra.append(Child("prometheus", argv, {}, port=port))
-        ports["prometheus"] = port
+        prom_argv, ports["prometheus"] = promlab.native({m: p + offset for m, p in LAB_PORTS.items()}, offset)
+        extra.append(Child("prometheus", prom_argv, {}, port=ports["prometheus"]))
     check_ports_free(ports)
     policy = policy or RestartPolicy()
     state_path = supervisor_state_path(offset)

@@ -25,14 +25,17 @@ from typing import Any, Mapping
 import httpx
 
 from .. import config
+from ..faults import kind_of
+from ..lab import SERVERS as LAB_SERVERS
 from . import locustrun
 from .runner import BenchServer, Pinning, Progress, RemoteServer, StatsSampler, get_stats
 
-MODELS: tuple[str, ...] = config.MODELS
-# the models with a master and worker processes (kill --worker, per-worker stats); config has it after the
-# hybrids land, prefork alone before
-MASTER_MODELS: tuple[str, ...] = getattr(config, "MASTER_MODELS", ("prefork",))
+# The models the bench can load: the lab's servers, each with its Locust user class (lab.SERVERS); a model of
+# `webmodels serve` that is not a lab server yet has no user class, so Locust could not load it.
+MODELS = tuple(m for m in config.MODELS if m in LAB_SERVERS)
+MASTER_MODELS = config.MASTER_MODELS  # a master and worker processes
 HYBRIDS = ("hybrid-threads", "hybrid-loop")
+SIZE_KEYS = ("workers", "threads")  # of a server's effective config, kept with its final stats
 LOCUST_OVERHEAD_S = 1.5  # start-up and shutdown of one Locust subprocess, for the progress estimate
 SERVER_START_S = 0.4
 
@@ -79,11 +82,11 @@ class Bench:
     def locust(self, targets: dict[str, str], users_each: int, duration: float, workload: str,
                label: str, *, extra_args: list[str] | None = None, **options: Any) -> dict[str, Any]:
         self.runs += 1
-        self.progress.step(label, duration + LOCUST_OVERHEAD_S)
+        workdir = self.workdir / f"run{self.runs:03d}"
+        self.progress.step(label, duration + LOCUST_OVERHEAD_S, detail=lambda: locustrun.live(workdir))
         spec = locustrun.LocustRun(targets=targets, users=users_each * len(targets), duration=duration,
                                    workload=workload, options={k: v for k, v in options.items() if v is not None})
-        return locustrun.run(spec, cpus=self.pin.locust, workdir=self.workdir / f"run{self.runs:03d}",
-                             extra_args=extra_args)
+        return locustrun.run(spec, cpus=self.pin.locust, workdir=workdir, extra_args=extra_args)
 
 
 def med(xs: list[float]) -> float | None:
@@ -169,14 +172,14 @@ def time_stats_route(url: str, n: int) -> list[float]:
     return out
 
 
-def peak(samples: list[dict[str, Any]] | dict[str, Any], key: str) -> int | None:
+def peak(samples: dict[str, Any], key: str) -> int | None:
     samples = unpack_samples(samples)
     vals = [s["totals"][key] for s in samples if s.get("up") and s.get("totals")]
     return max(vals) if vals else None
 
 
-def series(samples: list[dict[str, Any]], key: str, *path: str) -> list[list[float]]:
-    """[[t, value], ...] for a totals key (or a counters path) of a sampler's samples."""
+def series(samples: dict[str, Any], key: str, *path: str) -> list[list[float]]:
+    """[[t, value], ...] for a totals key (or a counters path) of a sampler's packed samples."""
     samples = unpack_samples(samples)
     out = []
     for s in samples:
@@ -217,6 +220,23 @@ def tree_ctx(stats: dict[str, Any] | None) -> dict[str, int] | None:
     return {"voluntary": vol, "involuntary": invol}
 
 
+def settled_stats(url: str, within_s: float = 2.0) -> dict[str, Any] | None:
+    """/_lab/stats once the requests a stopped load left behind are done (in_flight read the same twice in a row).
+
+    Locust abandons its in-flight requests at stop; the server still finishes them. What is busy after that is
+    what the load left stuck (a hung thread), not what it was doing. None if the server does not answer.
+    """
+    deadline = time.monotonic() + within_s
+    doc = get_stats(url)
+    while doc is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = get_stats(url)
+        if again is None or again["counters"].get("in_flight") == doc["counters"].get("in_flight"):
+            return again or doc
+        doc = again
+    return doc
+
+
 def native_only(bench: Bench, name: str) -> dict[str, Any] | None:
     if bench.native:
         return None
@@ -243,13 +263,14 @@ def side_by_side(bench: Bench, label: str, flags: dict[str, list[str]], users_ea
         with StatsSampler({m: s.url for m, s in servers.items()}, interval=interval) as sampler:
             result = bench.locust({m: s.url for m, s in servers.items()}, users_each, duration, workload, label,
                                   **options)
-        final = {m: get_stats(s.url) for m, s in servers.items()}
+        final = {m: settled_stats(s.url) for m, s in servers.items()}
     finally:
         stop_all(servers)
     result["samples"] = {m: pack_samples(v) for m, v in sampler.samples.items()}
     result["sampler_t0"] = sampler.t0
     result["restarts"] = {m: s.deaths for m, s in servers.items()}
-    result["final_stats"] = {m: (None if d is None else {"counters": d["counters"], "totals": d["totals"]})
+    result["final_stats"] = {m: (None if d is None else {"counters": d["counters"], "totals": d["totals"],
+                                                         "config": {k: d["config"].get(k) for k in SIZE_KEYS}})
                              for m, d in final.items()}
     result["server_flags"] = {m: flags.get(m, []) for m in models}
     result["accounting_rows"] = accounting_rows(result)
@@ -301,16 +322,25 @@ def alone(bench: Bench, model: str, flags: list[str], label: str, users: int, du
 
 
 def _per_worker(stats: dict[str, Any]) -> dict[str, Any]:
-    """/_lab/stats' per-worker list (CONTRACT.md; servers from before the hybrids have none)."""
+    """/_lab/stats' per-worker list (one row per serving process)."""
     return {"per_worker": stats["per_worker"]} if stats.get("per_worker") else {}
 
 
+def second_zero(result: dict[str, Any]) -> int:
+    """The epoch second a Locust run's test started in (its accounting says when; else the process start)."""
+    return int((result.get("accounting_run") or {}).get("started_at") or result["started_at"])
+
+
 def ok_rate(result: dict[str, Any], model: str) -> list[list[float]]:
-    """[[second of the run, successful user requests completed in it], ...] from Locust's own counters."""
+    """[[second of the run, successful user requests completed in it], ...] from Locust's own counters.
+
+    Second 0 is the one the test started in (Locust's own start-up before it is not the run), and the last is
+    the one it stopped in (partial), so the one before it is the last full second.
+    """
     reqs: dict[int, int] = {}
-    t0 = int(result["started_at"])
+    t0, run = second_zero(result), result.get("accounting_run") or {}
     for name, row in result["stats"].items():
-        if not name.startswith(model + " ") or "/fault/" in name:
+        if not name.startswith(model + " ") or kind_of(name.partition(" ")[2]):  # user requests only
             continue
         for sec, n in row.get("per_s", []):
             reqs[sec] = reqs.get(sec, 0) + n
@@ -318,11 +348,11 @@ def ok_rate(result: dict[str, Any], model: str) -> list[list[float]]:
             reqs[sec] = reqs.get(sec, 0) - n
     if not reqs:
         return []
-    last = t0 + int(round(result["duration_s"])) + 1
-    return [[sec - t0, reqs.get(sec, 0)] for sec in range(t0, last)]
+    last = int(run["stopped_at"]) if run.get("stopped_at") else t0 + int(round(result["duration_s"]))
+    return [[sec - t0, reqs.get(sec, 0)] for sec in range(t0, last + 1)]
 
 
-def unanswered_s(samples: list[dict[str, Any]]) -> float:
+def unanswered_s(samples: dict[str, Any]) -> float:
     """Seconds during which /_lab/stats did not answer (each failed poll blocks the sampler up to its timeout)."""
     samples = unpack_samples(samples)
     total = 0.0
@@ -345,10 +375,8 @@ SAMPLE_FIELDS = (("t", None), ("up", None), ("rss", "totals"), ("uss", "totals")
                  ("loop_lag_max_ms", "counters"), ("workers", "counters"))
 
 
-def pack_samples(samples: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+def pack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Sampler dicts → {"cols": [...], "rows": [[...], ...]} with only the fields the report reads."""
-    if isinstance(samples, dict):
-        return samples  # already packed
     rows = []
     for s in samples:
         row = []
@@ -359,10 +387,8 @@ def pack_samples(samples: list[dict[str, Any]] | dict[str, Any]) -> dict[str, An
     return {"cols": [k for k, _ in SAMPLE_FIELDS], "rows": rows}
 
 
-def unpack_samples(samples: list[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
-    """Packed (or old, full) samples → [{"t", "up", "totals": {...}, "counters": {...}}, ...]."""
-    if isinstance(samples, list):
-        return samples  # results written before packing
+def unpack_samples(samples: dict[str, Any]) -> list[dict[str, Any]]:
+    """Packed samples → [{"t", "up", "totals": {...}, "counters": {...}}, ...]."""
     where = dict(SAMPLE_FIELDS)
     out = []
     for row in samples["rows"]:

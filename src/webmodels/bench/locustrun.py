@@ -1,12 +1,19 @@
 """One headless Locust run as a subprocess: its statistics, its fault accounting and its own CPU.
 
 Locust is never imported here (it monkey-patches the interpreter with gevent); we start `locust` with the
-project's locustfile, read back its CSV statistics and the per-server fault-accounting JSON it writes at test
+project's locustfile, read back its JSON statistics and the per-server fault-accounting JSON it writes at test
 stop, and watch its process tree with psutil so the report can tell a server's ceiling from the generator's.
+While it runs, its CSV statistics (rewritten every second, flushed every few) say how far it got (`live`).
+
+The plain-Python parts of loadtest/ (the accounting, the timeline) are the bench's too: loadtest/ ships beside
+the package, where the locustfile is, so its directory is appended to sys.path here — appended, so an
+installed package always wins a name. Import from it only modules that import neither Locust nor gevent
+(test_bench checks that the bench never loads them).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -21,13 +28,22 @@ from typing import Any
 
 import psutil
 
+from ..faults import kind_of
 from ..lab import project_root
 from ..launch import clean_env
 from .runner import taskset
 
+if str(project_root()) not in sys.path:
+    sys.path.append(str(project_root()))
+from loadtest.accounting import RecoveryWatch, injection_key  # noqa: E402
+from loadtest.timeline import read as read_timeline  # noqa: E402
+
+__all__ = ["LocustRun", "RecoveryWatch", "injection_key", "live", "read_timeline", "run", "server_stats", "url_env",
+           "user_class"]
+
 
 def user_class(model: str) -> str:
-    """The locustfile's user class for MODEL: hybrid-threads → HybridThreadsUser (CONTRACT.md)."""
+    """The locustfile's user class for MODEL: hybrid-threads → HybridThreadsUser."""
     return "".join(part.capitalize() for part in model.split("-")) + "User"
 
 
@@ -59,6 +75,29 @@ def locust_bin() -> str:
 
 def locustfile() -> Path:
     return project_root() / "loadtest" / "locustfile.py"
+
+
+def live(workdir: Path) -> str:
+    """How far the Locust run writing its CSV statistics in WORKDIR got: requests, failures, faults injected."""
+    requests: int | None = None
+    failures = faults = 0
+    try:
+        with open(workdir / "locust_stats.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                name, n = row["Name"], int(row["Request Count"])
+                if name == "Aggregated":  # the last row: a file without it was caught mid-rewrite
+                    requests, failures = n, int(row["Failure Count"])
+                elif kind_of(name.partition(" ")[2]):  # "prefork /fault/crash": the injector's requests
+                    faults += n
+    except (OSError, KeyError, ValueError, TypeError):  # not written yet, or caught mid-rewrite
+        return ""
+    if requests is None:
+        return ""
+    return f"{_n(requests)} requests ({_n(failures)} failed), {_n(faults)} faults injected"
+
+
+def _n(x: int) -> str:
+    return f"{x:,}".replace(",", " ")  # the report's thousands separator
 
 
 def _opt(name: str) -> str:
@@ -186,7 +225,8 @@ def run(spec: LocustRun, *, cpus: tuple[int, ...], workdir: Path | None = None,
     argv = [locust_bin(), "-f", str(locustfile()), "--headless", "--only-summary", "--skip-log-setup",
             "-u", str(spec.users), "-r", str(spec.spawn_rate or spec.users),
             "-t", f"{max(1, round(spec.duration))}s", "--stop-timeout", "0",
-            "--json-file", str(prefix), "--workload", spec.workload, "--accounting-json", str(accounting)]
+            "--json-file", str(prefix), "--csv", str(prefix), "--workload", spec.workload,
+            "--accounting-json", str(accounting)]
     if spec.processes:
         argv += ["--processes", str(spec.processes)]
     for key, value in spec.options.items():
@@ -240,6 +280,3 @@ def server_stats(result: dict[str, Any], model: str) -> dict[str, Any]:
             "rps": sum(r["rps"] or 0 for r in rows.values()), "p50_ms": busiest["p50_ms"],
             "p99_ms": busiest["p99_ms"], "percentiles_of": max(rows, key=lambda n: rows[n]["requests"])}
 
-
-def env_dump(path: os.PathLike[str], obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..lab import LAB_PORTS, server_url
-from . import READABLE_SCHEMAS, SCHEMA
+from . import SCHEMA
 from .kit import MODELS, Bench, Plan
 from .report import build
 from .runner import Pinning, Progress, dumps, machine_facts
@@ -39,8 +39,8 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
         return 2
     bad = [m for m in models if m not in MODELS]
     if bad:
-        print(f"webmodels bench: error: unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)}",
-              file=sys.stderr)
+        print(f"webmodels bench: error: unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)} (the "
+              "lab's servers: Locust has a user class for each)", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     if seed is None and "soak" in scenarios:
@@ -102,14 +102,17 @@ def run_bench(*, models: list[str], scenarios: list[str], duration: float | None
 
 
 def print_summary(results: dict[str, Any], out: Path, written: dict[str, Any]) -> None:
-    from .report import accounting_table, headline
+    from .report import REPORT_MODELS, accounting_table, headline
     _, totals, balanced = accounting_table(results)
     print(f"bench done in {results['elapsed_s']} s → {out}/report.md, report.html, {len(written['charts'])} charts, "
           "results.json")
     print(f"accounting: {totals['requests']} sent = {totals['ok']} ok + {totals['expected']} expected + "
           f"{totals['collateral']} collateral ({'balanced in every run' if balanced else 'NOT BALANCED'})")
-    for row in headline(results):
-        print(f"  {row[0]:<30} " + " | ".join(row[1:-2]))
+    models = [m for m in REPORT_MODELS if m in results["settings"]["models"]]
+    for row in headline(results):  # label, one cell per model, conditions, why
+        print(f"  {row[0]}")
+        for model, cell in zip(models, row[1:-2]):
+            print(f"    {model + ':':<16}{cell}")
 
 
 def run_report(directory: Path) -> int:
@@ -119,14 +122,11 @@ def run_report(directory: Path) -> int:
               file=sys.stderr)
         return 2
     results = json.loads(path.read_text())
-    if results.get("schema") not in READABLE_SCHEMAS:
-        print(f"webmodels report: error: {path} has schema {results.get('schema')}, expected one of "
-              f"{', '.join(map(str, READABLE_SCHEMAS))}", file=sys.stderr)
+    if results.get("schema") != SCHEMA:
+        print(f"webmodels report: error: {path} has schema {results.get('schema')}; this version reads schema "
+              f"{SCHEMA} (re-run `webmodels bench` with it)", file=sys.stderr)
         return 2
     written = build(results, directory)
     print(f"report rebuilt: {directory}/report.md, report.html, {len(written['charts'])} charts")
     return 0
 
-
-def default_out() -> Path:
-    return Path(os.environ.get("WEBMODELS_BENCH_OUT", "bench-report"))

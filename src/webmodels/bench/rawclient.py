@@ -1,10 +1,11 @@
 """Raw-socket HTTP/1.1 clients on asyncio for what Locust and wrk cannot show: per-connection counts.
 
-Totals hide a server that serves a few connections and starves the rest (DESIGN.md, "Measuring honestly"),
-so these clients count per connection: completions of back-to-back keep-alive requests (fairness), idle
-connections held and whether each ever got its first answer (many idle clients), request heads trickled
-one byte at a time (slow clients). Stdlib asyncio only: no HTTP library in between that might retry,
-pool or reconnect behind our back.
+Totals hide a server that serves a few connections and starves the rest, so these clients count per
+connection: completions of back-to-back keep-alive requests (fairness), idle connections held and whether
+each ever got its first answer (many idle clients), request heads trickled one byte at a time (slow
+clients); and `send_all` sends a fixed number of requests from many clients at once (the /counter race),
+so a figure does not depend on how fast a busy machine lets a timed run go. Stdlib asyncio only: no HTTP
+library in between that might retry, pool or reconnect behind our back.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 HELLO = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 HELLO_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+def address(url: str) -> tuple[str, int]:
+    """(host, port) of an http:// URL."""
+    u = urlsplit(url)
+    return u.hostname or "127.0.0.1", u.port or 80
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -144,3 +152,54 @@ class Probe:
                 "p50_ms": round(xs[len(xs) // 2], 2) if xs else None,
                 "p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))], 2) if xs else None,
                 "failures": dict(self.failures)}
+
+
+# -- a fixed number of requests, many clients at once ------------------------------------------------------------
+def get(path: str) -> bytes:
+    """A keep-alive GET of PATH."""
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+async def _sender(host: str, port: int, requests: list[tuple[str, bytes]], out: dict[str, dict[str, int]],
+                  timeout: float) -> None:
+    writer = None
+    try:
+        for label, raw in requests:
+            count = out.setdefault(label, {"ok": 0, "failed": 0})
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                writer.write(raw)
+                status, keep = await asyncio.wait_for(read_response(reader), timeout)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+                count["failed"] += 1
+                keep = False
+            else:
+                count["ok" if status == 200 else "failed"] += 1
+            if not keep and writer is not None:
+                writer.close()
+                writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def send_all(servers: dict[str, tuple[str, int]], requests: list[tuple[str, bytes]], clients: int,
+             timeout: float = 10.0) -> dict[str, dict[str, dict[str, int]]]:
+    """CLIENTS keep-alive clients per server, all at once, each sending REQUESTS in order: ok / failed per label.
+
+    Bounded by count, not time: the figures do not depend on how fast a busy machine lets the clients go.
+    """
+    out: dict[str, dict[str, dict[str, int]]] = {}
+
+    async def main() -> None:
+        per_client = {(name, i): {} for name in servers for i in range(clients)}
+        await asyncio.gather(*(_sender(*servers[name], requests, counts, timeout)
+                               for (name, _), counts in per_client.items()))
+        for (name, _), counts in per_client.items():
+            for label, c in counts.items():
+                total = out.setdefault(name, {}).setdefault(label, {"ok": 0, "failed": 0})
+                total["ok"] += c["ok"]
+                total["failed"] += c["failed"]
+    asyncio.run(main())
+    return out

@@ -19,11 +19,13 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 import httpx
+import psutil
 
 from .. import launch
+from ..stats import process_info
 
 STATS_TIMEOUT = 1.0  # a stalled event loop must not stall the sampler
 
@@ -210,37 +212,68 @@ def get_stats(url: str, timeout: float = STATS_TIMEOUT) -> dict[str, Any] | None
 
 
 def compact(stats: dict[str, Any]) -> dict[str, Any]:
-    """The part of a /_lab/stats document the bench keeps for every sample."""
+    """The part of a /_lab/stats document the bench keeps for every sample.
+
+    `root` is the process whose death is the server's (the master of a master model): its file descriptors,
+    threads, RSS and children — the figures a long run must not see grow.
+    """
+    procs = stats.get("processes", [])
+    root = next((p for p in procs if p["pid"] == stats.get("pid")), None)
     return {"pid": stats.get("pid"), "totals": stats.get("totals", {}), "counters": stats.get("counters", {}),
-            "pids": [p["pid"] for p in stats.get("processes", [])],
-            "threads": [p["threads"] for p in stats.get("processes", [])]}
+            "pids": [p["pid"] for p in procs], "threads": [p["threads"] for p in procs],
+            "root": root and {"fds": root["open_fds"], "threads": root["threads"], "rss": root["rss"],
+                              "children": stats.get("children", sum(1 for p in procs if p["ppid"] == root["pid"]))}}
+
+
+def local_stats(pid: int) -> dict[str, Any] | None:
+    """A /_lab/stats-shaped document for a process of ours (the bench itself), measured as a server measures its own."""
+    info = process_info(pid, "local")
+    if info is None:
+        return None
+    try:
+        children = len(psutil.Process(pid).children())  # the bench supervises: a child it never reaped stays
+    except psutil.Error:
+        return None
+    return {"pid": pid, "processes": [info], "children": children, "counters": {},
+            "totals": {"rss": info["rss"], "uss": info["uss"], "pss": info["pss"], "threads": info["threads"],
+                       "processes": 1}}
 
 
 class StatsSampler:
-    """Poll /_lab/stats of several servers in the background; a server that does not answer is recorded down."""
+    """Poll /_lab/stats of several servers in the background; a server that does not answer is recorded down.
 
-    def __init__(self, servers: dict[str, str], interval: float = 0.25) -> None:
+    LOCAL names processes of ours (name → pid) sampled the same way without HTTP (local_stats).
+    """
+
+    def __init__(self, servers: dict[str, str], interval: float = 0.25, local: dict[str, int] | None = None) -> None:
         self.servers = servers
         self.interval = interval
-        self.samples: dict[str, list[dict[str, Any]]] = {m: [] for m in servers}
+        sources: dict[str, str | int] = {**servers, **(local or {})}
+        self.samples: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(m, u), daemon=True) for m, u in servers.items()]
+        self._threads = [threading.Thread(target=self._loop, args=(name, source), daemon=True)
+                         for name, source in sources.items()]
         self.t0 = time.time()
 
-    def _loop(self, model: str, url: str) -> None:
-        with httpx.Client(timeout=STATS_TIMEOUT) as client:
+    def _loop(self, name: str, source: str | int) -> None:
+        """Sample SOURCE (a server's URL, or a pid of ours) every interval until stopped."""
+        with httpx.Client(timeout=STATS_TIMEOUT) as client:  # one connection per server, kept
             while not self._stop.is_set():
                 t = time.time()
-                try:
-                    r = client.get(f"{url}/_lab/stats")
-                    doc = compact(r.json()) if r.status_code == 200 else None
-                except (httpx.HTTPError, ValueError):
-                    doc = None
+                doc = local_stats(source) if isinstance(source, int) else self._get(client, source)
                 sample = {"t": round(t - self.t0, 3), "ms": round((time.time() - t) * 1000, 2), "up": doc is not None}
                 if doc:
-                    sample.update(doc)
-                self.samples[model].append(sample)
+                    sample.update(compact(doc))
+                self.samples[name].append(sample)
                 self._stop.wait(max(0.0, self.interval - (time.time() - t)))
+
+    @staticmethod
+    def _get(client: httpx.Client, url: str) -> dict[str, Any] | None:
+        try:
+            r = client.get(f"{url}/_lab/stats")
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     def __enter__(self) -> "StatsSampler":
         self.t0 = time.time()
@@ -255,7 +288,15 @@ class StatsSampler:
 
 
 class Progress:
-    """One updating line on stderr: bar, percent, scenario, model, time left (estimated from the plan)."""
+    """One updating line on stderr: bar, percent, the step and how far it is, time left (estimated from the plan).
+
+    A step names what it runs and may name a DETAIL (a callable: what the step has done so far, e.g. a Locust
+    run's requests and faults injected), shown with the step's elapsed seconds. Not on a terminal (CI, a log
+    file) the line is printed once per step and again every PLAIN_EVERY_S while a step lasts: a long step
+    shows that it moves.
+    """
+
+    PLAIN_EVERY_S = 10.0
 
     def __init__(self, total_s: float, enabled: bool | None = None, stream: Any = None) -> None:
         self.total = max(total_s, 1.0)
@@ -263,42 +304,58 @@ class Progress:
         self.step_s = 0.0
         self.step_t0 = time.monotonic()
         self.label = ""
+        self.detail: Callable[[], str] | None = None
         self.t0 = time.monotonic()
-        self.stream = stream or sys.stderr
+        self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._last_plain = ""
+        self._plain_at = -1.0  # when the last plain line was printed (monotonic); -1: not for this step
 
     def start(self) -> "Progress":
         self._thread.start()
         return self
 
-    def step(self, label: str, planned_s: float) -> None:
-        """Begin a step expected to take PLANNED_S seconds."""
+    def step(self, label: str, planned_s: float, detail: Callable[[], str] | None = None) -> None:
+        """Begin a step expected to take PLANNED_S seconds; DETAIL() says what it has done so far."""
         self.done += self.step_s
-        self.step_s, self.step_t0, self.label = planned_s, time.monotonic(), label
+        self.step_s, self.step_t0, self.label, self.detail = planned_s, time.monotonic(), label, detail
+        self._plain_at = -1.0
         self._draw()
 
     def _fraction(self) -> float:
         in_step = min(time.monotonic() - self.step_t0, self.step_s)
         return min((self.done + in_step) / self.total, 1.0)
 
-    def _draw(self) -> None:
+    def line(self) -> str:
+        """The progress line as it reads now."""
+        now = time.monotonic()
         frac = self._fraction()
-        elapsed = time.monotonic() - self.t0
-        left = max(self.total - (self.done + min(time.monotonic() - self.step_t0, self.step_s)), 0)
+        elapsed = now - self.t0
+        left = max(self.total - (self.done + min(now - self.step_t0, self.step_s)), 0)
         # scale the planned remainder by how far the plan has been off so far
         if frac > 0.05:
             left = max(elapsed / frac - elapsed, 0)
+        where = f"{_mmss(now - self.step_t0)} of ~{_mmss(self.step_s)}"
+        try:
+            done = self.detail() if self.detail else ""
+        except Exception:  # noqa: BLE001 - a progress detail must never break the run it describes
+            done = ""
         bar = "#" * int(frac * 30)
-        line = f"[{bar:<30}] {frac * 100:3.0f}%  {self.label}  ~{_mmss(left)} left"
+        return (f"[{bar:<30}] {frac * 100:3.0f}%  {self.label} · {where}" + (f" · {done}" if done else "")
+                + f"  ~{_mmss(left)} left")
+
+    def _draw(self) -> None:
+        if not self.label:
+            return  # no step yet
         if self.enabled:
-            self.stream.write("\r\x1b[2K" + line[:150])
+            self.stream.write("\r\x1b[2K" + self.line()[:160])
             self.stream.flush()
-        elif self.label != self._last_plain:  # not a terminal (CI, a log file): one line per step
-            self._last_plain = self.label
-            self.stream.write(line + "\n")
+            return
+        now = time.monotonic()
+        if self._plain_at < 0 or now - self._plain_at >= self.PLAIN_EVERY_S:
+            self._plain_at = now
+            self.stream.write(self.line() + "\n")
             self.stream.flush()
 
     def _loop(self) -> None:
@@ -348,7 +405,6 @@ def machine_facts() -> dict[str, Any]:
                                 cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
-    import psutil
     return {
         "cores_online": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "cpu_model": cpu_model,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

@@ -15,7 +15,6 @@ from typing import Any
 from ..kit import Bench, alone, native_only
 from ..report import Charts, Doc, fmt, guard
 from . import Cells, Scenario
-from .slow import serve_has_flag
 
 CONFIGS = (("prefork", ["--workers", "4"]), ("hybrid-loop", []))
 
@@ -29,9 +28,6 @@ def run(bench: Bench) -> dict[str, Any]:
     if (skip := native_only(bench, "--reuseport")):
         return skip
     p = bench.plan
-    if not serve_has_flag("--reuseport"):
-        return {"skipped": "`webmodels serve` has no --reuseport in this version (the hybrids' engines branch adds "
-                           "it)", "raw": {}, "summary": {}}
     users = p.pick(16, 32)
     runs: dict[str, Any] = {}
     for model, flags in CONFIGS:
@@ -42,7 +38,7 @@ def run(bench: Bench) -> dict[str, Any]:
             r = alone(bench, model, flags + extra, f"accept distribution · {label}", users, p.step, "hello")
             b, a = _per_worker(r.get("before")), _per_worker(r.get("after"))
             if not a:
-                raise RuntimeError(f"{model}: /_lab/stats has no per_worker list (CONTRACT.md)")
+                raise RuntimeError(f"{model}: /_lab/stats has no per_worker list")
             workers = []
             for idx, w in sorted(a.items()):
                 prev = b.get(idx) if b.get(idx, {}).get("pid") == w["pid"] else None

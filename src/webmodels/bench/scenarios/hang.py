@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...config import MODEL_ENGINE
 from ..kit import MASTER_MODELS, Bench, med, ok_rate, side_by_side, unanswered_s, unpack_samples
 from ..report import REPORT_MODELS, Charts, Doc, chart_timeline, fmt
 from . import Cells, Scenario
@@ -33,16 +34,20 @@ def run(bench: Bench) -> dict[str, Any]:
     plain = runs["plain"]
     for m in p.models:
         acc = plain["accounting_rows"].get(m, {})
-        samples = unpack_samples(plain["samples"].get(m, []))
-        up = [s for s in samples if s.get("up")]
+        samples = plain["samples"].get(m) or {"cols": [], "rows": []}
+        up = [s for s in unpack_samples(samples) if s.get("up")]
         ok_series = ok_rate(plain, m)
         entry = {"ok": acc.get("ok"), "collateral": acc.get("collateral"), "injected": acc.get("injected"),
                  "stats_unanswered_s": unanswered_s(samples),
                  "ok_per_s_first_second": ok_series[1][1] if len(ok_series) > 1 else None,
                  "ok_per_s_last_second": ok_series[-2][1] if len(ok_series) > 1 else None}
-        fin = (plain["final_stats"].get(m) or {}).get("counters", {})
-        if m == "threadpool":
-            entry["pool_size"] = POOL_THREADS
+        final = plain["final_stats"].get(m) or {}
+        fin = final.get("counters", {})
+        if MODEL_ENGINE.get(m) == "threads":
+            size = final.get("config") or {}
+            entry["threads"] = (size.get("threads") or 0) * (size.get("workers") or 1) or None
+            # after the load stopped, the busy threads are the hung ones (less the one answering /_lab/stats)
+            entry["hung_threads"] = fin["busy_threads"] - 1 if "busy_threads" in fin else None
         if any("busy_threads" in s["counters"] for s in up):
             entry["busy_threads_max"] = max((s["counters"].get("busy_threads", 0) for s in up), default=None)
         if m in MASTER_MODELS:
@@ -62,40 +67,35 @@ def run(bench: Bench) -> dict[str, Any]:
 
 
 def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cells:
+    """Per model: what ended its hangs (or nothing did), the capacity left, and the ok/s that capacity gives."""
     s = sc["summary"]
     out = {}
-    for m in MASTER_MODELS:
-        if m in s:
-            out[m] = (f"{fmt(s[m].get('timeout_kills'))} hung workers killed after "
-                      f"{fmt(s.get('prefork_timeout_s'))} s; {fmt(s[m].get('workers_at_end'))} workers at end")
-            if m != "prefork":
-                out[m] += f"; ok/s at end {fmt(s[m].get('ok_per_s_last_second'))}"
-    if "threadpool" in s:
-        out["threadpool"] = (f"busy threads → {fmt(s['threadpool'].get('busy_threads_max'))}/"
-                             f"{fmt(s['threadpool'].get('pool_size'))} (leaked); ok/s at end "
-                             f"{fmt(s['threadpool'].get('ok_per_s_last_second'))}")
-    if "eventloop" in s:
-        out["eventloop"] = (f"stalled: ok/s at end {fmt(s['eventloop'].get('ok_per_s_last_second'))}; "
-                            f"stats unanswered {fmt(s['eventloop'].get('stats_unanswered_s'))} s")
-        if "eventloop --watchdog 1" in s:
-            wd = s["eventloop --watchdog 1"]
-            out["eventloop"] += f"; --watchdog 1: {fmt(wd.get('restarts'))} restarts"
-    return out, "a hang that never ends by itself"
-
-
-def _what(m: str, e: dict[str, Any]) -> str:
-    if m == "eventloop --watchdog 1":
-        return f"{fmt(e.get('restarts'))} restarts; recovery median {fmt(e.get('recovery_ms_median'))} ms"
-    if m == "threadpool":
-        return f"busy threads max {fmt(e.get('busy_threads_max'))} of {fmt(e.get('pool_size'))}"
-    if m == "eventloop":
-        return (f"loop lag max {fmt(e.get('loop_lag_max_ms'))} ms (as last seen); stats unanswered "
-                f"{fmt(e.get('stats_unanswered_s'))} s")
-    out = f"{fmt(e.get('timeout_kills'))} workers killed for timeout; {fmt(e.get('workers_at_end'))} at end"
-    if m != "prefork":
-        out += (f"; busy threads max {fmt(e.get('busy_threads_max'))}" if "busy_threads_max" in e else "") + \
-               (f"; loop lag max {fmt(e.get('loop_lag_max_ms'))} ms" if "loop_lag_max_ms" in e else "")
-    return out
+    for m in models:
+        e = s.get(m)
+        if not e:
+            continue
+        end = f"{fmt(e.get('ok_per_s_last_second'))} ok/s at the end"
+        if m == "eventloop":
+            out[m] = (f"{fmt(e.get('injected'))} hangs: the first stalls the one loop, nothing ends it → {end}; "
+                      f"/_lab/stats unanswered {fmt(e.get('stats_unanswered_s'))} s")
+            if (wd := s.get("eventloop --watchdog 1")):
+                out[m] += f"; with --watchdog 1: {fmt(wd.get('restarts'))} restarts"
+        elif m == "threadpool":
+            out[m] = (f"{fmt(e.get('injected'))} hangs → {fmt(e.get('hung_threads'))} of {fmt(e.get('threads'))} "
+                      f"threads hung for good (nothing kills a thread); the rest serve {end}")
+        elif MODEL_ENGINE.get(m) == "threads":
+            out[m] = (f"{fmt(e.get('injected'))} hangs → {fmt(e.get('hung_threads'))} of {fmt(e.get('threads'))} "
+                      f"threads hung, {fmt(e.get('timeout_kills'))} workers killed: a threads worker is hung only "
+                      f"when every one of its threads is; the rest serve {end}")
+        else:
+            each = "one request each at a time" if MODEL_ENGINE.get(m) == "sync" else "a loop each"
+            out[m] = (f"{fmt(e.get('injected'))} hangs → {fmt(e.get('timeout_kills'))} workers killed after "
+                      f"{fmt(s.get('prefork_timeout_s'))} s and replaced: {fmt(e.get('workers_at_end'))} at the end, "
+                      f"{each} → {end}")
+    users = s.get("users_per_server") or 0
+    return out, (f"/fault/hang longer than the run every {fmt(s.get('fault_every_s'))} s; {users} users per server "
+                 f"on /io?ms=50 (at most {users * 20} ok/s); masters --timeout {fmt(s.get('prefork_timeout_s'))} s; "
+                 f"pool {fmt(s.get('threadpool_threads'))} threads")
 
 
 def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
@@ -109,9 +109,17 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
         e = s.get(m)
         if not e:
             continue
+        hung = f"{fmt(e['hung_threads'])} of {fmt(e.get('threads'))}" if e.get("hung_threads") is not None else "–"
         rows.append([m, e.get("injected"), e.get("ok"), e.get("collateral"), e.get("ok_per_s_first_second"),
-                     e.get("ok_per_s_last_second"), _what(m, e)])
-    d.table(["model", "hangs", "ok", "collateral", "ok/s in second 1", "ok/s in the last full second", "what the server says"], rows)
+                     e.get("ok_per_s_last_second"), hung, e.get("timeout_kills"), e.get("loop_lag_max_ms"),
+                     e.get("restarts")])
+    d.table(["model", "hangs", "ok", "collateral", "ok/s in second 1", "ok/s in the last full second",
+             "threads hung at the end", "workers killed (--timeout)", "loop lag max ms (as last seen)",
+             "restarts"], rows)
+    d.p("Threads hung at the end: the busy threads once the load stopped (less the one answering `/_lab/stats`). "
+        "A master kills a worker whose heartbeat stops for `--timeout`: a sync or loop worker's stops with its one "
+        "hung request; a threads worker's only when every one of its threads is hung (gunicorn's gthread rule), so "
+        "one hung thread of 16 is carried, like the pool's, until the worker's last thread hangs.")
     d.note("Requests stuck behind a hang when the run stops are abandoned, not failed: that is why a stalled loop "
            "shows few collateral failures — its requests just never come back. The ok/s lines below show it.")
     runs = sc["raw"]["runs"]
@@ -126,5 +134,8 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 
 SCENARIO = Scenario(
     name="hang", row="hung work", title="Hung work: /fault/hang under load",
-    why="only a supervisor outside the stuck code can end a hang: a master kills a worker, nothing kills a thread",
+    why="only a supervisor outside the stuck code can end a hang: a master kills a worker whose heartbeat stopped "
+        "(a threads worker's only when every thread is stuck, gthread's rule), nothing kills a pool's thread, a hung "
+        "loop serves nobody; ok/s at the end is the capacity each has left — the pool's lead lasts only until the "
+        "hangs outnumber its threads, a master's capacity comes back",
     run=run, section=section, cells=cells, quick_s=15, full_s=36)

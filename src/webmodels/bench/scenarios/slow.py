@@ -8,17 +8,14 @@ then one byte of a never-ending header per second; a connection the server close
 flood, another attack). After a one-second head start a normal client sends `GET /` on a fresh
 connection every 100 ms (2 s timeout each) for the rest of the run: its success rate and p99 are the row.
 Defences measured beside the plain run: `--header-timeout 2`, and `--min-rate 100` (bytes/s for heads and
-bodies, as Apache's mod_reqtimeout) when this version of `webmodels serve` has the flag.
+bodies, as Apache's mod_reqtimeout).
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from .. import rawclient
 from ..kit import Bench, native_only, start_all, stop_all
@@ -28,13 +25,6 @@ from . import Cells, Scenario
 ATTACKERS = 100
 HEAD = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Slow: "
 VARIANTS = (("plain", []), ("--header-timeout 2", ["--header-timeout", "2"]), ("--min-rate 100", ["--min-rate", "100"]))
-
-
-def serve_has_flag(flag: str) -> bool:
-    """Ask this version of `webmodels serve --help` whether FLAG exists (another branch may add it)."""
-    out = subprocess.run([sys.executable, "-m", "webmodels.cli", "serve", "--help"], capture_output=True,
-                         text=True, timeout=30)
-    return flag in out.stdout
 
 
 async def _attacker(host: str, port: int, stop: asyncio.Event, stats: dict[str, int]) -> None:
@@ -98,23 +88,18 @@ def run(bench: Bench) -> dict[str, Any]:
         return skip
     p = bench.plan
     seconds, head_start = p.pick(2.5, max(p.step, 8.0)), p.pick(0.8, 1.0)
-    has_min_rate = serve_has_flag("--min-rate")
     per: dict[str, dict[str, Any]] = {}
     # --quick: every model at once too (15 servers, 1,500 slow connections: still waiting, not CPU)
     for batch in p.pick([list(p.models)], [[m] for m in p.models]):
         servers: dict[tuple[str, str], Any] = {}
         for m in batch:
-            per[m] = {label: {"na": "n/a (flag missing)"} for label, _ in VARIANTS
-                      if label.startswith("--min-rate") and not has_min_rate}
-            servers.update({(m, label): bench.server(m, flags) for label, flags in VARIANTS if label not in per[m]})
+            per[m] = {}
+            servers.update({(m, label): bench.server(m, flags) for label, flags in VARIANTS})
         bench.progress.step(f"slow clients · {', '.join(batch)} · " + ", ".join(dict.fromkeys(l for _, l in servers)),
                             seconds + head_start + 1.5)
         start_all(servers)
         try:
-            targets = {}
-            for key, srv in servers.items():
-                u = urlsplit(srv.url)
-                targets[key] = (u.hostname or "127.0.0.1", u.port or 80)
+            targets = {key: rawclient.address(srv.url) for key, srv in servers.items()}
             t0 = time.monotonic()
             got = asyncio.run(_attack_all(targets, seconds, head_start))
             wall = round(time.monotonic() - t0, 2)
@@ -122,21 +107,15 @@ def run(bench: Bench) -> dict[str, Any]:
             stop_all(servers)
         for (m, label) in servers:
             per[m][label] = {**got[(m, label)], "wall_s": wall}
-        for m in batch:
-            per[m] = {label: per[m][label] for label, _ in VARIANTS}  # the table's order, whatever ran
-    summary: dict[str, Any] = {"attackers": ATTACKERS, "seconds": seconds, "head_start_s": head_start,
-                               "min_rate_flag": has_min_rate, "variants_at_once": True}
+    summary: dict[str, Any] = {"attackers": ATTACKERS, "seconds": seconds, "head_start_s": head_start}
     for m, variants in per.items():
-        summary[m] = {label: ({"na": v["na"]} if "na" in v else
-                              {"success_pct": v["normal"]["success_pct"], "p99_ms": v["normal"]["p99_ms"],
-                               "sent": v["normal"]["sent"], "ok": v["normal"]["ok"]})
+        summary[m] = {label: {"success_pct": v["normal"]["success_pct"], "p99_ms": v["normal"]["p99_ms"],
+                              "sent": v["normal"]["sent"], "ok": v["normal"]["ok"]}
                       for label, v in variants.items()}
     return {"raw": {"per_model": per}, "summary": summary}
 
 
 def _cell(v: dict[str, Any]) -> str:
-    if "na" in v:
-        return v["na"]
     return f"{fmt(v['ok'])}/{fmt(v['sent'])} ok ({fmt(v['success_pct'])}%), p99 {fmt(v['p99_ms'])} ms"
 
 
@@ -148,7 +127,6 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
             continue
         v = s[m]
         out[m] = _cell(v["plain"]) + "; " + "; ".join(f"{label}: {fmt(v[label].get('success_pct'))}%"
-                                                      if "na" not in v[label] else f"{label}: {v[label]['na']}"
                                                       for label, _ in VARIANTS[1:] if label in v)
     return out, f"{s['attackers']} connections trickling a head at 1 byte/s; normal GET / every 100 ms"
 
@@ -157,21 +135,15 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     s = sc["summary"]
     how = ("Each model with its default size; its plain run and each defence at once" +
            (" (with --quick, every model at once too)" if results["settings"].get("quick") else "") +
-           ", on separate servers (the attack is waiting, not CPU: nothing competes for the core)."
-           if s.get("variants_at_once") else
-           "Each model alone with its default size.")  # results.json from before the variants ran at once
+           ", on separate servers (the attack is waiting, not CPU: nothing competes for the core).")
     d.p(f"{how} {s['attackers']} connections each send a request head one byte a "
         "second and never finish it; one the server closes is reopened 100 ms later. After a "
         f"{fmt(s['head_start_s'])} s head start, a normal client sends `GET /` on a fresh connection every 100 ms "
         f"(2 s timeout) for {fmt(s['seconds'])} s. Defences: `--header-timeout 2` (the server answers 408 to a head "
-        "not complete after 2 s) and `--min-rate 100`" + ("" if s["min_rate_flag"] else
-                                                         " (not in this version of `webmodels serve`: n/a)") + ".")
+        "not complete after 2 s) and `--min-rate 100`.")
     rows = []
     for m in REPORT_MODELS:
         for label, v in (sc["raw"]["per_model"].get(m) or {}).items():
-            if "na" in v:
-                rows.append([m, label, v["na"], "–", "–", "–", "–", "–", "–"])
-                continue
             n, a = v["normal"], v["attack"]
             rows.append([m, label, f"{fmt(n['ok'])}/{fmt(n['sent'])}", n["success_pct"], n["p50_ms"], n["p99_ms"],
                          ", ".join(f"{k} {x}" for k, x in n["failures"].items()) or "–", a["opened"],
@@ -183,7 +155,7 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
            "connection for a few hundred bytes. A header timeout frees the pinned workers every few seconds, but an "
            "attacker that reconnects at once takes them back; a minimum data rate refuses the trickle itself.")
     ms = [m for m in REPORT_MODELS if m in s]
-    labels = [label for label, _ in VARIANTS if any(label in s[m] and "na" not in s[m][label] for m in ms)]
+    labels = [label for label, _ in VARIANTS if any(label in s[m] for m in ms)]
     if (img := chart_bars(c, "slow.png", "Normal clients' success rate during a slow-client attack", ms,
                           {label: [s[m].get(label, {}).get("success_pct") for m in ms] for label in labels},
                           "% of normal requests answered", f"{s['attackers']} slow connections; {fmt(s['seconds'])} s "

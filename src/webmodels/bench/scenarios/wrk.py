@@ -16,10 +16,11 @@ def run(bench: Bench) -> dict[str, Any]:
     """The hello ceiling measured by wrk (C, one thread, on the generator core) as a cross-check of Locust."""
     path = shutil.which("wrk")
     if not path:
-        return {"skipped": "wrk is not installed", "raw": {}, "summary": {}}
+        return {"skipped": "wrk is not installed (apt-get install wrk; brew install wrk): the hello ceiling is "
+                           "not cross-checked, Locust's figures stand", "raw": {}, "summary": {}}
     p = bench.plan
     reps = p.pick(1, 3)
-    conns = 16  # ≤ the pool's threads: a pool that pins keep-alive connections is not flattered (DESIGN.md)
+    conns = 16  # ≤ the pool's threads: a pool that pins keep-alive connections is not flattered
     dur = max(1, int(p.pick(1, 3)))
     out: dict[str, Any] = {}
     for m in p.models:
