@@ -85,7 +85,7 @@
     const n = notes[key];
     if (!n) return null;
     const [mark, color] = n.ok === null ? ["…", "#757575"] : n.ok ? ["✓", "#2e7d32"] : ["✗", "#c62828"];
-    return h("div", { class: "wm-note", "data-ok": String(n.ok), style: "margin:2px 0 6px 0;font-size:13px" },
+    return h("div", { class: "wm-note", "data-note": key, "data-ok": String(n.ok), style: "margin:2px 0 6px 0;font-size:13px" },
              h("b", { style: `color:${color}` }, mark + " "), n.message);
   }
   function button(text, onclick, attrs) {

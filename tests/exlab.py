@@ -77,9 +77,13 @@ class ExerciseLab:
         r = self.http.post("/swarm", content=urlencode([tuple(f) for f in form]),
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert r.json()["success"], r.text
-        # every loaded server answers users, and the tab has sampled them under load
+        self.setup_settled(ex_id, i)
+
+    def setup_settled(self, ex_id: str, i: int = 0) -> None:
+        """Wait until every loaded server answers users, and the tab has sampled them under load."""
+        classes = exercises.exercise(ex_id).setups[i].classes
         wait_for(lambda: all((self.http.get("/accounting.json").json()["servers"].get(name) or {}).get("ok", 0) >= 10
-                             for name in setup.classes), 60, 0.25, f"load on {', '.join(setup.classes)}")
+                             for name in classes), 60, 0.25, f"load on {', '.join(classes)}")
         time.sleep(2.5)
 
     def act(self, ex_id: str, key: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 
+import httpx
 import pytest
 
 from webmodels import exercise_actions, exercises
@@ -67,6 +68,13 @@ def test_exercise_2_hang_with_and_without_timeout(ex):
     as_predicted(figs)
     assert figs["threadpool-busy"]["value"] >= 1  # the hung thread never comes back
     assert figs["eventloop-stall"]["value"] >= 9  # silent for (almost) its whole 12 s hang
+    # the Reset replaces what is still hung: the pool gets its threads back, prefork its 4 workers
+    out = ex.reset()
+    assert any(m.startswith("threadpool: killed") for m in out["facts"]["done"]), out
+    pool = httpx.get(ex.urls["threadpool"] + "/_lab/stats", timeout=5).json()
+    assert pool["counters"]["busy_threads"] == 1, pool["counters"]  # the stats request itself
+    prefork = httpx.get(ex.urls["prefork"] + "/_lab/stats", timeout=5).json()
+    assert len(prefork["per_worker"]) == 4
 
 
 def test_exercise_3_leak_to_the_limit(ex):

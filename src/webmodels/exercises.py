@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -224,14 +225,17 @@ def down_until_restarted(server: str) -> Callable[[Obs], Reading]:
 
 
 def split_now(server: str) -> Callable[[Obs], Reading]:
-    """Context, not a verdict: each worker's requests in flight (keep-alive users stay with their worker)."""
+    """Context, not a verdict: each worker's requests in flight (keep-alive users stay with their worker) — now,
+    or just before the first fault since the start (the split that decides what the fault costs)."""
     def read(o: Obs) -> Reading:
-        st = o.latest(server)
+        hit = [d.t for d in o.deaths(server)] + [e["t"] for e in o.events_of(server, ["hang", "crash", "kill"])]
+        st = o.before(server, min(hit)) if hit else o.latest(server)
         if not st:
             return waiting(f"no answer from {label(server)} yet")
         split = worker_split(st)
-        text = " · ".join(f"{n}" for _, n in split) + " (" + " · ".join(str(p) for p, _ in split) + ")"
-        return Reading([n for _, n in split], text, "any split: users stay on the worker that accepted them", INFO)
+        text = " · ".join(f"{n}" for _, n in split) + " (pids " + " · ".join(str(p) for p, _ in split) + ")"
+        return Reading([n for _, n in split], text + (" before the fault" if hit else ""),
+                       "any split: users stay on the worker that accepted them", INFO)
     return read
 
 
@@ -480,7 +484,7 @@ def normal_client(key: str, starved: bool) -> Callable[[Obs], Reading]:
         if starved:
             return judged(share <= 0.2, share, text, "almost none: every worker or thread is pinned by a trickler",
                           "the tricklers are not all connected yet, or the server cuts them (--header-timeout)")
-        return judged(share >= 0.95 and (p50 or 0) < 50, share, text, "all of them, in about a millisecond",
+        return judged(share >= 0.95 and (p50 or 0) < 50, share, text, "all of them, in a millisecond or two",
                       "the machine is very busy (p50), or the slow clients are not on this server")
     return read
 
@@ -641,13 +645,13 @@ EXERCISES: tuple[Exercise, ...] = (
         "hung work", (Setup(("prefork", "eventloop"), 10, 10, "io", {"io_ms": 200}),),
         (Action("hang-prefork", "Hang one prefork worker", "fault", "prefork",
                 _curl("prefork", "/fault/hang?s=3600", "-m", "2"), {"kind": "hang", "s": 3600},
-                "curl gives up after 2 s (-m 2); the worker stays hung until the master kills it"),
+                "curl gives up after 2 s, the worker stays hung until the master kills it"),
          Action("hang-threadpool", "Hang one thread of the thread pool", "fault", "threadpool",
                 _curl("threadpool", "/fault/hang?s=3600", "-m", "2"), {"kind": "hang", "s": 3600}),
          Action("hang-eventloop", "Hang the event loop for 12 s", "fault", "eventloop",
                 _curl("eventloop", "/fault/hang?s=12", "-m", "2"), {"kind": "hang", "s": 12})),
         (Fig("prefork-timeout", "prefork: hung workers killed", "/_lab/stats worker_exits (timeout) and the event log",
-             "each one 10 s after its hang (lab setting WEBMODELS_TIMEOUT=10), then replaced",
+             "each one about 10 s after its hang (WEBMODELS_TIMEOUT=10 in lab/prefork.env), then replaced",
              hang_killed_by_timeout("prefork")),
          Fig("threadpool-busy", "thread pool: busy threads", "/_lab/stats busy_threads (the pool has no load here)",
              "one more per hang, for good: nothing kills a hung thread (a thread leak)", threads_lost),
@@ -668,7 +672,7 @@ EXERCISES: tuple[Exercise, ...] = (
                 f"for i in $(seq 20); do {_curl('prefork', '/fault/leak?mb=10', '-s')}; done", {"mb": 10, "n": 20}),
          Action("recycle-fattest", "Recycle prefork's fattest worker", "fattest", "prefork",
                 "webmodels kill prefork --worker --pid PID",
-                note="PID: the worker with the largest RSS in `webmodels status --json` — what --max-requests "
+                note="PID: the worker with the largest RSS in `webmodels status --json`; what --max-requests "
                      "does on a schedule")),
         (Fig("threadpool-rss", "thread pool: memory", "/_lab/stats RSS (process tree) and the event log",
              "grows by what was leaked (≈200 MiB) and keeps it", leak_kept),
@@ -693,7 +697,8 @@ EXERCISES: tuple[Exercise, ...] = (
         (Fig("threadpool-cores", "cpu: thread pool's CPU", "/_lab/stats cpu_seconds (process tree) over its burst",
              "at most 1 core: one thread runs Python at a time (the GIL)", cores("cpu-threadpool", "threadpool", 1.1)),
          Fig("prefork-cores", "cpu: prefork's CPU", "/_lab/stats cpu_seconds (process tree) over its burst",
-             "more than 1 core: 4 processes compute in parallel (natively, with cores free)",
+             "more than 1 core when the machine has two cores free: 4 processes compute in parallel (on a busy machine, or in "
+             "Docker with one core per server, the tab says it cannot tell)",
              cores("cpu-prefork", "prefork", None)),
          Fig("eventloop-cores", "cpu: event loop's CPU", "/_lab/stats cpu_seconds (process tree) over its burst",
              "at most 1 core: one thread, one request at a time", cores("cpu-eventloop", "eventloop", 1.1)),
@@ -750,7 +755,7 @@ EXERCISES: tuple[Exercise, ...] = (
                 {"delta": -4})),
         (Fig("workers", "prefork: workers", "/_lab/stats per_worker", "8 after +4, 4 again after −4", workers_now),
          Fig("rss-per-worker", "RSS per added worker", "/_lab/stats RSS (process tree)",
-             "a whole process each (≈20 MiB): shared pages counted again in every process", growth_per_worker("rss")),
+             "a whole process each (about 20 MiB here): shared pages counted again in every process", growth_per_worker("rss")),
          Fig("pss-per-worker", "PSS per added worker", "/_lab/stats PSS (process tree)",
              "less than half of that: a new worker shares the master's pages copy-on-write",
              growth_per_worker("pss"))),
@@ -777,7 +782,7 @@ EXERCISES: tuple[Exercise, ...] = (
              "almost nothing answered: 32 threads pinned, then its queue full (503)",
              normal_client("slow-threadpool", starved=True)),
          Fig("hybrid-loop-normal", "hybrid-loop: the normal client", "the tab's normal client",
-             "all answered, in about a millisecond: a trickler costs the loop a few hundred bytes",
+             "all of them, in a millisecond or two: a trickler costs the loop a few hundred bytes",
              normal_client("slow-hybrid-loop", starved=False))),
         "Whatever serves a connection from its first byte is held by a client that never finishes its head: a "
         "sync worker, a pool thread. That is why Apache and gunicorn's sync workers sit behind a buffering proxy "
@@ -796,7 +801,7 @@ EXERCISES: tuple[Exercise, ...] = (
         "fault isolation", (IO_LOAD,),
         (Action("kill-hybrid-threads-worker", "Kill one hybrid-threads worker", "kill", "hybrid-threads",
                 "webmodels kill hybrid-threads --worker", {"target": "worker"},
-                f"or {_curl('hybrid-threads', '/fault/crash')}, which crashes the worker serving it"),
+                f"or `{_curl('hybrid-threads', '/fault/crash')}`, which crashes the worker serving it"),
          Action("crash-threadpool", "Crash the thread pool", "fault", "threadpool", _curl("threadpool", "/fault/crash"),
                 {"kind": "crash"})),
         (Fig("hybrid-threads-split", "hybrid-threads: requests in flight per worker", "/_lab/stats per_worker",
@@ -823,7 +828,7 @@ EXERCISES: tuple[Exercise, ...] = (
         "hung work", (IO_LOAD,),
         (Action("hang-hybrid-loop", "Hang one hybrid-loop worker", "fault", "hybrid-loop",
                 _curl("hybrid-loop", "/fault/hang?s=3600", "-m", "2"), {"kind": "hang", "s": 3600},
-                "curl gives up after 2 s (-m 2); the worker stays hung until the master kills it"),
+                "curl gives up after 2 s, the worker stays hung until the master kills it"),
          Action("hang-eventloop", "Hang the event loop for 12 s", "fault", "eventloop",
                 _curl("eventloop", "/fault/hang?s=12", "-m", "2"), {"kind": "hang", "s": 12})),
         (Fig("hybrid-loop-split", "hybrid-loop: requests in flight per worker", "/_lab/stats per_worker",
@@ -902,23 +907,42 @@ MARKERS = {section: (f"<!-- {section}: generated from src/webmodels/exercises.py
            for section in ("exercises", "hybrids")}
 
 
+WIDTH = 115  # the README's line length
+
+
+def _wrap(text: str, first: str, pad: str) -> list[str]:
+    """TEXT wrapped at the README's width, never inside a `code span` (a command stays on one line)."""
+    glued = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\0"), text)
+    lines = textwrap.wrap(glued, WIDTH, initial_indent=first, subsequent_indent=pad, break_long_words=False,
+                          break_on_hyphens=False)
+    return [line.replace("\0", " ") for line in lines]
+
+
 def render_one(e: Exercise) -> str:
     """One exercise as README markdown: a numbered item (1–7) or a bullet (H1–H3), with its parts."""
     head, pad = (f"{e.id}. ", "   ") if e.id.isdigit() else ("- ", "  ")
     title = f"**{e.title}.**" if e.id.isdigit() else f"**{e.id}. {e.title}.**"
-    lines = [f"{head}{title} {e.question} *Tests the row:* {e.row}."]
-    setups = "; then ".join((f"{s.name} — " if s.name else "") + s.describe() + (f" ({s.by_hand})" if s.by_hand else "")
+    lines = _wrap(f"{title} {e.question} (Row: *{e.row}*.)", head, pad)
+    setups = "; then ".join((f"*{s.name}* — " if s.name else "") + s.describe() + (f" ({s.by_hand})" if s.by_hand else "")
                             for s in e.setups)
-    lines.append(f"{pad}*Set up:* {setups}.")
+    lines += _wrap(f"*Set up:* {setups}.", pad, pad)
     if e.actions:
-        acts = "; ".join(f"**{a.label}** — `{a.command}`" + (f" ({a.note})" if a.note else "") for a in e.actions)
-        lines.append(f"{pad}*Act:* {acts}.")
+        lines.append(f"{pad}*Act* (a button each in the tab, or in a shell):")
+    for a in e.actions:
+        note = f" ({a.note})" if a.note else ""
+        if len(a.command) <= 80 and not a.command.startswith("Ctrl-C"):
+            lines += _wrap(f"- **{a.label}**: `{a.command}`{note}", pad, pad + "  ")
+        elif a.command.startswith("Ctrl-C"):
+            lines += _wrap(f"- **{a.label}**: {a.command}{note}", pad, pad + "  ")
+        else:  # a long one: a block, to copy as it is
+            lines += _wrap(f"- **{a.label}**{note}:", pad, pad + "  ")
+            lines += [f"{pad}  ```sh", f"{pad}  {a.command}", f"{pad}  ```"]
     lines.append(f"{pad}*Observe:*")
-    lines += [f"{pad}- {f.label} ({f.source}): {f.predicts}." for f in e.figures]
-    lines.append(f"{pad}*Why:* {e.why}")
-    if e.more:
-        for para in e.more.split("\n\n"):
-            lines += ["", f"{pad}{para}"]
+    for f in e.figures:
+        lines += _wrap(f"- **{f.label}**: {f.predicts}. *Source: {f.source}.*", pad, pad + "  ")
+    lines += _wrap(f"*Why:* {e.why}", pad, pad)
+    for para in e.more.split("\n\n") if e.more else []:
+        lines += [""] + _wrap(para, pad, pad)
     return "\n".join(lines)
 
 
