@@ -48,6 +48,10 @@ RUN pip install --no-deps --no-build-isolation . \
     && rm -rf build src/*.egg-info *.egg-info \
     && webmodels --help >/dev/null
 
+# The lab's event log lives on a named volume mounted here (docker-compose.yml); a fresh volume copies this
+# directory, so the servers (user lab) can append to it.
+RUN mkdir -p /var/lib/webmodels && chown lab:lab /var/lib/webmodels
+
 USER lab
 # threadpool, prefork, eventloop, hybrid-threads, hybrid-loop, Locust web UI
 EXPOSE 8001 8002 8003 8004 8005 8089

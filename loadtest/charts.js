@@ -9,7 +9,7 @@
   const EXTRA = ["#8c564b", "#e377c2", "#17becf", "#bcbd22"];  // a server the table gives no color
   const MARK = { fault: "#e53935", restart: "#fb8c00", down: "#616161", hung: "#9e9e9e" };
   const LANES = [["fault"], ["restart"], ["down", "hung"]];  // one row of marks per kind, under the plot
-  const LANE_H = 9, BUCKET_PX = 20;  // marks within one bucket of the axis are one mark with a count
+  const LANE_H = 9, BUCKET_PX = 26;  // marks within one bucket of the axis are one mark with a count
   const W = 440, H = 196, PAD = { l: 46, r: 8, t: 22, b: 20 + LANES.length * LANE_H + 4 };
   const REFRESH_MS = 2000;
   const GAP_S = 4;  // points further apart than this are not joined (the tab polls once a second)
@@ -126,7 +126,7 @@
                        "stroke-width": 1.3, "stroke-dasharray": mk.kind === "hung" ? "2,1" : "" }, a);
         }
         if (n > 1) {
-          el("text", { x: x + r + 1.5, y: y + 3.5, fill: c, "font-size": 9, "font-weight": "bold" }, a).textContent = "×" + n;
+          el("text", { x: x + r + 1.5, y: y + 3.5, fill: c, "font-size": 8, "font-weight": "bold" }, a).textContent = "×" + n;
         }
         const lines = g.items.slice(0, 12).map(m => `${m.fault || m.kind} · ${m.server}` + (m.by ? ` · by ${m.by}` : "") +
           ` · ${new Date(m.t * 1000).toLocaleTimeString()}`);

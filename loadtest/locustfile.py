@@ -309,6 +309,9 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
             return jsonify(lab.last_document if lab.finalized and lab.last_document else
                            {"run": {"live": True}, "servers": lab.live_summary()})
     gevent.spawn(lab.panel.poll_once)  # so the tab has rows before the first run
+    # Locust arms --run-time right after this event, from the hub's cached clock, which stands still while a
+    # slow start imports (seen in compose: `-t 6s` ended 40 ms after the users were spawned). Read it anew.
+    gevent.get_hub().loop.update_now()
 
 
 @events.test_start.add_listener

@@ -71,9 +71,10 @@ SOURCES = {
     "faults-without-log": "Locust's own injector only: no event log here (WEBMODELS_EVENTS is not set), so faults "
                           "started by hand are not counted",
     "downtime": "users' view, from Locust's requests: the longest stretch in which every request to the server "
-                "failed, from the first failure to the last; 'dead' is the part without a process (from its exit "
-                "to accepting again, the supervisor's record; — under compose) and 'back-off' the part of that spent "
-                "waiting for the restart; the rest it was alive and did not answer (hung)",
+                "failed, from the moment the first failed (a hung request: at --request-timeout) to the last; "
+                "'dead' is the part of it without a process (from its exit to accepting again, the supervisor's "
+                "record; — under compose) and 'back-off' the part of that spent waiting for the restart; the rest "
+                "it was alive and did not answer (hung)",
     "state": "hung = its process is alive (natively, by pid) or its port accepts connections, but /_lab/stats gets "
              "no answer; down = nothing listens (natively: its pid is gone)",
 }
@@ -294,7 +295,9 @@ class ServersPanel:
         else:
             restarts = self.restarts.get(name, 0)  # restarts this poller saw (Docker's policy)
         logged = self.faults(name)
-        faults, faults_by = logged if logged is not None else (acc.get("injected", 0), {"Locust": acc.get("injected", 0)})
+        if logged is None:  # no event log: Locust's own injections are all that is known
+            logged = acc.get("injected", 0), {"Locust": acc.get("injected", 0)}
+        faults, faults_by = logged
         return {
             # displayed (single-word keys)
             "server": name, "state": state, "pids": pids,
@@ -311,7 +314,7 @@ class ServersPanel:
             "model": stats.get("model"), "pid": master,
             "pid_list": [p["pid"] for p in procs], "pss_bytes": totals.get("pss"), "rss_bytes": totals.get("rss"),
             "uss_bytes": totals.get("uss"), "counters": counters, "polled_at": entry["at"],
-            "faults_by": faults_by, "faults_from": "event log" if logged is not None else "Locust's injector",
+            "faults_by": faults_by, "faults_from": "event log" if self.log.path else "Locust's injector",
             "error": entry.get("error"),
         }
 

@@ -6,7 +6,10 @@
 #   scripts/servers-tab-screenshot.sh [OUT.png]          default docs/servers-tab.png
 #
 # Environment: OFFSET (port offset, default 30000: ports 38001-38005, 38089), WAIT (seconds of load
-# before the shot, default 30), CHROMIUM (default: chromium, chromium-browser or google-chrome).
+# before the shot, default 30), WINDOW (default 1600,760; the charts under the table need 1480,1250),
+# CHROMIUM (default: chromium, chromium-browser or google-chrome).
+#
+#   WINDOW=1480,1250 WAIT=60 scripts/servers-tab-screenshot.sh docs/servers-tab-charts.png
 # Needs the .venv (make install). Stops the lab it started, and only that.
 set -euo pipefail
 
@@ -15,6 +18,7 @@ root=$(dirname "$here")
 out=${1:-$root/docs/servers-tab.png}
 offset=${OFFSET:-30000}
 wait_s=${WAIT:-30}
+window=${WINDOW:-1600,760}
 ui="http://127.0.0.1:$((8089 + offset))"
 
 log() { printf 'servers-tab-screenshot: %s\n' "$*" >&2; }
@@ -47,8 +51,11 @@ for _ in $(seq 120); do  # the shot worth taking: a row reading "down — restar
     curl -sf "$ui/servers.json" | grep -q 'restart in \([3-9]\|[1-9][0-9]\)\.' && break
     sleep 0.25
 done
-"$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,760 \
+profile=$(mktemp -d)  # an empty profile: nothing of another browser session, nothing left behind
+"$browser" --headless --no-sandbox --disable-gpu --disable-background-networking --hide-scrollbars \
+    --user-data-dir="$profile" --window-size="$window" \
     --virtual-time-budget=4000 --screenshot="$out" "$ui/?tab=servers" >/dev/null 2>&1 ||
     die "$browser could not take the screenshot"
+rm -rf "$profile"
 curl -sf -X POST "$ui/stop" >/dev/null || true
 log "wrote $out — look at it before committing it"

@@ -220,9 +220,11 @@ def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_pa
     from .support import wait_for
 
     srv = start_server("threadpool", "--threads", "1", "--queue", "0", faults=False)
-    # The one thread is busy for the first 1.5 s: every user's new connection meanwhile gets a 503 (an admitted
+    # The one thread is busy for the first 6 s: every user's new connection meanwhile gets a 503 (an admitted
     # connection never does; after the 503 Locust reconnects and tries again), later ones are let in and served.
-    hog = threading.Thread(target=httpx.get, args=(srv.url + "/io?ms=1500",), kwargs={"timeout": 10}, daemon=True)
+    # 6 s, not less: Locust itself takes a few seconds to start on a busy machine, and its users must find the
+    # thread busy (seen: with 1.5 s, Locust connected after the hog had finished: 61 ok, no 503).
+    hog = threading.Thread(target=httpx.get, args=(srv.url + "/io?ms=6000",), kwargs={"timeout": 15}, daemon=True)
     hog.start()
     time.sleep(0.3)  # (not a stats poll: with the thread busy, its new connection would get the 503)
     root = Path(__file__).resolve().parent.parent
@@ -231,7 +233,7 @@ def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_pa
     acc_path, stats = tmp_path / "accounting.json", tmp_path / "stats"
     proc = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"), "--skip-log-setup",
-         "--headless", "-t", "3s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
+         "--headless", "-t", "9s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
          "--accounting-json", str(acc_path), "--json-file", str(stats), "ThreadpoolUser"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from webmodels import actions, events
+from webmodels.lab import SERVERS
 
 from .support import Server
 
@@ -167,3 +168,24 @@ def test_without_pids_a_hung_server_is_told_from_a_gone_one(start_server) -> Non
     srv.kill()
     down = actions.probe("eventloop", lab, timeout=1)
     assert down.state == "down" and down.accepts is False and "nothing listens" in down.detail, down
+
+
+@pytest.mark.parametrize("model", list(SERVERS))
+def test_every_model_hung_then_killed_whole_and_by_worker(tmp_path, log, start_server, model) -> None:
+    # issue 18 item 1, for every lab server: a hang, then `kill --worker` (master models) and `kill --process`,
+    # each confirmed gone by pid — the master's workers with it
+    flags = ("--workers", "2") if SERVERS[model].master else ()
+    srv = start_server(model, *flags, env={events.ENV: str(log)})
+    lab = native(tmp_path, log, **{model: srv})
+    assert actions.fault(model, "hang", lab=lab, s=600).ok
+    workers = actions.children(srv.pid)
+    if SERVERS[model].master:
+        out = actions.kill(model, "worker", lab=lab)
+        assert out.ok and out.facts["pid"] in workers and out.facts["gone"], out
+        workers = actions.children(srv.pid)
+    out = actions.kill(model, "process", lab=lab)
+    assert out.ok and out.facts["pid"] == srv.pid and out.facts["gone"], out
+    assert srv.proc.wait(5) == -9
+    assert all(actions.is_gone(p, None) for p in workers), workers
+    assert sorted(out.facts.get("workers_gone", [])) == sorted(workers)
+    assert [e["via"] for e in logged(log) if e["kind"] == "kill"] == ["pid"] * (2 if SERVERS[model].master else 1)

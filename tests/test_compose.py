@@ -11,23 +11,30 @@ is up and every model has request series. Grafana is not started: its image is p
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
+from datetime import datetime
 from typing import Any, Callable
 
 import httpx
 import pytest
 
+from webmodels import events
+from webmodels.lab import SERVERS
+
 from .support import wait_for
 
 pytestmark = pytest.mark.compose
 PROJECT = "webmodels-e2e"
-PORTS = {"threadpool": 8001, "prefork": 8002, "eventloop": 8003, "hybrid-threads": 8004, "hybrid-loop": 8005}
+PORTS = {name: s.port for name, s in SERVERS.items()}  # the lab's one table
 PROMETHEUS = "http://127.0.0.1:9090"  # docker-compose.ci.yml: prometheus on the host network, loopback only
-USERS = ("ThreadpoolUser", "PreforkUser", "EventloopUser", "HybridThreadsUser", "HybridLoopUser")
+USERS = tuple(s.user_class for s in SERVERS.values())
 
 
 def _compose_cmd() -> list[str]:
@@ -90,8 +97,15 @@ def _inspect(model: str, fmt: str) -> str:
                           timeout=30).stdout.strip()
 
 
-def _get(model: str, path: str, **kw: object) -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{PORTS[model]}{path}", timeout=5, **kw)  # type: ignore[arg-type]
+def _get(model: str, path: str, timeout: float = 5, **kw: object) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{PORTS[model]}{path}", timeout=timeout, **kw)  # type: ignore[arg-type]
+
+
+def _webmodels(*args: str) -> subprocess.CompletedProcess:
+    """`webmodels ARGS` on the host, as an attendee runs it beside `docker compose up`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMODELS_")}
+    return subprocess.run([sys.executable, "-m", "webmodels.cli", *args], capture_output=True, text=True,
+                          timeout=90, env=env)
 
 
 def _promql(expr: str) -> dict[str, float]:
@@ -144,6 +158,11 @@ def test_compose_lab_end_to_end(compose) -> None:
     for model in PORTS:
         assert f"{model} /io" in out, f"no row for {model} in the Locust run:\n{out[-4000:]}"
     assert res.returncode == 0, out[-4000:]
+    # -t 6s lasts 6 s (it ended 40 ms after the spawn when Locust armed it from a clock stale since its imports)
+    armed, reached = (datetime.strptime(re.search(rf"\[([\d-]+ [\d:,]+)\] \S+ {what}", out).group(1),  # type: ignore
+                                        "%Y-%m-%d %H:%M:%S,%f") for what in ("Run time limit set", "--run-time limit"))
+    assert (reached - armed).total_seconds() >= 5.5, out[-4000:]
+    assert "accounting written to accounting.json" in out, out[-4000:]  # its working directory is writable
 
     # 2b. the metrics profile: Prometheus in its container scrapes all five, and has every model's requests
     wait_for(_ready, timeout=60, interval=0.5, what="Prometheus ready on 127.0.0.1:9090")
@@ -182,6 +201,40 @@ def test_compose_lab_end_to_end(compose) -> None:
              what="eventloop RestartCount to rise")
     wait_for(lambda: _get("eventloop", "/").status_code == 200, timeout=60, interval=0.1,
              what="eventloop serving again")
+
+    # 4b. `webmodels kill` on the host goes through the engine: a worker, then a *hung* event loop (its routes
+    # cannot answer, so only the engine can end it), each confirmed gone (issue 18 item 1)
+    res = _webmodels("kill", "prefork", "--worker", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["where"] == "docker" and out["facts"]["gone"] is True, res
+    wait_for(lambda: len(_get("prefork", "/_lab/stats").json()["per_worker"]) == 4, timeout=15,
+             what="prefork: the worker killed through the engine replaced")
+    restarts = int(_inspect("eventloop", "{{.RestartCount}}"))
+    with pytest.raises(httpx.TimeoutException):
+        _get("eventloop", "/fault/hang?s=3600", timeout=1)
+    res = _webmodels("kill", "eventloop", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["facts"]["confirmed_by"] == "docker inspect", res
+    wait_for(lambda: int(_inspect("eventloop", "{{.RestartCount}}")) > restarts, timeout=60,
+             what="Docker restarting the killed event loop (a kill is a crash to it, not a stop)")
+    wait_for(lambda: _get("eventloop", "/").status_code == 200, timeout=60, interval=0.1,
+             what="eventloop serving again after the kill")
+
+    # 4c. every fault and kill above is in the one event log on the shared volume, once, by whoever did it
+    log = subprocess.run(["docker", "exec", _container("eventloop"), "cat", "/var/lib/webmodels/events.jsonl"],
+                         capture_output=True, text=True, timeout=30).stdout
+    seen = [(e["server"], e["kind"], e["via"]) for e in events.parse(log.splitlines())]
+    for model in ("prefork", "hybrid-threads", "hybrid-loop"):
+        assert seen.count((model, "kill", "route")) == 1, seen  # step 3's POST /_lab/kill, logged by the server
+    assert ("eventloop", "crash", "route") in seen and ("eventloop", "hang", "route") in seen, seen
+    assert ("prefork", "kill", "docker") in seen and ("eventloop", "kill", "docker") in seen, seen
+
+    # 4d. why `webmodels kill` goes through `docker exec`: `docker kill` is a stop to Docker's restart policy
+    # (the README says so) — unless-stopped leaves the container down
+    restarts = int(_inspect("threadpool", "{{.RestartCount}}"))
+    subprocess.run(["docker", "kill", _container("threadpool")], capture_output=True, timeout=30, check=True)
+    time.sleep(3)  # Docker's first restart would come after 100 ms
+    assert _inspect("threadpool", "{{.State.Status}} {{.RestartCount}}") == f"exited {restarts}"
 
     # 5. down leaves nothing running
     compose("down", "--remove-orphans", "-t", "5", timeout=180)

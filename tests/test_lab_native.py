@@ -11,13 +11,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from webmodels import launch
-from webmodels.lab import supervisor_state_path
+from webmodels.events import read_all
+from webmodels.lab import events_path, supervisor_state_path
 
 from .support import addr_in_use, wait_for
 
@@ -243,3 +245,130 @@ def test_restart_policy_is_dockers_back_off_or_a_fixed_delay() -> None:
     assert docker.next_delay(12.8, uptime=10.0) == 0.1  # 10 s up: the back-off is forgotten
     assert RestartPolicy(fixed=0.5).next_delay(12.8, uptime=1.0) == 0.5
     assert RestartPolicy(fixed=0.0).next_delay(0.0, uptime=0.0) == 0.0
+
+
+def test_every_list_of_the_labs_servers_is_the_one_table() -> None:
+    # DESIGN.md rule 12: adding a server is one row of lab.SERVERS, its lab/<name>.env and its compose service;
+    # everything else reads the table. The compose files cannot import it, so this test reads them.
+    from pathlib import Path
+
+    from webmodels import config, promlab
+    from webmodels.lab import SERVERS
+
+    root = Path(__file__).resolve().parent.parent
+    base = (root / "docker-compose.yml").read_text()
+    override = (root / "docker-compose.override.yml").read_text()
+    ci = (root / "docker-compose.ci.yml").read_text()
+    services = set(re.findall(r"^  ([\w-]+):\n    <<: \*server$", base, re.M))
+    assert services == set(SERVERS), (services, set(SERVERS))  # no server service outside the table, none missing
+    for name, s in SERVERS.items():
+        assert (root / s.env_file).is_file(), s.env_file
+        block = base.split("\nservices:", 1)[1].split(f"\n  {name}:\n", 1)[1].split("\n\n", 1)[0]
+        assert f'command: ["webmodels", "serve", "{name}"]' in block and f"env_file: {s.env_file}" in block, block
+        assert f"WEBMODELS_BIND: 0.0.0.0:{s.port}" in block, block
+        assert f"  {s.url_env}: http://{name}:{s.port}\n" in base, s.url_env  # Locust's URL, by service name
+        assert f"  {name}:\n    condition: service_healthy" in base  # Locust starts after it
+        assert f'"127.0.0.1:{s.port}:{s.port}"' in override and f"  {s.url_env}: http://127.0.0.1:{s.port}\n" in ci
+        assert f"WEBMODELS_BIND: 127.0.0.1:{s.port}" in ci
+        assert promlab.COMPOSE_TARGETS[name] == f"{name}:{s.port}"
+        assert s.engine == config.MODEL_ENGINE[name] and s.master == (name in config.MASTER_MODELS)
+    # the locustfile makes one user class per row (it is imported by Locust only: read its source)
+    assert "type(LAB_SERVERS[server].user_class, (LabUser,)" in (root / "loadtest" / "locustfile.py").read_text()
+
+
+def _fresh_shell(home, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """COMMAND in a newcomer's next terminal: a login shell with a clean environment (`env -i`)."""
+    return subprocess.run(["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", "bash", "-lc", command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_banner_commands_work_as_printed_in_a_fresh_shell(lab, tmp_path) -> None:
+    # issue 18 item 8: `make up` puts `webmodels` on a new shell's PATH and its banner's commands run as printed
+    import shutil
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy("/etc/skel/.profile", home / ".profile")  # what a new Debian/Ubuntu user has
+    assert _fresh_shell(home, "command -v webmodels").returncode != 0  # not there before
+    make_up = subprocess.run([sys.executable, "-m", "webmodels.pathlink"], capture_output=True, text=True,
+                             timeout=60, env={**launch.clean_env(), "HOME": str(home)})
+    assert f"linked {home}/.local/bin/webmodels" in make_up.stdout, make_up
+    assert _fresh_shell(home, "command -v webmodels").stdout.strip() == f"{home}/.local/bin/webmodels"
+
+    lab_ = lab()
+    banner = wait_for(lambda: "Ctrl-C stops everything" in lab_.log and lab_.log.split("webmodels lab is up")[1],
+                      timeout=60, what="the banner")
+    commands = re.findall(r"^ +(?:\d\. )?((?:webmodels|curl) \S.*?)(?:  +\(.*)?$", banner, re.M)  # type: ignore
+    assert [c.split()[:2] for c in commands] == [["webmodels", "kill"], ["curl", f"http://127.0.0.1:"
+                                                 f"{EVENTLOOP + lab_.offset}/fault/crash"], ["webmodels", "status"]]
+    assert all(c.endswith(f"--port-offset {lab_.offset}") for c in commands if c.startswith("webmodels")), commands
+    kill, crash, status = commands
+    res = _fresh_shell(home, kill)
+    assert res.returncode == 0 and "gone" in res.stdout, res
+    res = _fresh_shell(home, crash)
+    assert res.returncode == 52, res  # curl: "Empty reply from server" — the event loop died answering
+    wait_for(lambda: "eventloop serving again" in lab_.log, timeout=30, what="the event loop restarted")
+    res = _fresh_shell(home, status)
+    assert res.returncode == 0 and "eventloop" in res.stdout and "DOWN" not in res.stdout, res
+    kinds = [(e["server"], e["kind"], e["via"]) for e in read_all(str(events_path(lab_.offset)))]
+    assert kinds == [("prefork", "kill", "pid"), ("eventloop", "crash", "route")], kinds  # counted, whoever did it
+
+
+def test_min_rate_only_lengthens_a_deadline(start_server) -> None:
+    # README exercise 7 and `--min-rate`'s help (issue 18 item 13): alone, --min-rate cuts a trickler at about
+    # --header-timeout (never sooner), while a client at the rate or faster outlasts --header-timeout.
+    # Scaled down: --header-timeout 1, a trickler at 10 B/s (cut at 1/(1 - 10/100) = 1.11 s), a sender at 300 B/s.
+    srv = start_server("eventloop", "--header-timeout", "1", "--min-rate", "100")
+
+    def send(rate: float, head: bytes) -> tuple[float, bytes]:
+        """Send HEAD at RATE bytes per second (in 10 pieces a second); return when it ended and what came back."""
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            t0, step = time.monotonic(), max(1, int(rate / 10))
+            for i in range(0, len(head), step):
+                try:
+                    s.sendall(head[i:i + step])
+                except OSError:
+                    break
+                time.sleep(0.1)
+                s.setblocking(False)
+                try:
+                    if s.recv(1, socket.MSG_PEEK):
+                        break  # the server answered (a 408) before the head was complete
+                except BlockingIOError:
+                    pass
+                finally:
+                    s.setblocking(True)
+            s.settimeout(10)
+            reply = s.recv(200)
+            return time.monotonic() - t0, reply
+
+    took, reply = send(10, b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000)
+    assert reply.startswith(b"HTTP/1.1 408") and 1.0 <= took < 1.6, (took, reply)
+    took, reply = send(300, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Big: " + b"a" * 600 + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200") and took > 1.9, (took, reply)  # 2 s of head: past --header-timeout
+
+
+def test_make_up_links_into_home_first_else_a_system_dir_and_never_over_a_stranger(tmp_path) -> None:
+    # the README: "`make up` links `webmodels` into ~/.local/bin (as root, /usr/local/bin)"; here a temporary
+    # directory plays /usr/local/bin (the real one is never touched by a test)
+    from webmodels import pathlink
+
+    home, system = tmp_path / "home", tmp_path / "usr-local-bin"
+    (home / ".local" / "bin").mkdir(parents=True)
+    system.mkdir()
+    local = str(home / ".local" / "bin")
+    assert pathlink.choose([str(system), local], home, [str(system)]) == Path(local)  # $HOME first
+    assert pathlink.choose([str(system), "/usr/bin"], home, [str(system)]) == system  # root's login PATH
+    assert pathlink.choose(["/usr/bin", "/bin"], home, []) is None  # never a directory dpkg owns
+    (system / "webmodels").write_text("#!/bin/sh\n")  # someone else's program of that name
+    assert pathlink.choose([str(system)], home, [str(system)]) is None
+    (home / ".local" / "bin" / "webmodels").symlink_to("/elsewhere/.venv/bin/webmodels")  # another checkout's
+    assert pathlink.choose([local], home, []) == Path(local)
+
+
+def test_make_up_runs_the_link_then_the_lab_with_its_arguments() -> None:
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run(["make", "-n", "-C", str(root), "up", "UP_ARGS=--port-offset 7"], capture_output=True,
+                         text=True, timeout=30)
+    lines = [line.strip() for line in res.stdout.splitlines()]
+    link = lines.index(".venv/bin/python -m webmodels.pathlink")
+    assert lines[link + 1] == ".venv/bin/webmodels up --port-offset 7", res.stdout

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from loadtest.charts import METRICS, Charts, p99_between
+from webmodels import events
 
 from .support import free_port, stop_process, wait_for
 from .test_locust import ALL as SERVERS, locust_cmd, locust_env  # all five: the tab draws a line per lab server
@@ -90,12 +91,13 @@ def chrome() -> str:
 
 
 def test_servers_tab_draws_one_line_per_server_and_fault_markers(chrome, start_server, tmp_path):
-    servers = {name: start_server(name) for name in SERVERS}
+    log = str(tmp_path / "events.jsonl")  # as under `webmodels up`: every fault logged, at its own time
+    servers = {name: start_server(name, env={events.ENV: log}) for name in SERVERS}
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json",
                                        str(tmp_path / "accounting.json")),
-                            cwd=tmp_path, env=locust_env(servers), stdout=subprocess.DEVNULL,
+                            cwd=tmp_path, env=locust_env(servers, **{events.ENV: log}), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=ui, timeout=5) as c:
@@ -114,12 +116,14 @@ def test_servers_tab_draws_one_line_per_server_and_fault_markers(chrome, start_s
                         and ("eventloop", "fault") in kinds)
 
             wait_for(ready, 40, 0.5, "points for every server, fault and restart markers")
+            c.post("/stop")  # the charts keep their last five minutes: what the browser draws is what we read
+            wait_for(lambda: c.get("/stats/requests").json()["state"] == "stopped", 10, 0.2, "stop")
+            doc = c.get("/servers/series.json").json()
             url = f"{ui}/?tab=servers"
             dom = run_chromium("--virtual-time-budget=8000", "--dump-dom", url)
             if os.environ.get("WEBMODELS_SCREENSHOT"):
                 run_chromium("--virtual-time-budget=8000", "--window-size=1480,1250",
                              f"--screenshot={os.environ['WEBMODELS_SCREENSHOT']}", url)
-            c.post("/stop")
     finally:
         stop_process(proc)
     assert 'id="webmodels-charts"' in dom, dom[-2000:]
@@ -131,6 +135,15 @@ def test_servers_tab_draws_one_line_per_server_and_fault_markers(chrome, start_s
     # events are marks in the lane under each plot (merged when close: data-server lists every server in a mark)
     assert re.search(r'<g data-kind="fault" data-server="[^"]*\bprefork\b', dom)
     assert re.search(r'<g data-kind="restart" data-server="[^"]*\bprefork\b', dom)
+    first = re.search(r'<svg[^>]*data-metric="ok".*?</svg>', dom, re.S).group(0)  # type: ignore[union-attr]
+    height = int(re.search(r'<svg[^>]*height="(\d+)"', first).group(1))  # type: ignore[union-attr]
+    plot_bottom = max(float(y) for y in re.findall(r'<line x1="46" x2="\d+" y1="([\d.]+)"', first))
+    faults = re.findall(r'<g data-kind="fault"[^>]*data-count="(\d+)"><path d="M[\d.]+,([\d.]+)', first)
+    assert faults and all(plot_bottom < float(y) < height - 12 for _, y in faults), (plot_bottom, faults)  # never
+    # over the data; five servers crashed together: one mark with a count, and every fault of the log is there
+    assert max(int(n) for n, _ in faults) >= 2, faults
+    logged = [m for m in doc["markers"] if m["kind"] == "fault"]  # a short run: all within the axis
+    assert sum(int(n) for n, _ in faults) == len(logged), (faults, len(logged))
     # the line of a server that served something is drawn (not the empty placeholder)
     ok = re.search(r'<svg[^>]*data-metric="ok".*?</svg>', dom, re.S).group(0)  # type: ignore[union-attr]
     for name in SERVERS:

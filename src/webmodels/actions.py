@@ -228,6 +228,15 @@ def request(url: str, method: str, path: str, timeout: float, by: str = "") -> R
     return Reply("answered", status, body)
 
 
+def _refusal(model: str, reply: Reply) -> str | None:
+    """What a lab route's refusal means for people (404: the controls are off), or None if it was accepted."""
+    if reply.status == 404:
+        return f"{model}: lab controls are disabled on this server (start it with --faults / WEBMODELS_FAULTS=1)"
+    if reply.status >= 400:
+        return f"{model}: {reply.json().get('error') or reply.status}"
+    return None
+
+
 def stats(lab: Lab, model: str, timeout: float = STATS_TIMEOUT_S) -> dict[str, Any] | None:
     """MODEL's /_lab/stats, or None when it does not answer."""
     reply = request(lab.url(model), "GET", "/_lab/stats", timeout)
@@ -375,17 +384,14 @@ def _kill_http(lab: Lab, model: str, target: str, pid: int | None, by: str) -> O
     route = f"/_lab/kill?target={target}" + (f"&pid={pid}" if pid else "")
     reply = request(lab.url(model), "POST", route, 5.0, by)
     if reply.kind != "answered":
+        silent = "hung" if reply.kind == "timeout" else "silent"
         return out(False, f"{model}: no answer to POST {route} ({reply.error or reply.kind}); from here (no "
-                          f"Docker engine, no view of its pids) nothing else can reach a {'hung' if reply.kind == 'timeout' else 'silent'} server — on the "
+                          f"Docker engine, no view of its pids) nothing else can reach a {silent} server — on the "
                           f"host run: webmodels kill {model}" + (" --worker" if target == "worker" else " --process"),
                    reply=reply.kind)
-    if reply.status == 404:
-        return out(False, f"{model}: lab controls are disabled on this server (start it with --faults / "
-                          "WEBMODELS_FAULTS=1)", status=404)
-    body = reply.json()
-    if reply.status >= 400:
-        return out(False, f"{model}: {body.get('error') or reply.status}", status=reply.status)
-    victim = int(body.get("pid", 0))
+    if refused := _refusal(model, reply):
+        return out(False, refused, status=reply.status)
+    victim = int(reply.json().get("pid", 0))
     deadline = time.monotonic() + KILL_CONFIRM_S
     t0 = time.monotonic()
     while time.monotonic() < deadline:
@@ -437,7 +443,7 @@ def _kill_docker(model: str, target: str, pid: int | None, by: str) -> Outcome:
                 inside = json.loads(line)
             except ValueError:
                 pass
-    if target == "worker" or not inside.get("ok"):
+    if target == "worker" or not inside.get("ok"):  # a worker: the code inside confirmed it (psutil, in there)
         if res is None:
             return out(False, f"{model}: `docker exec` did not finish within 30 s", container=container)
         if not inside:
@@ -452,13 +458,15 @@ def _kill_docker(model: str, target: str, pid: int | None, by: str) -> Outcome:
         now = _inspect(container)
         if now is None:
             break
-        if not now.get("Running") or now.get("StartedAt") != before.get("StartedAt") or now.get("Pid") != before.get("Pid"):
+        moved = now.get("StartedAt") != before.get("StartedAt") or now.get("Pid") != before.get("Pid")
+        if not now.get("Running") or moved:
             took = (time.monotonic() - t0) * 1000
             then = "Docker restarts it" if now.get("Restarting") or now.get("Running") else "stopped"
-            return out(True, f"{model}: killed pid {inside['facts'].get('pid')} in container {container[:12]} — "
+            facts = {**inside.get("facts", {}), "container": container, "gone": True,
+                     "confirmed_by": "docker inspect", "restart_count": now.get("RestartCount")}
+            return out(True, f"{model}: killed pid {facts.get('pid')} in container {container[:12]} — "
                              f"gone (docker inspect: {'restarted' if now.get('Running') else 'not running'}) after "
-                             f"{took:.0f} ms; {then}", **inside.get("facts", {}), container=container, gone=True,
-                       confirmed_by="docker inspect", restart_count=now.get("RestartCount"))
+                             f"{took:.0f} ms; {then}", **facts)
         time.sleep(0.05)
     return out(False, f"{model}: sent SIGKILL inside {container[:12]}, but docker inspect shows the same process "
                       "running", container=container, gone=False)
@@ -542,11 +550,11 @@ def fault(model: str, kind: str, *, lab: Lab | None = None, by: str = "webmodels
     else:
         reply = request(lab.url(model), "POST", path, 10.0, by)
     if reply.kind == "answered" and reply.status == 404:
-        return out(False, f"{model}: faults are disabled on this server (start it with --faults / "
-                          "WEBMODELS_FAULTS=1)", status=404)
+        return out(False, _refusal(model, reply), status=404)
     if kind in ("crash", "segfault"):
         if reply.kind == "answered":
-            return out(False, f"{model}: {path} was answered ({reply.status}): the process did not die", status=reply.status)
+            return out(False, f"{model}: {path} was answered ({reply.status}): the process did not die",
+                       status=reply.status)
         if master:  # the worker that served it died; the master counts the exit
             deadline = time.monotonic() + KILL_CONFIRM_S
             while time.monotonic() < deadline:
@@ -555,8 +563,9 @@ def fault(model: str, kind: str, *, lab: Lab | None = None, by: str = "webmodels
                 if exits > exits_before:
                     gone = sorted({w["pid"] for w in before.get("per_worker", [])} -
                                   {w["pid"] for w in now.get("per_worker", [])})
-                    return out(True, f"{model}: {kind} — a worker died (the master counted its exit"
-                                     + (f": pid {', '.join(map(str, gone))}" if gone else "") + "); the others serve on",
+                    which = f": pid {', '.join(map(str, gone))}" if gone else ""
+                    return out(True, f"{model}: {kind} — a worker died (the master counted its exit{which}); the "
+                                     "others serve on",
                                gone=True, workers_gone=gone, confirmed_by="/_lab/stats worker_exits")
                 time.sleep(0.02)
             return out(False, f"{model}: {kind} sent, no answer, but no worker exit seen within {KILL_CONFIRM_S:g} s")
@@ -610,13 +619,9 @@ def scale(model: str, delta: int, *, lab: Lab | None = None, by: str = "webmodel
     reply = request(lab.url(model), "POST", f"/_lab/scale?delta={delta}", 10.0, by)
     if reply.kind != "answered":
         return out(False, f"{model}: no answer to POST /_lab/scale ({reply.error or reply.kind})", reply=reply.kind)
-    if reply.status == 404:
-        return out(False, f"{model}: lab controls are disabled on this server (start it with --faults / "
-                          "WEBMODELS_FAULTS=1)", status=404)
-    body = reply.json()
-    if reply.status >= 400:
-        return out(False, f"{model}: {body.get('error') or reply.status}", status=reply.status)
-    want = int(body["target_workers"])
+    if refused := _refusal(model, reply):
+        return out(False, refused, status=reply.status)
+    want = int(reply.json()["target_workers"])
     deadline, t0, workers = time.monotonic() + SCALE_CONFIRM_S, time.monotonic(), None
     while time.monotonic() < deadline:
         now = stats(lab, model, 1.0)

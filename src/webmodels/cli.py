@@ -68,9 +68,12 @@ def _seconds(text: str) -> float:
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("up", help="run the whole lab natively: five servers + Locust UI, with restarts",
-                       description="Start the five servers on 127.0.0.1:8001-8005 with the settings in lab/*.env "
-                       "and the Locust web UI on 127.0.0.1:8089; restart a crashed server as Docker's restart "
+    from .lab import LOCUST_PORT, SERVERS
+    ports = [s.port for s in SERVERS.values()]
+    p = sub.add_parser("up", help=f"run the whole lab natively: {len(SERVERS)} servers + Locust UI, with restarts",
+                       description=f"Start the lab's {len(SERVERS)} servers on 127.0.0.1:{min(ports)}-{max(ports)} "
+                       f"with the settings in lab/*.env and the Locust web UI on 127.0.0.1:{LOCUST_PORT}; restart a "
+                       "crashed server as Docker's restart "
                        "policy would (100 ms, doubling up to 1 min, reset after 10 s up). Ctrl-C stops everything.",
                        epilog="The supervisor's state (restarts, back-off) is kept in a JSON file that `webmodels "
                        "status` and Locust's Servers tab read. For short experiments WEBMODELS_BACKOFF_FIRST and "
@@ -82,8 +85,9 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
                    help="also run Prometheus on 127.0.0.1:9090 scraping every server's /metrics (needs a "
                    "`prometheus` binary: apt-get install prometheus)")
     p.add_argument("--port-offset", type=int, default=int(os.environ.get("WEBMODELS_PORT_OFFSET", "0")),
-                   metavar="N", help="shift every lab port by N (e.g. 10000 → 18001-18005, 18089; also "
-                   "WEBMODELS_PORT_OFFSET, read by status, kill and scale too)")
+                   metavar="N", help=f"shift every lab port by N (e.g. 10000 → {min(ports) + 10000}-"
+                   f"{max(ports) + 10000}, {LOCUST_PORT + 10000}; also WEBMODELS_PORT_OFFSET, read by status, kill "
+                   "and scale too)")
     p.add_argument("--restart-delay", type=_seconds, default=None, metavar="S",
                    help="restart a crashed server after a fixed S seconds instead of Docker's growing back-off "
                    "(0 = at once), so repeated crashes measure the model, not the restart policy")
@@ -116,7 +120,7 @@ def _add_offset(p: argparse.ArgumentParser) -> None:
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="table of the five lab servers (native or compose)")
+    p = sub.add_parser("status", help="table of the lab's servers (native or compose): up, hung or down")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_offset(p)
     p.set_defaults(func=lambda a: __import__("webmodels.labctl", fromlist=["x"]).print_status(a.json, a.port_offset))

@@ -87,7 +87,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("send_timeout", float, "abort a connection whose response makes no progress for S seconds (a "
            "client that does not read)", MODELS, 0.1, 3600),
     Option("min_rate", float, "each byte of a request head or body received extends its deadline by "
-           "1/BYTES_PER_S seconds (0 = off; as Apache mod_reqtimeout's MinRate)", MODELS, 0, 10**9),
+           "1/BYTES_PER_S seconds, up to --header-timeout after the last byte (0 = off; as Apache mod_reqtimeout's "
+           "MinRate). It only ever lengthens a deadline: alone it cuts a client slower than the rate at about "
+           "--header-timeout (a 1 B/s trickler at 10.1 s with the default 10 s and --min-rate 100: of 100 "
+           "tricklers on the event loop, 0 cut in the first 10 s, 100 in 20 s). To cut them sooner, lower "
+           "--header-timeout (2: 200 cuts in 10 s, each trickler at 2.02 s after it connects); --min-rate then "
+           "spares a big head or body that keeps coming at BYTES_PER_S or faster", MODELS, 0, 10**9),
     Option("faults", bool, "enable the /fault/* routes and POST /_lab/kill"),
     Option("access_log", bool, "log one line per request"),
     Option("loop", str, "event loop implementation", ("eventloop",), choices=("uvloop", "asyncio"),

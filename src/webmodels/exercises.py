@@ -788,12 +788,18 @@ EXERCISES: tuple[Exercise, ...] = (
         "sync worker, a pool thread. That is why Apache and gunicorn's sync workers sit behind a buffering proxy "
         "(nginx), which is itself an event loop.",
         more="The defences a server can switch on: `--header-timeout S` (the whole head must arrive within S), "
-             "`--min-rate BYTES_PER_S` (as Apache's mod_reqtimeout: each byte earns 1/rate s more, so a big upload "
-             "at a decent rate may outlast `--header-timeout` while a trickler never does), and an engine that "
-             "waits cheaply (`--engine loop`). On a sync worker a timeout only rotates the victims: reconnecting "
-             "tricklers queue ahead of the normal client. `benchmarks/slowloris.py` without `--url` starts its own "
-             "servers and compares the defences (`--server prefork --flags \"--workers 4 --header-timeout 2\"`); "
-             "`webmodels bench --scenarios slow` measures every model."),
+             "`--min-rate BYTES_PER_S` (as Apache's mod_reqtimeout: each byte earns 1/rate s more, up to S after "
+             "the last byte, so a big upload at a decent rate may outlast `--header-timeout` while a trickler never "
+             "does), and an engine that waits cheaply (`--engine loop`). `--min-rate` only ever *lengthens* a "
+             "deadline: alone it cuts a 1 B/s trickler at about `--header-timeout` (10 s by default: 10.1 s with "
+             "`--min-rate 100`), so `.venv/bin/python benchmarks/slowloris.py --server eventloop --flags "
+             "\"--min-rate 100\"` cuts **0** of the 100 tricklers in its 10 s run (and 100 by 20 s: `--seconds "
+             "20`). Lower `--header-timeout` to cut them sooner: `--flags \"--header-timeout 2\"` cuts 200 in the "
+             "same 10 s, with or without `--min-rate 100`. On prefork (4 workers) either way only 16: a worker "
+             "accepts one connection at a time, and the other tricklers wait in the backlog, where no deadline "
+             "runs. On a sync worker a timeout only rotates the victims: reconnecting tricklers queue ahead of the "
+             "normal client. Without `--url` the script starts its own servers (`--server`, `--flags`); `webmodels "
+             "bench --scenarios slow` measures every model."),
     Exercise(
         "H1", "Crash one worker of hybrid-threads",
         "A hybrid's worker dies with its threads' requests. How much does that cost compared with the thread pool, "

@@ -104,7 +104,7 @@ def print_status(as_json: bool = False, offset: int = 0) -> int:
     for r in rows:
         if not r["up"]:
             what = "HUNG" if r["state"] == "hung" else "DOWN"
-            extra = " — ".join(x for x in (r["detail"], r["supervisor"]) if x)
+            extra = " — ".join(x for x in (r["supervisor"], r["detail"]) if x)
             print(f"{r['model']:15} {r['port']:>5} {what:4}" + (f" — {extra}" if extra else ""))
             continue
         pids = ",".join(map(str, r["pids"]))
@@ -120,7 +120,7 @@ def print_status(as_json: bool = False, offset: int = 0) -> int:
 
 
 def _report(outcome: actions.Outcome, as_json: bool) -> int:
-    print(json.dumps(outcome.to_dict(), indent=2) if as_json else outcome.message)
+    print(json.dumps(outcome.to_dict(), indent=2, ensure_ascii=False) if as_json else outcome.message)
     return outcome.exit_code
 
 

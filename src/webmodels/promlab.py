@@ -21,14 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .lab import SERVERS
+
 PROMETHEUS_PORT = 9090
 SCRAPE_INTERVAL = "1s"
 RETENTION = "15m"
 JOB = "webmodels"
-# The five servers of the contract, with their compose service names (the compose config names them all;
-# a server not yet in the compose file is simply a target that is down).
-COMPOSE_TARGETS = {"threadpool": "threadpool:8001", "prefork": "prefork:8002", "eventloop": "eventloop:8003",
-                   "hybrid-threads": "hybrid-threads:8004", "hybrid-loop": "hybrid-loop:8005"}
+# The lab's servers (lab.SERVERS, the one table), by their compose service names (the compose config names
+# them all; a server not yet in the compose file is simply a target that is down).
+COMPOSE_TARGETS = {name: f"{name}:{server.port}" for name, server in SERVERS.items()}
 # The same servers under docker-compose.ci.yml (network_mode: host): every container is on this machine's loopback.
 COMPOSE_HOST_TARGETS = {model: "127.0.0.1:" + addr.rpartition(":")[2] for model, addr in COMPOSE_TARGETS.items()}
 COMPOSE_CONFIGS = {"--compose": ("prometheus.yml", COMPOSE_TARGETS),

@@ -345,8 +345,9 @@ def lab_children(locust: bool = True, locust_args: list[str] | None = None, offs
     py = sys.executable
     log_env = {EVENTS_ENV: str(events)} if events is not None else {}  # every fault recorded, whoever fires it
     # bind and faults come from the lab's env files (server_env), as in compose
-    children = [Child(model, serve_argv(model, bind=None, faults=False), {**server_env(model, offset=offset), **log_env},
-                      port=port + offset) for model, port in LAB_PORTS.items()]
+    children = [Child(model, serve_argv(model, bind=None, faults=False),
+                      {**server_env(model, offset=offset), **log_env}, port=port + offset)
+                for model, port in LAB_PORTS.items()]
     if locust:
         locust_bin = os.path.join(os.path.dirname(py), "locust")
         argv = [locust_bin if os.path.exists(locust_bin) else "locust", "-f",
@@ -361,7 +362,7 @@ def lab_children(locust: bool = True, locust_args: list[str] | None = None, offs
 
 
 def shape(model: str) -> str:
-    """What the banner says of a server's processes, read from its lab/<model>.env: "(2 worker processes × 16 threads)"."""
+    """Say what a server's processes are, from its lab/<model>.env: "(2 worker processes × 16 threads)"."""
     env = read_env_file(project_root() / SERVERS[model].env_file)
     server = SERVERS[model]
     if not server.master:
@@ -388,7 +389,8 @@ def welcome(offset: int, policy: str, locust: bool = True, events: Path | None =
         singles = [n for n, sv in SERVERS.items() if not sv.master]
         lines += ["", "  Try first (in another terminal):",
                   f"    1. In Locust pick all {len(SERVERS)} user classes, 30 users, workload \"io\", Start.",
-                  f"    2. Crash a {masters[0]} worker, then the {SERVERS[singles[-1]].label}, and watch the Servers tab:",
+                  f"    2. Crash a {masters[0]} worker, then the {SERVERS[singles[-1]].label}, and watch the "
+                  "Servers tab:",
                   f"         webmodels kill {masters[0]} --worker{flag}",
                   f"         curl {server_url(singles[-1], offset=offset)}/fault/crash",
                   f"    3. webmodels status{flag}      (memory: RSS vs USS vs PSS per model)"]
