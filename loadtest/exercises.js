@@ -39,6 +39,14 @@
     for (const kid of kids) if (kid !== null && kid !== undefined) e.append(kid);
     return e;
   }
+  // The table's texts are written for the README too: `code` spans become <code> here, nothing else is markup.
+  function inline(text) {
+    const out = document.createDocumentFragment();
+    String(text || "").split(/(`[^`]*`)/).forEach((part, i) => {
+      out.append(i % 2 ? h("code", { style: "font-size:90%" }, part.slice(1, -1)) : part);
+    });
+    return out;
+  }
   async function post(url, data) {
     const r = await fetch(url, { method: "POST", body: new URLSearchParams(data || {}) });
     try { return await r.json(); } catch (e) { return { ok: false, message: `HTTP ${r.status}` }; }
@@ -86,7 +94,7 @@
     if (!n) return null;
     const [mark, color] = n.ok === null ? ["…", "#757575"] : n.ok ? ["✓", "#2e7d32"] : ["✗", "#c62828"];
     return h("div", { class: "wm-note", "data-note": key, "data-ok": String(n.ok), style: "margin:2px 0 6px 0;font-size:13px" },
-             h("b", { style: `color:${color}` }, mark + " "), n.message);
+             h("b", { style: `color:${color}` }, mark + " "), inline(n.message));
   }
   function button(text, onclick, attrs) {
     return h("button", { ...attrs, onclick, ...(busy ? { disabled: "" } : {}),
@@ -112,7 +120,7 @@
         rows.push(h("tr", { class: "wm-reason", "data-figure": f.key },
           h("td", {}), h("td", { colspan: 4, style: `font-size:12px;color:${f.verdict === "differs" ? color : "inherit"};` +
                                                       "opacity:.85;padding-top:0" },
-                         (f.verdict === "differs" ? "likely reason: " : "") + f.reason)));
+                         (f.verdict === "differs" ? "likely reason: " : ""), inline(f.reason))));
       }
     }
     const th = t => h("th", { style: "text-align:left;padding:4px 8px;border-bottom:1px solid rgba(128,128,128,.5)" }, t);
@@ -140,15 +148,16 @@
       note("setup-" + i)));
     const acts = ex.actions.length ? ex.actions.map(a => h("div", { style: "margin:4px 0" },
       button(a.label, () => act(ex, a), { "data-action": a.key }),
-      h("code", { style: "font-size:12px;opacity:.85" }, a.command),
-      a.note ? h("div", { style: "font-size:12px;opacity:.7;margin-left:4px" }, a.note) : null,
+      a.command.startsWith("Ctrl-C") ? h("span", { style: "font-size:12px;opacity:.85" }, a.command)
+                                     : h("code", { style: "font-size:12px;opacity:.85" }, a.command),
+      a.note ? h("div", { style: "font-size:12px;opacity:.7;margin-left:4px" }, inline(a.note)) : null,
       note(a.key))) : [h("div", {}, "Nothing to do but watch: switch between the setups above.")];
     const states = observed && observed.id === ex.id ? Object.entries(observed.states)
       .filter(([, s]) => s && s !== "up").map(([n, s]) => `${n}: ${s}`).join(" · ") : "";
     panel.replaceChildren(
       picker, note("reset") || "",
       h("h3", { style: "margin:8px 0 2px" }, `${ex.id}. ${ex.title}`),
-      h("p", { style: "margin:2px 0;font-size:15px" }, ex.question),
+      h("p", { style: "margin:2px 0;font-size:15px" }, inline(ex.question)),
       h("p", { style: "margin:2px 0;font-size:13px;opacity:.8" }, "Tests the row ", h("b", {}, ex.row),
         " of the processes-vs-threads table"),
       section("Set up", ...setups),
@@ -157,7 +166,7 @@
       h("section", { id: "wm-observe", style: "margin:10px 0 4px" },
         h("h4", { style: "margin:6px 0" }, "Observe", states ? h("span", { style: "font-weight:normal;font-size:12px;margin-left:10px" }, states) : null),
         observeTable(ex)),
-      section("Why", h("p", { style: "margin:2px 0" }, ex.why)));
+      section("Why", h("p", { style: "margin:2px 0" }, inline(ex.why))));
     panel.setAttribute("data-exercise", ex.id);
     panel.setAttribute("data-updated", observed ? String(observed.now) : "");
   }
@@ -184,8 +193,8 @@
         return { host: t.closest(".MuiTableContainer-root, .MuiPaper-root") || t, hide: true };
       }
     }
-    const form = document.querySelector("form");  // Locust's start form, before any run: the panel goes first
-    if (form) return { host: form, hide: false, before: true };
+    const form = document.querySelector("form");  // Locust's start form, before any run: the panel goes on top
+    if (form && form.parentElement) return { host: form.parentElement, hide: false, inside: true };
     return null;
   }
   function attach() {
@@ -197,11 +206,11 @@
     const a = anchor();
     if (!a) return;
     if (a.hide && a.host.style.display !== "none") a.host.style.display = "none";
-    const placed = a.before ? panel && panel.nextElementSibling === a.host : panel && panel.previousElementSibling === a.host;
+    const placed = a.inside ? panel && a.host.firstElementChild === panel : panel && panel.previousElementSibling === a.host;
     if (panel && panel.isConnected && placed) return;
     if (panel) panel.remove();
     panel = h("div", { id: ID, style: "padding:12px 4px;color:inherit;max-width:1400px" });
-    a.host.insertAdjacentElement(a.before ? "beforebegin" : "afterend", panel);
+    a.host.insertAdjacentElement(a.inside ? "afterbegin" : "afterend", panel);
     if (table) render(); else load();
     if (!timer) timer = setInterval(refresh, REFRESH_MS);
   }

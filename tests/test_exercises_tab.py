@@ -61,8 +61,9 @@ def press(page: Browser, selector: str, note_key: str, note_timeout: float = 60)
     return out
 
 
-def run_in_page(page: Browser, lab: ExerciseLab, ex_id: str, tmp_path: Path, before_act=None,
+def run_in_page(page: Browser, lab: ExerciseLab, ex_id: str, tmp_path: Path, keys: tuple[str, ...] = (),
                 timeout: float = 60) -> list[dict]:
+    """Reset, Set up, press each action KEYS (default: all but a stop), wait for the verdicts, photograph them."""
     e = exercises.exercise(ex_id)
     page.goto(f"{lab.ui}/?tab=exercises&exercise={ex_id}")
     page.wait("document.querySelectorAll('#webmodels-exercises [data-action]').length", 30, "the Exercises panel")
@@ -71,10 +72,8 @@ def run_in_page(page: Browser, lab: ExerciseLab, ex_id: str, tmp_path: Path, bef
     if e.setups[0].classes:  # the users are on the servers before anything happens to them
         page.wait("document.querySelector('#webmodels-exercises').dataset.updated > 0", 30, "the first figures")
         lab.setup_settled(ex_id)
-    if before_act:
-        before_act()
     for a in e.actions:
-        if a.verb != "slow" or not a.params.get("stop"):
+        if (a.key in keys) if keys else not a.params.get("stop"):
             press(page, f'[data-action="{a.key}"]', a.key)
     page.wait("[...document.querySelectorAll('#wm-observe tbody tr[data-verdict]')]"
               ".every(tr => tr.dataset.verdict !== 'waiting')", timeout, f"exercise {ex_id}'s verdicts")
@@ -101,8 +100,12 @@ def test_exercise_2_in_the_page(page, lab, tmp_path):
 
 
 def test_exercise_h1_in_the_page(page, lab, tmp_path):
-    shown = {r["key"]: r for r in run_in_page(page, lab, "H1", tmp_path)}
-    assert shown["hybrid-threads-split"]["verdict"] == "info" and "·" in shown["hybrid-threads-split"]["now"]
+    shown = {r["key"]: r for r in run_in_page(page, lab, "H1", tmp_path,
+                                              ("kill-busiest-hybrid-threads-worker", "crash-threadpool"))}
+    split = shown["hybrid-threads-split"]
+    assert split["verdict"] == "info" and "·" in split["now"]
+    busiest = max(int(n) for n in split["now"].split("(")[0].split("·"))
+    assert abs(int(shown["hybrid-threads-collateral"]["now"]) - busiest) <= 1  # the busiest worker's users, lost
 
 
 def test_exercise_7_in_the_page(page, lab, tmp_path):

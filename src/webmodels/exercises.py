@@ -807,7 +807,11 @@ EXERCISES: tuple[Exercise, ...] = (
         "fault isolation", (IO_LOAD,),
         (Action("kill-hybrid-threads-worker", "Kill one hybrid-threads worker", "kill", "hybrid-threads",
                 "webmodels kill hybrid-threads --worker", {"target": "worker"},
-                f"or `{_curl('hybrid-threads', '/fault/crash')}`, which crashes the worker serving it"),
+                f"any one but the worker answering; or `{_curl('hybrid-threads', '/fault/crash')}`, which crashes "
+                "the worker serving it"),
+         Action("kill-busiest-hybrid-threads-worker", "Kill the busiest hybrid-threads worker", "kill",
+                "hybrid-threads", "webmodels kill hybrid-threads --worker --pid PID", {"target": "worker", "pid": "busiest"},
+                "PID: the worker with the most requests in flight in the split below — the most this crash can cost"),
          Action("crash-threadpool", "Crash the thread pool", "fault", "threadpool", _curl("threadpool", "/fault/crash"),
                 {"kind": "crash"})),
         (Fig("hybrid-threads-split", "hybrid-threads: requests in flight per worker", "/_lab/stats per_worker",
