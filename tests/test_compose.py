@@ -81,7 +81,7 @@ def compose():
     finally:
         logs = run("logs", "--no-color", "--tail", "40", check=False, timeout=60)
         print(logs.stdout[-6000:])
-        run("down", "--remove-orphans", "-t", "5", check=False, timeout=180)
+        run("down", "-v", "--remove-orphans", "-t", "5", check=False, timeout=180)
 
 
 def _container(model: str) -> str:
@@ -236,11 +236,14 @@ def test_compose_lab_end_to_end(compose) -> None:
     time.sleep(3)  # Docker's first restart would come after 100 ms
     assert _inspect("threadpool", "{{.State.Status}} {{.RestartCount}}") == f"exited {restarts}"
 
-    # 5. down leaves nothing running
-    compose("down", "--remove-orphans", "-t", "5", timeout=180)
+    # 5. down (-v: the event log's volume too) leaves nothing running
+    compose("down", "-v", "--remove-orphans", "-t", "5", timeout=180)
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"],
                           capture_output=True, text=True, timeout=30).stdout.split()
     assert left == [], f"containers left after down: {left}"
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+    assert volumes == [], f"volumes left after down -v: {volumes}"
     for url in [f"http://127.0.0.1:{port}/" for port in PORTS.values()] + [f"{PROMETHEUS}/-/ready"]:
         with pytest.raises(httpx.HTTPError):
             httpx.get(url, timeout=2)

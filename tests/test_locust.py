@@ -185,8 +185,10 @@ def test_servers_tab_shows_a_restart_waiting_for_its_back_off(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-            rows = wait_for(lambda: c.get("/servers.json").json()["servers"], 20, 0.2, "the tab's rows")
-            by = {r["server"]: r for r in rows}
+            # every row: the first poll fills them in one by one (a server that does not answer takes longest)
+            rows = wait_for(lambda: len(rs := c.get("/servers.json").json()["servers"]) == len(ALL) and rs, 20, 0.2,
+                            "the tab's rows")
+            by = {r["server"]: r for r in rows}  # type: ignore[union-attr]
             assert list(by) == list(ALL)
             m = re.fullmatch(r"down — restart in (\d+\.\d) s \(back-off\)", by["eventloop"]["state"])
             assert m and 10 < float(m.group(1)) <= 30, by["eventloop"]["state"]  # counts down from 30

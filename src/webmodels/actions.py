@@ -412,7 +412,8 @@ def _kill_http(lab: Lab, model: str, target: str, pid: int | None, by: str) -> O
                       f"within {KILL_CONFIRM_S:g} s from here", pid=victim, gone=None)
 
 
-def _inspect(container: str) -> dict[str, Any] | None:
+def inspect_container(container: str) -> dict[str, Any] | None:
+    """The container's State from `docker inspect`, with its RestartCount (None: Docker cannot say)."""
     res = _docker("inspect", "-f", "{{json .State}} {{.RestartCount}}", container)
     if res is None or res.returncode != 0:
         return None
@@ -431,7 +432,7 @@ def _kill_docker(model: str, target: str, pid: int | None, by: str) -> Outcome:
     if container is None:
         return out(False, f"{model}: no running compose container (docker ps --filter "
                           f"label=com.docker.compose.service={model})")
-    before = _inspect(container) or {}
+    before = inspect_container(container) or {}
     argv = ["exec", container, "python3", "-m", "webmodels.actions", "inside", model, target,
             str(pid or 0), by]
     t0 = time.monotonic()
@@ -455,7 +456,7 @@ def _kill_docker(model: str, target: str, pid: int | None, by: str) -> Outcome:
     # the process: it took the container's init, and the exec with it; confirm from outside
     deadline = time.monotonic() + KILL_CONFIRM_S + 5
     while time.monotonic() < deadline:
-        now = _inspect(container)
+        now = inspect_container(container)
         if now is None:
             break
         moved = now.get("StartedAt") != before.get("StartedAt") or now.get("Pid") != before.get("Pid")
@@ -510,7 +511,7 @@ def _process_gone(lab: Lab, model: str, before: dict[str, Any], timeout: float) 
             if is_gone(before["pid"], before.get("born")):
                 return True, "psutil: pid gone"
         elif lab.where == "docker" and before.get("container"):
-            now = _inspect(before["container"]) or {}
+            now = inspect_container(before["container"]) or {}
             if not now.get("Running") or now.get("StartedAt") != before.get("StartedAt"):
                 return True, "docker inspect: restarted" if now.get("Running") else "docker inspect: not running"
         else:
@@ -541,7 +542,7 @@ def fault(model: str, kind: str, *, lab: Lab | None = None, by: str = "webmodels
         ident["pid"] = lab.server_pid(model)
         ident["born"] = _identity(ident["pid"]) if ident["pid"] else None
     elif lab.where == "docker" and (container := compose_container(model)):
-        ident.update(_inspect(container) or {}, container=container)
+        ident.update(inspect_container(container) or {}, container=container)
     path = _fault_path(kind, params)
     master = SERVERS[model].master
     exits_before = sum((before.get("counters", {}).get("worker_exits") or {}).values())

@@ -30,6 +30,7 @@ class LabServer:
     port: int
     user_class: str
     color: str  # its line in the Servers tab's charts
+    label: str = ""  # how people call it ("thread pool"); the name when empty
 
     @property
     def env_file(self) -> str:
@@ -51,16 +52,15 @@ class LabServer:
         """How its workers (or its one process) wait: sync, threads or loop."""
         return config.MODEL_ENGINE[self.name]
 
-    @property
-    def label(self) -> str:
-        """How people call it: "thread pool", "hybrid-loop"."""
-        return {"threadpool": "thread pool", "eventloop": "event loop"}.get(self.name, self.name)
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 SERVERS: dict[str, LabServer] = {s.name: s for s in (
-    LabServer("threadpool", 8001, "ThreadpoolUser", "#1f77b4"),
+    LabServer("threadpool", 8001, "ThreadpoolUser", "#1f77b4", "thread pool"),
     LabServer("prefork", 8002, "PreforkUser", "#2ca02c"),
-    LabServer("eventloop", 8003, "EventloopUser", "#d62728"),
+    LabServer("eventloop", 8003, "EventloopUser", "#d62728", "event loop"),
     LabServer("hybrid-threads", 8004, "HybridThreadsUser", "#9467bd"),
     LabServer("hybrid-loop", 8005, "HybridLoopUser", "#ff7f0e"),
 )}

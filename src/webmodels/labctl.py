@@ -21,7 +21,7 @@ from .lab import SERVERS
 def docker_restarts(model: str) -> int | None:
     """RestartCount of the compose container serving MODEL, if Docker knows one."""
     container = actions.compose_container(model)
-    state = actions._inspect(container) if container else None
+    state = actions.inspect_container(container) if container else None
     return state.get("RestartCount") if state else None
 
 
