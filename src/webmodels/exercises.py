@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .figures import (DIFFERS, INFO, OK, UNSURE, Obs, Reading, judged, ms, no_events, plural, users_in_flight,
-                      waiting, worker_split)
+from .figures import (DIFFERS, INFO, OK, UNSURE, Obs, Reading, judged, ms, plural, users_in_flight, waiting,
+                      worker_split)
 from .lab import LAB_PORTS, SERVERS, project_root
 
 USER_CLASSES = {name: s.user_class for name, s in SERVERS.items()}
@@ -136,11 +136,9 @@ class Exercise:
 def lost_with_worker(server: str) -> Callable[[Obs], Reading]:
     """Collateral of a master model = the requests its dead workers held in flight (±1: one in transit)."""
     def read(o: Obs) -> Reading:
-        deaths = o.deaths(server)
-        if not deaths:
-            return waiting(f"no {label(server)} worker has died yet")
-        if (r := o.settling(deaths[-1].t)) is not None:
-            return r
+        deaths = o.settled_deaths(server, f"no {label(server)} worker")
+        if isinstance(deaths, Reading):
+            return deaths
         want = sum(d.in_flight or 0 for d in deaths)
         got = int(o.acc(server, "collateral"))
         held = " · ".join(f"worker {d.pid} had {d.in_flight}" for d in deaths)
@@ -153,11 +151,9 @@ def lost_with_worker(server: str) -> Callable[[Obs], Reading]:
 
 def sync_lost(o: Obs) -> Reading:
     """Prefork: a sync worker holds one request: each death costs at most that one."""
-    deaths = o.deaths("prefork")
-    if not deaths:
-        return waiting("no prefork worker has died yet")
-    if (r := o.settling(deaths[-1].t)) is not None:
-        return r
+    deaths = o.settled_deaths("prefork", "no prefork worker")
+    if isinstance(deaths, Reading):
+        return deaths
     got = int(o.acc("prefork", "collateral"))
     return judged(got <= len(deaths), got, str(got),
                   f"≤ {len(deaths)}: one per worker killed, the request it was serving (0 if it was idle)",
@@ -180,11 +176,9 @@ def respawned(server: str) -> Callable[[Obs], Reading]:
 
 def short_downtime(server: str, bound_ms: float, what: str) -> Callable[[Obs], Reading]:
     def read(o: Obs) -> Reading:
-        deaths = o.deaths(server)
-        if not deaths:
-            return waiting(f"nothing of {label(server)} has died yet")
-        if (r := o.settling(deaths[-1].t)) is not None:
-            return r
+        deaths = o.settled_deaths(server, f"nothing of {label(server)}")
+        if isinstance(deaths, Reading):
+            return deaths
         got = float(o.acc(server, "downtime_ms", 0.0))
         return judged(got <= bound_ms, got, ms(got), what,
                       "every user request failed for a while: were all users on the dead worker? see per-worker "
@@ -195,11 +189,9 @@ def short_downtime(server: str, bound_ms: float, what: str) -> Callable[[Obs], R
 def lost_with_process(server: str) -> Callable[[Obs], Reading]:
     """A single process: its crash costs every request in flight, and every one sent while it is down."""
     def read(o: Obs) -> Reading:
-        deaths = o.deaths(server)
-        if not deaths:
-            return waiting(f"the {label(server)} has not died yet")
-        if (r := o.settling(deaths[-1].t)) is not None or o.state(server) != "up":
-            return r or waiting(f"counting until it is back up ({o.state(server)})")
+        deaths = o.settled_deaths(server, f"the {label(server)}")
+        if isinstance(deaths, Reading) or o.state(server) != "up":
+            return deaths if isinstance(deaths, Reading) else waiting(f"counting until it is back up ({o.state(server)})")
         held = sum(d.in_flight or 0 for d in deaths)
         got = int(o.acc(server, "collateral"))
         return judged(got >= held and got > 0, got, str(got),
@@ -210,11 +202,9 @@ def lost_with_process(server: str) -> Callable[[Obs], Reading]:
 
 def down_until_restarted(server: str) -> Callable[[Obs], Reading]:
     def read(o: Obs) -> Reading:
-        deaths = o.deaths(server)
-        if not deaths:
-            return waiting(f"the {label(server)} has not died yet")
-        if (r := o.settling(deaths[-1].t)) is not None:
-            return r
+        deaths = o.settled_deaths(server, f"the {label(server)}")
+        if isinstance(deaths, Reading):
+            return deaths
         got = float(o.acc(server, "downtime_ms", 0.0))
         backoff = o.acc(server, "backoff_ms", None)
         state = o.state(server)
@@ -242,11 +232,9 @@ def split_now(server: str) -> Callable[[Obs], Reading]:
 # -- exercise 2: hangs -------------------------------------------------------------------------------------------
 def hang_killed_by_timeout(server: str) -> Callable[[Obs], Reading]:
     def read(o: Obs) -> Reading:
-        if (r := no_events(o)) is not None:
-            return r
-        hangs = o.events_of(server, ["hang"])
-        if not hangs:
-            return waiting(f"no hang sent to {label(server)} yet")
+        hangs = o.faults_of(server, "hang", f"{label(server)}")
+        if isinstance(hangs, Reading):
+            return hangs
         st = o.latest(server) or {}
         timeout = float(st.get("config", {}).get("timeout", 10))
         killed = o.exits(server, "timeout")
@@ -269,11 +257,11 @@ def hang_killed_by_timeout(server: str) -> Callable[[Obs], Reading]:
 
 
 def threads_lost(o: Obs) -> Reading:
-    if (r := no_events(o)) is not None:
-        return r
-    hangs = o.events_of("threadpool", ["hang"])
+    hangs = o.faults_of("threadpool", "hang", "the thread pool")
+    if isinstance(hangs, Reading):
+        return hangs
     st = o.latest("threadpool")
-    if not hangs or not st:
+    if not st:
         return waiting("no hang sent to the thread pool yet")
     busy = users_in_flight(st)
     want = f"≥ {len(hangs)} busy for good: each hang takes a thread and nothing gives it back"
@@ -287,11 +275,9 @@ def threads_lost(o: Obs) -> Reading:
 def loop_stalled(server: str) -> Callable[[Obs], Reading]:
     """A hung loop answers nobody, not even the tab's polls: silent for (nearly) the whole hang."""
     def read(o: Obs) -> Reading:
-        if (r := no_events(o)) is not None:
-            return r
-        hangs = o.events_of(server, ["hang"])
-        if not hangs:
-            return waiting(f"no hang sent to the {label(server)} yet")
+        hangs = o.faults_of(server, "hang", f"the {label(server)}")
+        if isinstance(hangs, Reading):
+            return hangs
         t, s = hangs[-1]["t"], _hang_seconds(hangs[-1])
         silence = o.silence_s(server, t)
         want = f"silent for its whole {s:g} s hang: nothing else runs on its one thread"
@@ -316,11 +302,11 @@ def _leaked_mb(o: Obs, server: str) -> int:
 
 
 def leak_kept(o: Obs) -> Reading:
-    if (r := no_events(o)) is not None:
-        return r
-    leaks = o.events_of("threadpool", ["leak"])
+    leaks = o.faults_of("threadpool", "leak", "the thread pool")
+    if isinstance(leaks, Reading):
+        return leaks
     st = o.latest("threadpool")
-    if not leaks or not st:
+    if not st:
         return waiting("nothing leaked into the thread pool yet")
     leaked = _leaked_mb(o, "threadpool")
     base = o.before("threadpool", leaks[0]["t"])
@@ -332,10 +318,10 @@ def leak_kept(o: Obs) -> Reading:
 
 def leak_per_worker(o: Obs) -> Reading:
     """Judged on the last sample before a worker died after the leaks (a recycle takes its leak with it)."""
-    if (r := no_events(o)) is not None:
-        return r
-    leaks = o.events_of("prefork", ["leak"])
-    if not leaks or not o.latest("prefork"):
+    leaks = o.faults_of("prefork", "leak", "prefork")
+    if isinstance(leaks, Reading):
+        return leaks
+    if not o.latest("prefork"):
         return waiting("nothing leaked into prefork yet")
     leaked = _leaked_mb(o, "prefork")
     died = [d.t for d in o.deaths("prefork") if d.t > leaks[0]["t"]]
@@ -509,11 +495,9 @@ def accept_split(o: Obs) -> Reading:
 def kept_serving(server: str) -> Callable[[Obs], Reading]:
     """While one worker is hung, the others' users are still answered (when any users are on them)."""
     def read(o: Obs) -> Reading:
-        if (r := no_events(o)) is not None:
-            return r
-        hangs = o.events_of(server, ["hang"])
-        if not hangs:
-            return waiting(f"no hang sent to {label(server)} yet")
+        hangs = o.faults_of(server, "hang", f"{label(server)}")
+        if isinstance(hangs, Reading):
+            return hangs
         t = hangs[-1]["t"]
         before = [st for ts, st in o.answered(server) if ts <= t]
         hung = _hung_worker(o, server, t)
@@ -539,11 +523,9 @@ def _hung_worker(o: Obs, server: str, after: float) -> int | None:
 
 def one_worker_lags(server: str) -> Callable[[Obs], Reading]:
     def read(o: Obs) -> Reading:
-        if (r := no_events(o)) is not None:
-            return r
-        hangs = o.events_of(server, ["hang"])
-        if not hangs:
-            return waiting(f"no hang sent to {label(server)} yet")
+        hangs = o.faults_of(server, "hang", f"{label(server)}")
+        if isinstance(hangs, Reading):
+            return hangs
         lags = o.max_counter(server, "loop_lag_ms", hangs[-1]["t"], per_worker=True)
         hung = _hung_worker(o, server, hangs[-1]["t"])
         if hung is None:
@@ -560,11 +542,11 @@ def one_worker_lags(server: str) -> Callable[[Obs], Reading]:
 def hung_users(server: str) -> Callable[[Obs], Reading]:
     """Collateral of a hang = the users the hung worker held before the hang (the split just before it)."""
     def read(o: Obs) -> Reading:
-        if (r := no_events(o)) is not None:
-            return r
-        hangs = o.events_of(server, ["hang"])
-        deaths = [d for d in o.deaths(server) if hangs and d.t >= hangs[0]["t"]]
-        if not hangs or not deaths:
+        hangs = o.faults_of(server, "hang", label(server))
+        if isinstance(hangs, Reading):
+            return hangs
+        deaths = [d for d in o.deaths(server) if d.t >= hangs[0]["t"]]
+        if not deaths:
             return waiting(f"the hung {label(server)} worker has not been killed yet")
         if (r := o.settling(deaths[-1].t)) is not None:
             return r

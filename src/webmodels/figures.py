@@ -232,6 +232,20 @@ class Obs:
             return waiting("the fault accounting counts it within a few seconds")
         return None
 
+    def settled_deaths(self, server: str, what: str) -> "list[Death] | Reading":
+        """SERVER's deaths once the accounting can have counted them; else the WAITING reading (WHAT died)."""
+        deaths = self.deaths(server)
+        if not deaths:
+            return waiting(f"{what} has not died yet")
+        return self.settling(deaths[-1].t) or deaths
+
+    def faults_of(self, server: str, kind: str, what: str) -> "list[dict[str, Any]] | Reading":
+        """SERVER's KIND events since the start; UNSURE without an event log, WAITING before the first (to WHAT)."""
+        if not self.has_events:
+            return Reading(None, "?", "", UNSURE, "this lab keeps no event log (WEBMODELS_EVENTS): the faults fired "
+                                                 "by hand cannot be counted here")
+        return self.events_of(server, [kind]) or waiting(f"no {kind} sent to {what} yet")
+
     def acc(self, server: str, key: str, default: Any = 0) -> Any:
         v = (self.acc_now.get(server) or {}).get(key)
         return default if v is None else v
@@ -262,10 +276,3 @@ class Obs:
 
 Figure = Callable[[Obs], Reading]
 
-
-def no_events(o: Obs) -> Reading | None:
-    """UNSURE when this lab writes no event log (a figure that counts faults cannot tell then)."""
-    if o.has_events:
-        return None
-    return Reading(None, "?", "", UNSURE, "this lab keeps no event log (WEBMODELS_EVENTS): the faults fired "
-                                         "by hand cannot be counted here")
