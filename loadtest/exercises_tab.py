@@ -43,7 +43,7 @@ SCRIPT = Path(__file__).with_name("exercises.js")
 SAMPLE_EVERY_S = 1.0
 KEEP_S = 600.0  # samples kept (an exercise rarely lasts longer; the figures look back from its start)
 IN_USE_S = 900.0  # the poller stops this long after the tab was last used (nobody is looking)
-ACC_KEYS = ("ok", "collateral", "expected", "downtime_ms", "backoff_ms", "injected")
+ACC_KEYS = ("requests", "ok", "collateral", "expected", "downtime_ms", "backoff_ms", "injected")
 
 
 class ExercisesTab:

@@ -220,9 +220,9 @@ def test_memory_rules():
 def test_slow_client_rules():
     def o(key: str, ok: int, sent: int, p50: float | None = 1.0) -> Obs:
         return obs(T0, [], results={key: {"facts": {"ok": ok, "sent": sent, "p50_ms": p50}}})
-    assert reading("7", "prefork-normal", o("slow-prefork", 0, 6))["verdict"] == OK
-    assert reading("7", "prefork-normal", o("slow-prefork", 5, 6))["verdict"] == DIFFERS
-    assert reading("7", "prefork-normal", o("slow-prefork", 0, 3))["verdict"] == WAITING
+    assert reading("7", "prefork-normal", o("slow-prefork", 0, 8))["verdict"] == OK
+    assert reading("7", "prefork-normal", o("slow-prefork", 5, 8))["verdict"] == DIFFERS
+    assert reading("7", "prefork-normal", o("slow-prefork", 0, 5))["verdict"] == WAITING
     assert reading("7", "hybrid-loop-normal", o("slow-hybrid-loop", 100, 100, 0.8))["verdict"] == OK
     assert reading("7", "hybrid-loop-normal", o("slow-hybrid-loop", 60, 100, 0.8))["verdict"] == DIFFERS
 
@@ -260,3 +260,17 @@ def test_every_figure_waits_before_anything_happened(ex_id):
     o = Obs({"now": T0, "since": T0, "samples": [], "has_events": True})
     for f in exercise(ex_id).observe(o):
         assert f["verdict"] == WAITING, (ex_id, f)
+
+
+def test_no_verdict_until_the_accounting_has_counted_past_the_death():
+    before = worker_stats(1, [(11, 4), (12, 2)])
+    after = worker_stats(1, [(13, 0), (12, 2)], answered_by=12)
+    acc = lambda n: {"hybrid-threads": {"requests": n, "collateral": 0}}  # noqa: E731
+    doc = {"since": T0, "events": [], "results": {}, "has_events": True,
+           "samples": [{"t": T0 + 1, "servers": {"hybrid-threads": {"state": "up", "stats": before}}, "acc": acc(100)},
+                       {"t": T0 + 2, "servers": {"hybrid-threads": {"state": "up", "stats": after}}, "acc": acc(100)},
+                       {"t": T0 + 4, "servers": {"hybrid-threads": {"state": "up", "stats": after}}, "acc": acc(100)}]}
+    late = Obs({**doc, "now": T0 + 9, "acc": acc(100)})  # Locust has reported nothing since: it may still come
+    assert reading("H1", "hybrid-threads-collateral", late)["verdict"] == WAITING
+    counted = Obs({**doc, "now": T0 + 9, "acc": {"hybrid-threads": {"requests": 160, "collateral": 4}}})
+    assert reading("H1", "hybrid-threads-collateral", counted)["verdict"] == OK

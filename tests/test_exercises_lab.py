@@ -159,7 +159,7 @@ def test_exercise_h1_crash_one_worker_of_hybrid_threads(ex):
     e = exercises.exercise("H1")
     ex.setup("H1")
     split = ex.figures("H1", ("hybrid-threads-split",))["hybrid-threads-split"]["value"]
-    assert sum(split) >= 4, split  # the users are on the workers (6, some between two requests)
+    assert sum(split) >= 2, split  # the users are on the workers (6, some between two requests)
     kill = ex.shell(e.action("kill-hybrid-threads-worker").command)
     assert kill.returncode == 0 and "killed worker" in kill.stdout, kill
     ex.shell(e.action("crash-threadpool").command)

@@ -104,8 +104,12 @@ def test_exercise_h1_in_the_page(page, lab, tmp_path):
                                               ("kill-busiest-hybrid-threads-worker", "crash-threadpool"))}
     split = shown["hybrid-threads-split"]
     assert split["verdict"] == "info" and "·" in split["now"]
-    busiest = max(int(n) for n in split["now"].split("(")[0].split("·"))
-    assert abs(int(shown["hybrid-threads-collateral"]["now"]) - busiest) <= 1  # the busiest worker's users, lost
+    seen = lab.observe("H1")
+    counts = [int(n) for n in split["now"].split("(")[0].split("·")]
+    pids = [int(p) for p in split["now"].split("pids")[1].split(")")[0].split("·")]
+    killed = seen["results"]["kill-busiest-hybrid-threads-worker"]["facts"]["pid"]
+    assert killed == pids[counts.index(max(counts))], seen  # the button killed the busiest worker of the split
+    assert abs(int(shown["hybrid-threads-collateral"]["now"]) - max(counts)) <= 1, seen  # and lost its users
 
 
 def test_exercise_7_in_the_page(page, lab, tmp_path):

@@ -31,6 +31,7 @@ BY = "exercises tab"
 RESET_WAIT_S = 30.0  # a server restarting after a few crashes waits out its supervisor's back-off
 STUCK_CHECK_S = 1.0  # with no load, a request still in flight this much later is hung
 SLOW_SECONDS = 60.0  # slow clients stop by themselves after this (the Stop button or a reset stops them sooner)
+SLOW_HEAD_START_S = 2.0
 
 
 def _note(lab: Lab, server: str, kind: str, by: str, **facts: Any) -> None:
@@ -225,9 +226,11 @@ class SlowRuns:
                            old.summary())
         host, port = _addr(lab, server)
         _note(lab, server, "slow-clients", by, clients=clients)
-        self.runs[server] = SlowClients(host, port, clients, seconds=seconds).start()
+        # a 2 s head start: every trickler is connected (pinning what it can) before the normal client asks
+        self.runs[server] = SlowClients(host, port, clients, seconds=seconds, head_start=SLOW_HEAD_START_S).start()
         return Outcome(True, f"{server}: {clients} clients trickling a head at 1 byte/s; a normal client asks "
-                             f"for / every 100 ms from in a second (stops by itself after {seconds:.0f} s)",
+                             f"for / every 100 ms from in {SLOW_HEAD_START_S:g} s (stops by itself after "
+                             f"{seconds:.0f} s)",
                        "slow", server, lab.where, self.runs[server].summary())
 
     def facts(self, server: str) -> dict[str, Any] | None:

@@ -464,11 +464,11 @@ def normal_client(key: str, starved: bool) -> Callable[[Obs], Reading]:
             return waiting("start the slow clients (the normal client starts a second later)")
         ok, sent, p50 = f["ok"], f["sent"], f.get("p50_ms")
         text = f"{ok}/{sent} answered" + (f", p50 {p50:.1f} ms" if p50 is not None else "")
-        if sent < 5:
-            return waiting("the normal client needs 5 tries (each waits up to 2 s)", text)
+        if sent < 8:
+            return waiting("the normal client needs 8 tries (each waits up to 2 s)", text)
         share = ok / sent
         if starved:
-            return judged(share <= 0.2, share, text, "almost none: every worker or thread is pinned by a trickler",
+            return judged(share <= 0.25, share, text, "almost none: every worker or thread is pinned by a trickler",
                           "the tricklers are not all connected yet, or the server cuts them (--header-timeout)")
         return judged(share >= 0.95 and (p50 or 0) < 50, share, text, "all of them, in a millisecond or two",
                       "the machine is very busy (p50), or the slow clients are not on this server")
@@ -548,7 +548,7 @@ def hung_users(server: str) -> Callable[[Obs], Reading]:
         deaths = [d for d in o.deaths(server) if d.t >= hangs[0]["t"]]
         if not deaths:
             return waiting(f"the hung {label(server)} worker has not been killed yet")
-        if (r := o.settling(deaths[-1].t)) is not None:
+        if (r := o.settling(deaths[-1].t, server)) is not None:
             return r
         before = [st for ts, st in o.answered(server) if ts <= hangs[0]["t"]]
         split = dict(worker_split(before[-1])) if before else {}

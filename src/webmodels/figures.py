@@ -226,10 +226,14 @@ class Obs:
         return cpu, rps
 
     # -- the fault accounting ------------------------------------------------------------------------------------
-    def settling(self, t: float) -> Reading | None:
-        """WAITING while the accounting may not have counted what happened at T yet."""
+    def settling(self, t: float, server: str = "") -> Reading | None:
+        """WAITING while the accounting may not have counted what happened to SERVER at T yet: for a few seconds,
+        and (a busy machine delays Locust's reports) until it has counted requests of SERVER's after T."""
         if self.now - t < ACCOUNTING_LAG_S:
             return waiting("the fault accounting counts it within a few seconds")
+        later = self.acc_at(server, t + ACCOUNTING_LAG_S / 2, "requests") if server else None
+        if later is not None and self.acc(server, "requests") <= later:
+            return waiting("the fault accounting has not counted past it yet (Locust reports late)")
         return None
 
     def settled_deaths(self, server: str, what: str) -> "list[Death] | Reading":
@@ -237,7 +241,7 @@ class Obs:
         deaths = self.deaths(server)
         if not deaths:
             return waiting(f"{what} has not died yet")
-        return self.settling(deaths[-1].t) or deaths
+        return self.settling(deaths[-1].t, server) or deaths
 
     def faults_of(self, server: str, kind: str, what: str) -> "list[dict[str, Any]] | Reading":
         """SERVER's KIND events since the start; UNSURE without an event log, WAITING before the first (to WHAT)."""
