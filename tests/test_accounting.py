@@ -220,23 +220,37 @@ def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_pa
     from .support import wait_for
 
     srv = start_server("threadpool", "--threads", "1", "--queue", "0", faults=False)
-    # The one thread is busy for the first 6 s: every user's new connection meanwhile gets a 503 (an admitted
-    # connection never does; after the 503 Locust reconnects and tries again), later ones are let in and served.
-    # 6 s, not less: Locust itself takes a few seconds to start on a busy machine, and its users must find the
-    # thread busy (seen: with 1.5 s, Locust connected after the hog had finished: 61 ok, no 503).
-    hog = threading.Thread(target=httpx.get, args=(srv.url + "/io?ms=6000",), kwargs={"timeout": 15}, daemon=True)
-    hog.start()
+    # A hog holds the one thread until Locust's users have all connected (whenever a loaded machine gets Locust
+    # started: a fixed 1.5 s, then 6 s, each missed it once): every user's new connection meanwhile gets a 503 (an
+    # admitted connection never does; after the 503 Locust reconnects and tries again). A second after the spawn
+    # the hog lets go, and the users' next connections are let in and served.
+    spawned = threading.Event()
+
+    def hog() -> None:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:  # one keep-alive connection: admitted once
+            while not spawned.wait(0):
+                c.get("/io?ms=300")
+
+    hogger = threading.Thread(target=hog, daemon=True)
+    hogger.start()
     time.sleep(0.3)  # (not a stats poll: with the thread busy, its new connection would get the 503)
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "WEBMODELS_"))}
     env["WEBMODELS_THREADPOOL_URL"] = srv.url
     acc_path, stats = tmp_path / "accounting.json", tmp_path / "stats"
-    proc = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"), "--skip-log-setup",
-         "--headless", "-t", "9s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"),
+         "--headless", "-t", "6s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
          "--accounting-json", str(acc_path), "--json-file", str(stats), "ThreadpoolUser"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    out = proc.stdout + proc.stderr
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if "All users spawned" in line and not spawned.is_set():
+            threading.Timer(1.0, spawned.set).start()
+    proc.wait(60)
+    spawned.set()
+    out = "".join(lines)
     assert proc.returncode in (0, 1), out[-3000:]  # 1: some requests failed, which is the point
     row = json.loads(acc_path.read_text())["servers"]["threadpool"]
     locust = collections.Counter()

@@ -176,6 +176,7 @@ def test_up_serves_six_urls_restarts_a_crash_and_stops_clean(lab) -> None:
     wait_for(lambda: not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE],
              timeout=15, what="every child of the lab gone")
     assert "lab stopped" in lab_.log
+    assert not supervisor_state_path(lab_.offset).exists() and not events_path(lab_.offset).exists()  # no litter
 
 
 def test_busy_port_is_a_clear_error(lab) -> None:

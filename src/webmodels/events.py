@@ -8,7 +8,8 @@ prefork worker, the CLI, Locust) never interleave inside a line. A kill done fro
 SIGKILL to a pid, `docker exec … kill`) is recorded by whoever does it (webmodels.actions).
 
 Where: the path is in WEBMODELS_EVENTS. `webmodels up` sets it for every child (lab.events_path(offset),
-next to its state file, emptied at each start) and writes it in its state file; docker-compose.yml points
+next to its state file, emptied at its start, removed when it stops) and names it in its state file;
+docker-compose.yml points
 it at a named volume shared by the servers and Locust. Unset: nothing is recorded (a server started by
 hand or by the tests writes nothing).
 

@@ -332,11 +332,12 @@ class Supervisor:
         for child in self.children:
             if child.proc is not None and child.proc in late:
                 log.warning("%s did not stop within %.0fs: SIGKILL", child.name, STOP_GRACE)
-        if self.state_path is not None:
-            try:
-                self.state_path.unlink()
-            except OSError:
-                pass
+        for path in (self.state_path, self.events):  # a lab leaves nothing behind in /tmp
+            if path is not None:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
         log.info("lab stopped")
 
 
@@ -415,7 +416,7 @@ def up(locust: bool = True, locust_args: list[str] | None = None, offset: int = 
     state_path = supervisor_state_path(offset)
     log_path = events_path(offset)
     try:
-        log_path.write_bytes(b"")  # a new lab, a new log (the old one stays readable until the next start)
+        log_path.write_bytes(b"")  # a new lab, a new log (removed when the lab stops, with the state file)
     except OSError as exc:
         log.warning("no event log at %s (%s): faults started by hand will not be counted", log_path, exc)
         log_path = None
