@@ -44,6 +44,7 @@ from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRu
 from loadtest import workloads  # noqa: E402
 from loadtest.accounting import OK, RecoveryWatch, Tally, format_table, injection_key, write_json  # noqa: E402
 from loadtest.chaos import FAULTS, Injector  # noqa: E402
+from loadtest.exercises_tab import ExercisesTab  # noqa: E402
 from loadtest.servers_tab import ServersPanel  # noqa: E402
 from loadtest.timeline import Timeline  # noqa: E402
 from webmodels import actions  # noqa: E402
@@ -302,6 +303,7 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
                              lab=actions.Lab.here(docker=False, default_state=False))
     if web_ui is not None:
         lab.panel.install(web_ui)
+        ExercisesTab(environment, lab.live_summary, lab.panel.lab).install(web_ui)  # after the Servers tab
 
         @web_ui.app.route("/accounting.json", endpoint="webmodels_accounting_json")
         @web_ui.auth_required_if_enabled

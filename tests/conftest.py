@@ -54,10 +54,15 @@ def server(request: pytest.FixtureRequest, start_server) -> Server:
 # largest group first, then collection order), so the short tests fill the other workers meanwhile.
 QUICK_BENCH = "test_quick_bench_"  # every test using the quick_bench fixture is named so (checked below)
 SOAK = "test_soak_"
+# Modules whose tests share a lab (a module-scoped `webmodels up`): one worker runs them all, one lab at a time
+# (two labs under load at once on two cores would starve the tests beside them).
+SHARED_LAB = ("tests/test_exercises_lab.py", "tests/test_exercises_tab.py")
 
 
 def _rank(item: pytest.Item) -> int:
-    return 0 if item.name.startswith(QUICK_BENCH) else 1 if item.name.startswith(SOAK) else 2
+    if item.name.startswith(QUICK_BENCH):
+        return 0
+    return 1 if item.name.startswith(SOAK) or item.nodeid.split("::")[0] in SHARED_LAB else 2
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -77,6 +82,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class QuickBenchTogether(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if nodeid.split("::")[0] in SHARED_LAB:
+                return "shared_lab"
             return "quick_bench" if f"::{QUICK_BENCH}" in nodeid else super()._split_scope(nodeid)
 
     return QuickBenchTogether(config, log)

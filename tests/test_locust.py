@@ -219,7 +219,7 @@ def test_web_ui_servers_tab(five, tmp_path):
     try:
         with httpx.Client(base_url=ui, timeout=5) as c:
             page = c.get("/?tab=servers").text
-            assert '"extended_tabs": [{"key": "servers", "title": "Servers"}]' in page
+            assert '"extended_tabs": [{"key": "servers", "title": "Servers"}' in page  # first; the Exercises tab after it
             # requests served, from the servers themselves (each look adds one /_lab/stats request)
             served = lambda: {n: srv.stats()["counters"]["requests"] for n, srv in five.items()}  # noqa: E731
 
