@@ -102,17 +102,21 @@ def busy_text(stats: dict[str, Any]) -> str:
     if is_master and engine == "threads" and per:
         size = stats.get("config", {}).get("threads", "?")
         return f"{len(per)} workers: " + " · ".join(f"{w.get('busy_threads', '?')}/{size}" for w in per) + " threads"
-    if is_master and engine == "loop" and per:
+    if is_master and engine in ("loop", "gevent") and per:
         return f"{len(per)} workers: lag " + " · ".join(_lag(w.get("loop_lag_ms")) for w in per) + " ms"
     if is_master:
         return f"{c.get('busy_workers', '?')}/{c.get('workers', '?')} workers"
     if engine == "threads":
         text = f"{c.get('busy_threads', '?')}/{c.get('pool_size', '?')} threads"
         return text + (f", {c['queued']} queued" if c.get("queued") else "")
-    if engine == "loop":
+    if engine in ("loop", "gevent"):  # the engines that tick: a loop's lag, a gevent hub's lag
         lag, top = c.get("loop_lag_ms"), c.get("loop_lag_max_ms")
         if isinstance(lag, (int, float)):
-            return f"lag {lag:.1f} ms" + (f" (max {top:.1f})" if isinstance(top, (int, float)) else "")
+            text = ("hub " if engine == "gevent" else "") + f"lag {lag:.1f} ms"
+            text += f" (max {top:.1f})" if isinstance(top, (int, float)) else ""
+            if engine == "gevent" and "connections" in c:
+                text += f", {c['connections']}/{c.get('greenlet_pool_size', '?')} greenlets"
+            return text
     return ""
 
 

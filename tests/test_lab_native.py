@@ -1,5 +1,5 @@
 """`webmodels up` for real: six URLs answer, a crashed event loop is restarted with Docker's back-off (or a
-fixed delay), `status`/`kill` know the five servers, SIGTERM leaves nothing."""
+fixed delay), `status`/`kill` know every lab server, SIGTERM leaves nothing."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import pytest
 
 from webmodels import launch
 from webmodels.events import read_all
-from webmodels.lab import events_path, supervisor_state_path
+from webmodels.lab import SERVERS, events_path, supervisor_state_path
 
 from .support import addr_in_use, wait_for
 
-PORTS = (8001, 8002, 8003, 8004, 8005, 8089)
+PORTS = (8001, 8002, 8003, 8004, 8005, 8006, 8089)
 EVENTLOOP = 8003
 
 
@@ -121,7 +121,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_up_serves_six_urls_restarts_a_crash_and_stops_clean(lab) -> None:
+def test_up_serves_every_url_restarts_a_crash_and_stops_clean(lab) -> None:
     lab_ = lab()
     for port in PORTS:
         wait_for(lambda: _answers(lab_.url(port)), timeout=45, interval=0.2, what=f"port {port} answering")
@@ -134,13 +134,13 @@ def test_up_serves_six_urls_restarts_a_crash_and_stops_clean(lab) -> None:
         assert stats["counters"]["workers"] == workers and len(stats["per_worker"]) == workers, stats
     assert httpx.get(lab_.url(8004) + "/_lab/stats", timeout=5).json()["config"]["threads"] == 16
 
-    # `webmodels status` knows all five, by the lab's ports
+    # `webmodels status` knows all six, by the lab's ports
     res = lab_.cli("status", "--json")
     rows = json.loads(res.stdout)
-    assert res.returncode == 0 and [r["model"] for r in rows] == ["threadpool", "prefork", "eventloop",
-                                                                  "hybrid-threads", "hybrid-loop"], res
+    assert res.returncode == 0 and [r["model"] for r in rows] == list(SERVERS), res
     assert all(r["up"] for r in rows) and rows[3]["size"].startswith("2 workers"), rows
-    assert [r["port"] for r in rows] == [p + lab_.offset for p in PORTS[:5]]
+    assert rows[5]["size"].endswith("ms") and "/1000 greenlets" in rows[5]["size"], rows
+    assert [r["port"] for r in rows] == [p + lab_.offset for p in PORTS[:6]]
 
     # `webmodels kill hybrid-threads` kills one worker (the default for a master model); the master respawns it
     before = httpx.get(lab_.url(8004) + "/_lab/stats", timeout=5).json()

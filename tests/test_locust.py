@@ -19,15 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from webmodels import lab
+
 from .support import Server, free_port, stop_process, wait_for, with_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 SERVERS = ("threadpool", "prefork", "eventloop")  # the pure models
 HYBRIDS = ("hybrid-threads", "hybrid-loop")
-ALL = SERVERS + HYBRIDS
-CLASSES = {"threadpool": "ThreadpoolUser", "prefork": "PreforkUser", "eventloop": "EventloopUser",
-           "hybrid-threads": "HybridThreadsUser", "hybrid-loop": "HybridLoopUser"}
+ALL = tuple(lab.SERVERS)  # the lab's servers, in the table's order
+CLASSES = {name: s.user_class for name, s in lab.SERVERS.items()}
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def three(start_server) -> dict[str, Server]:
     return {name: start_server(name) for name in SERVERS}
 
 
-PURE = [CLASSES[name] for name in SERVERS]  # name the classes: a run without names loads all five
+PURE = [CLASSES[name] for name in SERVERS]  # name the classes: a run without names loads them all
 
 
 def test_every_request_is_accounted(three, tmp_path):
@@ -133,7 +134,7 @@ def test_processes_2_report_to_the_master(three, tmp_path):
 
 
 @pytest.fixture
-def five(start_server) -> dict[str, Server]:
+def every(start_server) -> dict[str, Server]:
     return {name: start_server(name) for name in ALL}
 
 
@@ -201,13 +202,13 @@ def test_servers_tab_shows_a_restart_waiting_for_its_back_off(tmp_path):
         stop_process(proc)
 
 
-def test_web_ui_servers_tab(five, tmp_path):
+def test_web_ui_servers_tab(every, tmp_path):
     def launch(port: int) -> tuple[subprocess.Popen, int]:
         out = tmp_path / f"locust-{port}.log"
         proc = subprocess.Popen(
             locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json",
                        str(tmp_path / "accounting.json")),
-            cwd=tmp_path, env=locust_env(five), stdout=out.open("w"), stderr=subprocess.STDOUT)
+            cwd=tmp_path, env=locust_env(every), stdout=out.open("w"), stderr=subprocess.STDOUT)
         wait_for(lambda: proc.poll() is not None or httpx.get(f"http://127.0.0.1:{port}/", timeout=2).is_success,
                  20, 0.1, "the Locust web UI")
         if proc.poll() is not None:  # e.g. the port was taken between free_port() and Locust's bind
@@ -221,7 +222,7 @@ def test_web_ui_servers_tab(five, tmp_path):
             page = c.get("/?tab=servers").text
             assert '"extended_tabs": [{"key": "servers", "title": "Servers"}' in page  # first; the Exercises tab after it
             # requests served, from the servers themselves (each look adds one /_lab/stats request)
-            served = lambda: {n: srv.stats()["counters"]["requests"] for n, srv in five.items()}  # noqa: E731
+            served = lambda: {n: srv.stats()["counters"]["requests"] for n, srv in every.items()}  # noqa: E731
 
             def run(host: str, until, what: str) -> None:
                 r = c.post("/swarm", data={"user_count": 5, "spawn_rate": 5, "host": host, "workload": "hello"})
@@ -232,7 +233,7 @@ def test_web_ui_servers_tab(five, tmp_path):
 
             # a typed Host applies to every class for that run ...
             before = served()
-            run(five["prefork"].url, lambda: five["prefork"].stats()["counters"]["requests"] > before["prefork"] + 200,
+            run(every["prefork"].url, lambda: every["prefork"].stats()["counters"]["requests"] > before["prefork"] + 200,
                 "load on prefork")
             after = served()
             assert all(after[n] - before[n] <= 3 for n in ALL if n != "prefork"), (before, after)
@@ -241,21 +242,22 @@ def test_web_ui_servers_tab(five, tmp_path):
             def live() -> bool:
                 rows = c.get("/servers.json").json()["servers"]
                 now = served()
-                return (len(rows) == 5 and all(x["up"] and x["pss_bytes"] for x in rows)
+                return (len(rows) == len(ALL) and all(x["up"] and x["pss_bytes"] for x in rows)
                         and all(now[n] > after[n] + 200 for n in ALL))
 
-            c.post("/swarm", data={"user_count": 5, "spawn_rate": 5, "host": "", "workload": "hello"})
+            c.post("/swarm", data={"user_count": len(ALL), "spawn_rate": len(ALL), "host": "", "workload": "hello"})
             wait_for(live, 10, 0.2, "every server gets load again and shows up in /servers.json")
             rows = c.get("/servers.json").json()["servers"]
             assert [r["name"] for r in rows] == list(ALL)
             for row in rows:  # live pids and PSS
-                assert row["pid"] == five[row["name"]].pid and row["pss"] > 0
+                assert row["pid"] == every[row["name"]].pid and row["pss"] > 0
                 for pid in row["pid_list"]:
                     os.kill(pid, 0)
             assert len(rows[1]["pid_list"]) == 5  # prefork: master + 4 workers
             assert len(rows[3]["pid_list"]) == len(rows[4]["pid_list"]) == 3  # the hybrids: master + 2 workers
             assert re.fullmatch(r"2 workers: \d+/16 · \d+/16 threads", rows[3]["busy"]), rows[3]["busy"]
             assert re.fullmatch(r"2 workers: lag [\d.]+ · [\d.]+ ms", rows[4]["busy"]), rows[4]["busy"]
+            assert re.fullmatch(r"hub lag [\d.]+ ms \(max [\d.]+\), \d+/1000 greenlets", rows[5]["busy"]), rows[5]["busy"]
             ext = wait_for(lambda: c.get("/stats/requests").json().get("extended_stats"), 5, 0.2, "extended_stats")
             assert ext[0]["key"] == "servers" and [r["server"] for r in ext[0]["data"]] == list(ALL)
             assert c.get("/servers.csv").text.startswith("Server,State,PIDs")

@@ -21,7 +21,7 @@ from loadtest.charts import METRICS, Charts, p99_between
 from webmodels import events
 
 from .support import free_port, stop_process, wait_for
-from .test_locust import ALL as SERVERS, locust_cmd, locust_env  # all five: the tab draws a line per lab server
+from .test_locust import ALL as SERVERS, locust_cmd, locust_env  # every lab server: the tab draws a line for each
 
 pytestmark = pytest.mark.slow
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -140,7 +140,7 @@ def test_servers_tab_draws_one_line_per_server_and_fault_markers(chrome, start_s
     plot_bottom = max(float(y) for y in re.findall(r'<line x1="46" x2="\d+" y1="([\d.]+)"', first))
     faults = re.findall(r'<g data-kind="fault"[^>]*data-count="(\d+)"><path d="M[\d.]+,([\d.]+)', first)
     assert faults and all(plot_bottom < float(y) < height - 12 for _, y in faults), (plot_bottom, faults)  # never
-    # over the data; five servers crashed together: one mark with a count, and every fault of the log is there
+    # over the data; every server crashed together: one mark with a count, and every fault of the log is there
     assert max(int(n) for n, _ in faults) >= 2, faults
     logged = [m for m in doc["markers"] if m["kind"] == "fault"]  # a short run: all within the axis
     assert sum(int(n) for n, _ in faults) == len(logged), (faults, len(logged))

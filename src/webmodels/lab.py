@@ -49,7 +49,7 @@ class LabServer:
 
     @property
     def engine(self) -> str:
-        """How its workers (or its one process) wait: sync, threads or loop."""
+        """How its workers (or its one process) wait: sync, threads, loop or gevent."""
         return config.MODEL_ENGINE[self.name]
 
     def __post_init__(self) -> None:
@@ -63,6 +63,7 @@ SERVERS: dict[str, LabServer] = {s.name: s for s in (
     LabServer("eventloop", 8003, "EventloopUser", "#d62728", "event loop"),
     LabServer("hybrid-threads", 8004, "HybridThreadsUser", "#9467bd"),
     LabServer("hybrid-loop", 8005, "HybridLoopUser", "#ff7f0e"),
+    LabServer("greenthreads", 8006, "GreenthreadsUser", "#8c564b", "green threads"),
 )}
 
 # Views of the table, for the many readers that need one column.

@@ -54,11 +54,14 @@ def size_text(model: str, stats: dict[str, Any]) -> str:
             threads = stats.get("config", {}).get("threads")
             pool = f"/{threads * len(per)}" if threads and per else ""
             text += f", {c.get('busy_threads', '?')}{pool} threads busy"
-        elif engine == "loop":
+        elif engine in ("loop", "gevent"):
             text += f", lag {c.get('loop_lag_ms') or 0:.0f} ms"
         return text
     if engine == "threads":
         return f"{c.get('busy_threads', '?')}/{c.get('pool_size', '?')} threads busy"
+    if engine == "gevent":
+        return (f"{c.get('connections', '?')}/{c.get('greenlet_pool_size', '?')} greenlets, "
+                f"hub lag {c.get('loop_lag_max_ms', 0):.0f} ms")
     return f"lag {c.get('loop_lag_max_ms', 0):.0f} ms"
 
 

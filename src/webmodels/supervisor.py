@@ -390,11 +390,12 @@ def welcome(offset: int, policy: str, locust: bool = True, events: Path | None =
         masters = [n for n, sv in SERVERS.items() if sv.master]
         singles = [n for n, sv in SERVERS.items() if not sv.master]
         lines += ["", "  Try first (in another terminal):",
-                  f"    1. In Locust pick all {len(SERVERS)} user classes, 30 users, workload \"io\", Start.",
-                  f"    2. Crash a {masters[0]} worker, then the {SERVERS[singles[-1]].label}, and watch the "
+                  f"    1. In Locust pick all {len(SERVERS)} user classes, {6 * len(SERVERS)} users, workload \"io\", "
+                  "Start.",
+                  f"    2. Crash a {masters[0]} worker, then the {SERVERS['eventloop'].label}, and watch the "
                   "Servers tab:",
                   f"         webmodels kill {masters[0]} --worker{flag}",
-                  f"         curl {server_url(singles[-1], offset=offset)}/fault/crash",
+                  f"         curl {server_url('eventloop', offset=offset)}/fault/crash",
                   f"    3. webmodels status{flag}      (memory: RSS vs USS vs PSS per model)"]
     if locust and (note := pathlink.hint()):
         lines.append("  " + note)
