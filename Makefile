@@ -31,7 +31,7 @@ FUZZ_SECONDS  ?= 60
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz WEBMODELS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WEBMODELS_FUZZ_SECONDS=$(FUZZ_SECONDS) \
 	$(BIN)/pytest -q -s -p no:cacheprovider --timeout 0 --hypothesis-show-statistics \
-	    tests/test_codec_fuzz.py tests/test_server_fuzz.py $(PYTEST_ARGS)
+	    tests/test_unit_codec_fuzz.py tests/test_conformance_fuzz.py $(PYTEST_ARGS)
 
 # Plant each bug of scripts/mutants.toml in a copy of the tree, run the tests meant to catch it, print the
 # table; fails if one survives or a snippet no longer matches. When code moves, edit the table's `file` and

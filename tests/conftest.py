@@ -12,7 +12,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from .support import MODELS, Server
 
-# Property-based tests (test_codec_fuzz.py): `ci` is the default, derandomized so a run is reproducible and
+# Property-based tests (test_unit_codec_fuzz.py): `ci` is the default, derandomized so a run is reproducible and
 # bounded (a few seconds); `make fuzz` selects `fuzz` (HYPOTHESIS_PROFILE=fuzz) for a long random search.
 # No example database: nothing is written into the tree.
 settings.register_profile("ci", max_examples=400, derandomize=True, deadline=None, database=None,

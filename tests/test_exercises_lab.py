@@ -21,7 +21,7 @@ from webmodels import exercise_actions, exercises
 from webmodels.actions import Lab as ActionsLab
 from webmodels.lab import server_env
 
-from .exlab import ExerciseLab, as_predicted
+from .support.exlab import ExerciseLab, as_predicted
 from .support import Server
 
 pytestmark = pytest.mark.slow

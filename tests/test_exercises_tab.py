@@ -19,8 +19,8 @@ import pytest
 
 from webmodels import exercises
 
-from .browser import Browser, chromium
-from .exlab import ExerciseLab
+from .support.browser import Browser, chromium
+from .support.exlab import ExerciseLab
 
 pytestmark = pytest.mark.slow
 MARKS = {"ok": "✓", "differs": "✗", "waiting": "…", "info": "•", "unsure": "?"}

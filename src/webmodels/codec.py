@@ -6,7 +6,7 @@ httptools (llhttp). llhttp already rejects most malformed framing (Content-Lengt
 duplicate Content-Length, bad chunk sizes, bare CR, control characters in values); the rules it leaves to
 the server are enforced here: Host on HTTP/1.1, the version (505), and the size limits, each mapped to a
 status — 400 malformed, 408 too slow (the server's timer), 413 body too large, 431 head too large.
-However the stream is cut into reads, the events are the same (tests/test_codec_fuzz.py checks it).
+However the stream is cut into reads, the events are the same (tests/test_unit_codec_fuzz.py checks it).
 
 After an `HttpError` the connection is unusable (we may be in the middle of a body we did not read): the
 server sends `error_response(err)` and closes.

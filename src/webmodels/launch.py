@@ -1,6 +1,6 @@
 """Start a process in its own session, read what it prints, learn when it listens, stop it and its group.
 
-Three launchers use this: the tests' `Server` (tests/support.py), the bench's `BenchServer` (restarted at once
+Three launchers use this: the tests' `Server` (tests/support/servers.py), the bench's `BenchServer` (restarted at once
 when it dies) and the native lab's supervisor (`webmodels up`: Docker's back-off, a state file). What differs
 between them is policy — when to restart, how long to wait, what to record — and stays with them. How a
 process is started, watched and stopped is the same for all three and lives here once, so a fix lands in all

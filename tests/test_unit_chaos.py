@@ -31,7 +31,7 @@ def test_a_request_target_names_its_kind_back() -> None:
     assert faults.request("hang", hang_s=2) == "/fault/hang?s=2"
     assert faults.request("leak", leak_mb=4) == "/fault/leak?mb=4"
     assert faults.kind_of("/_lab/kill?pid=7&target=process") == "kill-process"
-    assert faults.kind_of("/_lab/kill") == "kill-worker"  # the handler's default target (tests/test_app.py)
+    assert faults.kind_of("/_lab/kill") == "kill-worker"  # the handler's default target (tests/test_unit_app.py)
     assert faults.kind_of("/fault/crash") == "crash" and faults.kind_of("/io?ms=5") is None
     assert faults.kind_of("/_lab/scale") is None  # behind --faults too, but a control, not a fault
     assert {f.kind for f in faults.FAULTS if f.ends_process} == {"crash", "segfault", "kill-worker", "kill-process"}

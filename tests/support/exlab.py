@@ -23,8 +23,8 @@ import pytest
 from webmodels import exercises
 from webmodels.lab import LAB_PORTS, LOCUST_PORT
 
-from .support import wait_for
-from .test_lab_native import Lab
+from .servers import wait_for
+from ..test_lab_native import Lab
 
 VENV_BIN = str(Path(sys.executable).parent)
 

@@ -21,7 +21,7 @@ from webmodels.codec import RequestParser
 from webmodels.config import build_config
 from webmodels.runtime import Runtime
 
-from .rawhttp import Conn
+from .support.raw import Conn
 from .support import MODELS, SERVERS, Server, wait_for
 
 

@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from .rawhttp import Conn
+from .support.raw import Conn
 from .support import MODELS, FreshClients, Server, wait_for
 
 
@@ -257,7 +257,7 @@ def test_threads_engine_serves_the_backlog_it_holds_at_sigterm(start_server, mod
     # Frozen (SIGSTOP), the process cannot accept: the kernel completes 12 handshakes into its listen backlog and
     # takes the requests. SIGTERM, then SIGCONT: the engine must answer all 12, not reset them with the listener.
     # Whether the acceptor sees them before or after the stop is a race here (main answered 4 of 12 with
-    # --threads 2 --queue 2); tests/test_threadpool.py drives the drain itself.
+    # --threads 2 --queue 2); tests/test_server_threadpool.py drives the drain itself.
     # (--reuseport: the worker's own listener, no sibling or master to inherit its backlog.)
     srv = start_server(model, *flags, "--graceful-timeout", "10")
     assert srv.get("/").status_code == 200

@@ -21,7 +21,7 @@ from loadtest.charts import METRICS, Charts, p99_between
 from webmodels import events
 
 from .support import free_port, stop_process, wait_for
-from .test_locust import ALL as SERVERS, locust_cmd, locust_env  # every lab server: the tab draws a line for each
+from .test_lab_locust import ALL as SERVERS, locust_cmd, locust_env  # every lab server: the tab draws a line for each
 
 pytestmark = pytest.mark.slow
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

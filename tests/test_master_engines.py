@@ -16,9 +16,9 @@ import httpx
 import psutil
 import pytest
 
-from .rawhttp import Conn
+from .support.raw import Conn
 from .support import Server, wait_for
-from .test_prefork import Background, counters, in_flight_becomes, log_time, workers_become
+from .test_master import Background, counters, in_flight_becomes, log_time, workers_become
 
 ENGINES = ("sync", "threads", "loop")
 

@@ -5,7 +5,7 @@ names (support.SERVERS). Read-only tests share one server per configuration (mod
 `--keepalive 5 --faults`, master models with 2 workers) because they cannot change what the others see;
 tests that need other flags start their own. Every server listens on 127.0.0.1 with a port the kernel
 picked. `--keepalive 5` for all of them so keep-alive and pipelining mean the same thing everywhere (the
-sync engine's default, 0, closes after each response; that default is tested in test_prefork.py).
+sync engine's default, 0, closes after each response; that default is tested in test_master.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 from webmodels.config import ENGINES, MASTER_MODELS, MODEL_ENGINE, TICKING_ENGINES
 
-from .rawhttp import Conn
+from .support.raw import Conn
 from .support import SERVERS, Server, wait_for
 
 REQUESTS = Path(__file__).parent / "requests"

@@ -22,7 +22,7 @@ import pytest
 from webmodels import promlab
 
 from .support import free_port, stop_process, wait_for
-from .test_locust import ALL as MODELS, locust_cmd, locust_env  # all five lab servers
+from .test_lab_locust import ALL as MODELS, locust_cmd, locust_env  # all five lab servers
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "webmodels.json"

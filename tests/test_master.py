@@ -18,7 +18,7 @@ import pytest
 
 from webmodels.exitcodes import EXIT_BOOT
 
-from .rawhttp import Conn
+from .support.raw import Conn
 from .support import Server, wait_for
 
 
@@ -224,7 +224,7 @@ def test_sigterm_drains_in_flight_then_exits_0(start_server) -> None:
     assert srv.wait_exit(10) == 0
     assert time.monotonic() - t0 < 5.0  # the drain ends with the request, not at --graceful-timeout (30 s)
     wait_for(lambda: "bye" in srv.log, timeout=5, what="the last log line")
-    # "drained" is logged only when nothing was forced (test_claims forces one and checks the opposite)
+    # "drained" is logged only when nothing was forced (test_conformance_stops forces one and checks the opposite)
     assert re.search(r"shutdown: drained in \d+\.\d+s; bye", srv.log), srv.log
     assert "forcing" not in srv.log
 
