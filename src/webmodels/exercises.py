@@ -916,11 +916,20 @@ EXERCISES: tuple[Exercise, ...] = (
              "before and after", "shared listener: any split; with --reuseport 40–60 % each", accept_split),),
         "With one shared listener the workers compete for each connection and whichever is awake first takes "
         "what is queued; with `SO_REUSEPORT` each worker has its own socket and the kernel spreads connections by "
-        "hash — evenly, but blind to load: a connection hashed to a hung worker waits for it (H2 again).",
+        "hash — evenly, but blind to load: a connection hashed to a hung worker waits for it (H2 again), one hashed "
+        "to a recycling worker waits for its replacement to boot. The master keeps every worker's listener open, so "
+        "a recycle, a SIGHUP, a crash or a kill loses nothing queued; only a worker fewer (`webmodels scale "
+        "hybrid-loop -1`) closes one — it drains it first, and Linux's `net.ipv4.tcp_migrate_req=1` hands even the "
+        "last microseconds' arrivals to a sibling. The start-up line and `/_lab/stats` (`counters.reuseport`) say "
+        "which applies.",
         more="Read each worker's `accepted` yourself: `curl -s http://127.0.0.1:8005/_lab/stats | python3 -c 'import "
              "json,sys; print([(w[\"pid\"], w[\"accepted\"]) for w in json.load(sys.stdin)[\"per_worker\"]])'`. "
              "Add `WEBMODELS_REUSEPORT=1` to `lab/hybrid-loop.env` and restart the lab to compare (measured here, "
-             "2,000 fresh connections from 16 clients: 41 % / 59 % shared, 48 % / 52 % with reuseport).",
+             "2,000 fresh connections from 16 clients: 41 % / 59 % shared, 48 % / 52 % with reuseport). To close "
+             "the scale-down window natively: `sudo sysctl -w net.ipv4.tcp_migrate_req=1` (per network namespace, "
+             "root); `docker compose up` sets it in the master models' own namespaces (docker-compose.override.yml) "
+             "— not under CI's host network, which is the host's namespace. Measured: benchmarks/README.md, "
+             "\"The --reuseport window\" (0 established connections lost across recycles, HUPs and scale-downs).",
         section="hybrids"),
 )
 
