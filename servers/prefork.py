@@ -1,8 +1,8 @@
 """Prefork: a master process that never serves, and worker processes that each run one engine.
 
-`prefork` (engine sync, by default), `hybrid-threads` (engine threads) and `hybrid-loop` (engine loop) are
-all this module: the master is the same for every engine, only what runs inside a worker differs (the engines
-are registered in servers/__init__.py; each lives under servers/lifecycle.py).
+`prefork` (engine sync by default, or `--engine threads|loop|gevent`), `hybrid-threads` (engine threads) and
+`hybrid-loop` (engine loop) are all this module: the master is the same for every engine, only what runs inside a
+worker differs (the engines are registered in servers/__init__.py; each lives under servers/lifecycle.py).
 
 # What each process owns
 The **master** binds the listening socket, imports the whole application, then forks `--workers` children.
@@ -19,8 +19,8 @@ in `wait_for_signals` returns at once (no EINTR games, no reentrancy); the loop 
 
 Each **worker** owns its own memory — its own copy of every module, every counter, every leak — and one
 slot of the board, where it publishes its pid, what it accepted and answered, what it holds now, and its
-liveness: `busy_since` (sync and threads: since when *every* handler thread is busy) or `heartbeat` (loop:
-its lag task's last tick). Any worker can answer `/_lab/stats` for the whole server by reading the board.
+liveness: `busy_since` (sync and threads: since when *every* handler thread is busy) or `heartbeat` (loop and
+gevent: the last tick of a task that runs on the loop or hub itself). Any worker can answer `/_lab/stats` for the whole server by reading the board.
 
 # How a connection reaches a worker
 By default all workers wait on the one listening socket inherited from the master. A sync worker waits in its
@@ -43,14 +43,14 @@ one until its replacement boots — where a shared socket would hand it to any i
 
 # How it fails
 - **A crash** (`/fault/crash`, a segfault, `kill -9`) costs what that worker held: one request for sync,
-  the in-flight requests and open connections of its threads or its loop — about 1/N of the server. The
-  kernel delivers SIGCHLD, the master reaps the corpse, logs why it died and forks a replacement in a few
-  milliseconds. The other workers never notice. Connections that arrive meanwhile wait in the backlog.
-- **A hang**: once a worker's `busy_since` (sync: its request; threads: all its threads) or its loop's
-  `heartbeat` is older than `--timeout`, the master sends SIGABRT (the worker exits at once with status 89)
-  and, if that is not enough within 0.15 s, SIGKILL; then it respawns. One hung thread of a threads worker
-  is not a hung worker: the others still serve. A hung loop is: nothing else runs on it. Between the hang
-  and the kill, the server has one worker fewer.
+  the in-flight requests and open connections of its threads, its loop or its greenlets — about 1/N of the
+  server. The kernel delivers SIGCHLD, the master reaps the corpse, logs why it died and forks a replacement
+  in a few milliseconds. The other workers never notice. Connections that arrive meanwhile wait in the backlog.
+- **A hang**: once a worker's `busy_since` (sync: its request; threads: all its threads) or its loop's or
+  hub's `heartbeat` is older than `--timeout`, the master sends SIGABRT (the worker exits at once with status
+  89) and, if that is not enough within 0.15 s, SIGKILL; then it respawns. One hung thread of a threads worker
+  is not a hung worker: the others still serve. A hung loop or gevent hub is: nothing else runs on it. Between
+  the hang and the kill, the server has one worker fewer.
 - **A slow client** holds a sync worker only as long as the connection policy allows (servers/sync.py lists
   the price of each wait), not forever — but N trickling clients do take N sync workers.
 - **A leak** stays in the worker that leaked. `--max-requests N` (+ `--max-requests-jitter`, so workers do
