@@ -9,7 +9,7 @@ per server by construction.
 What to fire and when is a schedule from webmodels.chaos (pure, shared with the bench's soak): `--fault KIND
 --fault-every N` fires KIND at every server it applies to every N s (`kill-worker` only hits the master
 models: prefork, hybrid-threads, hybrid-loop), none in the last N s of a timed run; `--fault chaos` fires
-the seeded schedule (`--chaos-seed`): a random fault at a random server every 1–3 s. The kinds and their
+the seeded schedule (`--chaos-seed`): a random fault every 1–3 s, each server in turn. The kinds and their
 requests are webmodels.faults' table.
 
 The fault request is still a request of the run: it is reported through Locust's `request` event, so it

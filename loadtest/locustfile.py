@@ -135,7 +135,7 @@ def _options(parser) -> None:
     parser.add_argument("--fault", choices=FAULTS, default="none",
                         help="Fault the injector fires at every loaded server it applies to, every --fault-every "
                              "s (servers need --faults): " + "; ".join(f"{f.kind}: {f.what}" for f in FAULT_TABLE)
-                             + "; chaos: a random one at a random server every 1-3 s, drawn from --chaos-seed")
+                             + "; chaos: a random one every 1-3 s, each server in turn, drawn from --chaos-seed")
     parser.add_argument("--chaos-seed", type=int, default=1,
                         help="--fault chaos: the seed of its schedule (the same seed, the same faults)")
     parser.add_argument("--fault-every", type=float, default=5.0, help="Seconds between injected faults, per server")

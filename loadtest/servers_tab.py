@@ -270,6 +270,8 @@ class ServersPanel:
                 return f"hung — no answer for {silent} (pid {pid} alive)", f"{pid} (alive, not answering)"
             return (f"hung — no answer for {silent}; its port accepts connections, nobody answers",
                     f"{pid} (last seen)" if pid else "")
+        if probe is not None and probe.alive and probe.accepts is False:
+            return f"starting — pid {pid} alive, not listening yet", f"{pid} (starting)"
         pending = pending_restart(self.supervisor_state, name, now)
         where = f"nothing listens on :{urlsplit(entry['url']).port}"
         state = f"down — {pending}" if pending else f"down {silent} — {where}"

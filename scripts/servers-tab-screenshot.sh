@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Take the README's screenshot of Locust's Servers tab: a native lab on shifted ports, all five servers
+# Take the README's screenshot of Locust's Servers tab: a native lab on shifted ports, all six servers
 # under `io` load with a crash injected every 3 s, photographed by headless Chromium once a single-process
 # server is seen waiting out a restart back-off of 3 s or more (or after another 30 s).
 #
 #   scripts/servers-tab-screenshot.sh [OUT.png]          default docs/servers-tab.png
 #
-# Environment: OFFSET (port offset, default 30000: ports 38001-38005, 38089), WAIT (seconds of load
+# Environment: OFFSET (port offset, default 30000: ports 38001-38006, 38089), WAIT (seconds of load
 # before the shot, default 30), WINDOW (default 1600,760; the charts under the table need 1480,1250),
 # CHROMIUM (default: chromium, chromium-browser or google-chrome).
 #
@@ -43,7 +43,7 @@ for _ in $(seq 120); do
     sleep 0.5
 done
 sleep 3  # every server answering its first poll
-curl -sf -X POST "$ui/swarm" -d user_count=30 -d spawn_rate=30 -d host= -d workload=io -d io_ms=200 \
+curl -sf -X POST "$ui/swarm" -d user_count=36 -d spawn_rate=36 -d host= -d workload=io -d io_ms=200 \
     -d fault=crash -d fault_every=3 >/dev/null || die "could not start the load"
 log "load with crashes every 3 s for ${wait_s}s, then until a server waits out a back-off of 3 s or more"
 sleep "$wait_s"

@@ -1,8 +1,8 @@
 """Prefork: a master process that never serves, and worker processes that each run one engine.
 
-`prefork` (engine sync, by default), `hybrid-threads` (engine threads) and `hybrid-loop` (engine loop) are
-all this module: the master is the same for every engine, only what runs inside a worker differs (the engines
-are registered in servers/__init__.py; each lives under servers/lifecycle.py).
+`prefork` (engine sync by default, or `--engine threads|loop|gevent`), `hybrid-threads` (engine threads) and
+`hybrid-loop` (engine loop) are all this module: the master is the same for every engine, only what runs inside a
+worker differs (the engines are registered in servers/__init__.py; each lives under servers/lifecycle.py).
 
 # What each process owns
 The **master** binds the listening socket, imports the whole application, then forks `--workers` children.
@@ -19,8 +19,8 @@ in `wait_for_signals` returns at once (no EINTR games, no reentrancy); the loop 
 
 Each **worker** owns its own memory — its own copy of every module, every counter, every leak — and one
 slot of the board, where it publishes its pid, what it accepted and answered, what it holds now, and its
-liveness: `busy_since` (sync and threads: since when *every* handler thread is busy) or `heartbeat` (loop:
-its lag task's last tick). Any worker can answer `/_lab/stats` for the whole server by reading the board.
+liveness: `busy_since` (sync and threads: since when *every* handler thread is busy) or `heartbeat` (loop and
+gevent: the last tick of a task that runs on the loop or hub itself). Any worker can answer `/_lab/stats` for the whole server by reading the board.
 
 # How a connection reaches a worker
 By default all workers wait on the one listening socket inherited from the master. A sync worker waits in its
@@ -43,14 +43,14 @@ one until its replacement boots — where a shared socket would hand it to any i
 
 # How it fails
 - **A crash** (`/fault/crash`, a segfault, `kill -9`) costs what that worker held: one request for sync,
-  the in-flight requests and open connections of its threads or its loop — about 1/N of the server. The
-  kernel delivers SIGCHLD, the master reaps the corpse, logs why it died and forks a replacement in a few
-  milliseconds. The other workers never notice. Connections that arrive meanwhile wait in the backlog.
-- **A hang**: once a worker's `busy_since` (sync: its request; threads: all its threads) or its loop's
-  `heartbeat` is older than `--timeout`, the master sends SIGABRT (the worker exits at once with status 89)
-  and, if that is not enough within 0.15 s, SIGKILL; then it respawns. One hung thread of a threads worker
-  is not a hung worker: the others still serve. A hung loop is: nothing else runs on it. Between the hang
-  and the kill, the server has one worker fewer.
+  the in-flight requests and open connections of its threads, its loop or its greenlets — about 1/N of the
+  server. The kernel delivers SIGCHLD, the master reaps the corpse, logs why it died and forks a replacement
+  in a few milliseconds. The other workers never notice. Connections that arrive meanwhile wait in the backlog.
+- **A hang**: once a worker's `busy_since` (sync: its request; threads: all its threads) or its loop's or
+  hub's `heartbeat` is older than `--timeout`, the master sends SIGABRT (the worker exits at once with status
+  89) and, if that is not enough within 0.15 s, SIGKILL; then it respawns. One hung thread of a threads worker
+  is not a hung worker: the others still serve. A hung loop or gevent hub is: nothing else runs on it. Between
+  the hang and the kill, the server has one worker fewer.
 - **A slow client** holds a sync worker only as long as the connection policy allows (servers/sync.py lists
   the price of each wait), not forever — but N trickling clients do take N sync workers.
 - **A leak** stays in the worker that leaked. `--max-requests N` (+ `--max-requests-jitter`, so workers do
@@ -80,8 +80,10 @@ reset (that is how gunicorn loses the requests queued at a SIGTERM). So:
 - **SIGHUP / SIGTTOU** (retire) and **`--max-requests`** (recycle): the listener stays open the whole time (the
   shared one, or the worker's own in the master's hands) and the replacements accept from the same queue, so
   the retiring worker only finishes what it holds and drains nothing away — except a worker fewer with
-  `--reuseport`, whose listener closes after it (above). If every worker recycles at the same moment, the
-  queue waits for the first replacement to boot: `--max-requests-jitter` spreads the recycles.
+  `--reuseport`, whose listener closes after it (above). A HUP forks the new workers first and retires the
+  old ones only once every new one has booted, so someone accepts throughout however slow a boot is. A
+  recycle cannot wait like that (the worker leaves by itself): if every worker recycles at the same moment,
+  the queue waits for the first replacement to boot — `--max-requests-jitter` spreads the recycles.
 - A worker is forked with the master's signals *blocked*, and unblocks the stop signals once its lifecycle
   has its handlers: a TERM that reaches it while it boots waits for them — instead of hitting the master's
   inherited handler (which does nothing) and being lost until the force-kill, or ending the worker before it
@@ -94,7 +96,8 @@ the listeners kept open, `board.stopping`, the blocked signals, the honest log �
 
 # Signals (to the master)
 TERM graceful stop (workers finish what they hold and drain the queue, up to `--graceful-timeout`) · INT/QUIT fast stop ·
-TTIN one worker more · TTOU one worker fewer · HUP replace every worker · CHLD a worker died. A worker
+TTIN one worker more · TTOU one worker fewer · HUP replace every worker (the new ones first; the old retire once
+they have booted) · CHLD a worker died. A worker
 takes the same TERM/INT/QUIT as its engine would alone.
 """
 
@@ -124,6 +127,7 @@ from .lifecycle import log_shutdown_begin, log_shutdown_end
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 KILL_GRACE = 0.15  # after SIGABRT, how long a hung worker gets before SIGKILL
 FAST_STOP_GRACE = 1.0  # SIGINT/SIGQUIT: how long workers get before SIGKILL
+REPLACED_POLL_S = 0.05  # after a HUP: how often the master looks whether the new workers have booted
 
 
 # -- the worker --------------------------------------------------------------------------------------------------
@@ -160,7 +164,9 @@ def worker_main(config: Config, sock: socket.socket, runtime: BoardRuntime, slot
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
             max_requests += random.randint(0, config.max_requests_jitter)
-        factory = engine_factory(config.engine)  # imported here, after the fork (an engine may patch its process)
+        # Preloaded by the master (servers.preload) and shared copy-on-write — but for an engine that patches its
+        # process when imported (gevent), whose module is the worker's own first import.
+        factory = engine_factory(config.engine)
         runtime.attach(slot, index)
         slot.booted = 1
     except BaseException:
@@ -177,6 +183,7 @@ class WorkerInfo:
     slot: int
     spawned: float
     retiring: bool = False  # told to stop (TTOU, HUP, shutdown); no longer counts toward the target
+    replaced: bool = False  # HUP: serves on until its replacements have booted; no longer counts toward the target
     aborted_at: float = 0.0  # when we sent SIGABRT for --timeout
     killed: bool = False
 
@@ -273,6 +280,8 @@ class Master:
                 wake = min(wake, stuck + self.config.timeout)
         if self.stopping:
             wake = min(wake, self.stop_deadline)
+        elif any(w.replaced and not w.retiring for w in self.workers.values()):
+            wake = min(wake, now + REPLACED_POLL_S)  # a booted replacement does not wake us: look again soon
         return max(0.0, wake - now)
 
     def wait_for_signals(self, timeout: float) -> None:
@@ -311,7 +320,7 @@ class Master:
             lived = time.monotonic() - w.spawned
             level = log.info if cause in ("clean", "recycled") else log.warning
             level("worker %d (pid %d) exited: %s [%s] after %.3fs", w.index, pid, how, cause, lived)
-            if not w.retiring and not self.stopping:
+            if not (w.retiring or w.replaced) and not self.stopping:
                 self.pending_replacements += 1
             if cause == "boot" and not self.stopping:
                 log.error("worker %d failed to boot; stopping instead of respawning forever "
@@ -358,27 +367,44 @@ class Master:
                 w.aborted_at = now
                 self._signal(w.pid, signal.SIGABRT)
 
+    def active(self) -> list[WorkerInfo]:
+        """The workers that count toward the target (not retiring, not replaced by a HUP), oldest first."""
+        return sorted((w for w in self.workers.values() if not (w.retiring or w.replaced)), key=lambda w: w.spawned)
+
     def manage_workers(self) -> None:
-        """Bring the number of workers to the target: spawn what is missing, retire the surplus."""
-        active = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.spawned)
+        """Bring the number of workers to the target: spawn what is missing, retire the surplus and the replaced."""
+        active = self.active()
         target = int(self.board.target_workers)
         for w in active[:max(0, len(active) - target)]:  # oldest first, as gunicorn does
-            log.info("worker %d (pid %d) retiring: SIGTERM", w.index, w.pid)
-            w.retiring = True
-            if self.config.reuseport:
-                # Its listener goes with it: it serves what its queue holds, and ours must not be the copy that
-                # outlives its last accept (the queue would be reset at our close, a window ms long; at the
-                # worker's own close it is µs).
-                self.board.slots[w.slot].closing = 1
-                sock = self.listeners.pop(w.index, None)
-                if sock is not None:
-                    sock.close()
-            self._signal(w.pid, signal.SIGTERM)
+            # A worker fewer: with --reuseport its listener goes with it. It serves what its queue holds, and ours
+            # must not be the copy that outlives its last accept (the queue would be reset at our close, a window
+            # ms long; at the worker's own close it is µs).
+            self.retire(w, "retiring", closes_listener=self.config.reuseport)
         used = {w.index for w in active}
         for _ in range(target - len(active)):
             index = next(i for i in range(MAX_WORKERS) if i not in used)
             used.add(index)
             self.spawn_worker(index)
+        replaced = [w for w in self.workers.values() if w.replaced and not w.retiring]
+        if replaced and self.replacements_booted():
+            for w in replaced:  # their successors serve the same listener(s): nothing is closed
+                self.retire(w, "replaced (SIGHUP), its successor has booted; retiring")
+
+    def replacements_booted(self) -> bool:
+        """True once the target's worth of active workers have all booted (a HUP's old workers may go)."""
+        active = self.active()
+        return len(active) >= self.board.target_workers and all(self.board.slots[w.slot].booted for w in active)
+
+    def retire(self, w: WorkerInfo, why: str, closes_listener: bool = False) -> None:
+        """Tell worker W to stop gracefully (SIGTERM): it finishes what it holds; CLOSES_LISTENER: its own too."""
+        log.info("worker %d (pid %d) %s: SIGTERM", w.index, w.pid, why)
+        w.retiring = True
+        if closes_listener:
+            self.board.slots[w.slot].closing = 1
+            sock = self.listeners.pop(w.index, None)
+            if sock is not None:
+                sock.close()
+        self._signal(w.pid, signal.SIGTERM)
 
     def spawn_worker(self, index: int) -> None:
         taken = {w.slot for w in self.workers.values()}
@@ -454,11 +480,14 @@ class Master:
         log.info("SIGTTOU: workers → %d", self.board.target_workers)
 
     def handle_hup(self) -> None:
-        log.info("SIGHUP: replacing all %d workers", len(self.workers))
-        for w in self.workers.values():
-            if not w.retiring:
-                w.retiring = True
-                self._signal(w.pid, signal.SIGTERM)
+        # New workers first, the old ones retired once those have booted (manage_workers): the old keep
+        # accepting meanwhile, so a reload leaves no moment with nobody accepting, however slow a boot is
+        # (retiring them at once left the queue waiting for the boot: seconds on a busy machine, for ever
+        # under HUPs closer together than a boot).
+        old = [w for w in self.workers.values() if not (w.retiring or w.replaced)]
+        log.info("SIGHUP: replacing all %d workers (the old retire once the new have booted)", len(old))
+        for w in old:
+            w.replaced = True
 
     def handle_term(self) -> None:
         self._begin_stop("SIGTERM", fast=False)

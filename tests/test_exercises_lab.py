@@ -137,6 +137,21 @@ def test_exercise_6_rss_vs_pss_as_prefork_grows(ex):
     assert ex.figure_until("6", "workers", lambda n: n == 4)["verdict"] == "ok"
 
 
+def test_exercise_G_green_threads_block_only_where_patching_cannot_see(ex):
+    e = exercises.exercise("G")
+    ex.setup("G")
+    took = {}
+    for server in ("greenthreads", "threadpool"):  # the README's commands: `/` timed while one request sleeps in C
+        out = ex.shell(e.action(f"cblock-{server}").command)
+        took[server] = float(re.findall(r"([\d.]+) s$", out.stdout, re.M)[-1])
+    assert took["greenthreads"] >= 1.0 and took["threadpool"] < 0.5, took  # the hub waits; another thread answers
+    for a in e.actions:
+        ex.act("G", a.key)
+    figs = ex.figures("G")
+    as_predicted(figs)
+    assert figs["greenthreads-together"]["value"] < 2.5  # 20 waits of 0.5 s overlap (10 s one by one)
+
+
 def test_exercise_7_slow_clients(ex):
     e = exercises.exercise("7")
     ex.setup("7")

@@ -144,14 +144,14 @@ def _ready() -> bool:
 
 
 def test_compose_lab_end_to_end(compose) -> None:
-    # 1. the five servers become healthy on their ports
+    # 1. every lab server becomes healthy on their ports
     for model in PORTS:
         wait_for(lambda: _inspect(model, "{{.State.Health.Status}}") == "healthy", timeout=120, interval=1,
                  what=f"{model} healthy")
         stats = _get(model, "/_lab/stats").json()
         assert stats["model"] == model and stats["config"]["faults"] is True
 
-    # 2. a headless Locust run from the compose `locust` service against all five
+    # 2. a headless Locust run from the compose `locust` service against every lab server
     res = compose("run", "--rm", "locust", "locust", "--headless", "-u", "10", "-r", "10", "-t", "6s",
                   "--workload", "io", "--io-ms", "20", *USERS, timeout=180, check=False)
     out = res.stdout + res.stderr
@@ -164,9 +164,9 @@ def test_compose_lab_end_to_end(compose) -> None:
     assert (reached - armed).total_seconds() >= 5.5, out[-4000:]
     assert "accounting written to accounting.json" in out, out[-4000:]  # its working directory is writable
 
-    # 2b. the metrics profile: Prometheus in its container scrapes all five, and has every model's requests
+    # 2b. the metrics profile: Prometheus in its container scrapes every server, and has every model's requests
     wait_for(_ready, timeout=60, interval=0.5, what="Prometheus ready on 127.0.0.1:9090")
-    _poll(_targets, lambda t: t == {m: "up" for m in PORTS}, 30, "all five targets up in Prometheus")
+    _poll(_targets, lambda t: t == {m: "up" for m in PORTS}, 30, "every target up in Prometheus")
     requests = "sum by (model) (http_server_request_duration_seconds_count)"
     # every model served Locust's requests (its rows above): a scrape or two later, Prometheus has them all
     counts = _poll(lambda: _promql(requests), lambda c: set(c) == set(PORTS) and min(c.values()) > 0, 30,
@@ -228,6 +228,30 @@ def test_compose_lab_end_to_end(compose) -> None:
         assert seen.count((model, "kill", "route")) == 1, seen  # step 3's POST /_lab/kill, logged by the server
     assert ("eventloop", "crash", "route") in seen and ("eventloop", "hang", "route") in seen, seen
     assert ("prefork", "kill", "docker") in seen and ("eventloop", "kill", "docker") in seen, seen
+
+    # 4e. the Exercises tab's buttons in compose: they run in Locust's container, where there is no engine and no
+    # pid — over the published routes a button does what it can (exercise G's call in C, exercise 1's worker
+    # kill) and says what it cannot: a hung server's kill needs the engine, on the host (issue 19)
+    code = ("import json; from webmodels import actions, exercises, exercise_actions as xa; "
+            "lab = actions.Lab.here(docker=False); "
+            "print(json.dumps({'where': lab.where, **{k: xa.run(exercises.exercise(e).action(k), lab).to_dict() "
+            "for e, k in (('G', 'cblock-greenthreads'), ('1', 'kill-prefork-worker'))}}))")
+    res = compose("run", "--rm", "--no-deps", "locust", "python3", "-c", code, timeout=120)
+    tab = json.loads(res.stdout.strip().splitlines()[-1])
+    assert tab["where"] == "http", tab
+    assert tab["cblock-greenthreads"]["ok"] and tab["cblock-greenthreads"]["facts"]["waited_ms"] >= 1000, tab
+    assert tab["kill-prefork-worker"]["ok"], tab
+    with pytest.raises(httpx.TimeoutException):
+        _get("greenthreads", "/fault/hang?s=3600", timeout=1)
+    code = ("import json; from webmodels import actions; "
+            "print(json.dumps(actions.kill('greenthreads', lab=actions.Lab.here(docker=False)).to_dict()))")
+    res = compose("run", "--rm", "--no-deps", "locust", "python3", "-c", code, timeout=120, check=False)
+    refused = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not refused["ok"] and "webmodels kill greenthreads" in refused["message"], refused
+    res = _webmodels("kill", "greenthreads", "--json")  # on the host, through the engine
+    assert res.returncode == 0 and json.loads(res.stdout)["facts"]["confirmed_by"] == "docker inspect", res
+    wait_for(lambda: _get("greenthreads", "/").status_code == 200, timeout=60, interval=0.1,
+             what="greenthreads serving again after the kill")
 
     # 4d. why `webmodels kill` goes through `docker exec`: `docker kill` is a stop to Docker's restart policy
     # (the README says so) — unless-stopped leaves the container down

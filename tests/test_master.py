@@ -291,6 +291,25 @@ def test_hup_replaces_every_worker(start_server) -> None:
     assert srv.get("/").status_code == 200
 
 
+@pytest.mark.parametrize("flags", [(), ("--reuseport",)], ids=["shared", "reuseport"])
+def test_hup_keeps_the_old_workers_serving_until_the_new_have_booted(start_server, flags: tuple[str, ...]) -> None:
+    # Each boot takes 3 s here (a big app, a busy machine): if the old workers left at the HUP, every request for
+    # those 3 s would wait in the queue for a new one. They serve on until the new ones have booted.
+    srv = start(start_server, "--workers", "2", *flags, env={"WEBMODELS_FAULT_BOOT_DELAY": "3.0"})
+    before = workers_become(srv, 2, timeout=20)
+    srv.signal(signal.SIGHUP)
+    master_said(srv, "SIGHUP: replacing all 2 workers")
+    t_end, answered = time.monotonic() + 2.0, set()
+    while time.monotonic() < t_end:  # well inside the 3 s boot: the old workers answer, each in far less than it
+        with httpx.Client(base_url=srv.url, timeout=1.5, headers={"Connection": "close"}) as c:
+            answered.add(c.get("/whoami").json()["pid"])
+        time.sleep(0.05)
+    assert answered <= before, (answered, before)
+    after = workers_become(srv, 2, timeout=20, exclude=before)  # and then the old ones do retire
+    assert counters(srv)["worker_exits"]["clean"] == 2 and not after & before
+    assert "replaced (SIGHUP), its successor has booted; retiring" in srv.log
+
+
 def test_max_requests_recycles_workers_without_failing_a_request(start_server) -> None:
     srv = start(start_server, "--workers", "2", "--max-requests", "5")
     workers_become(srv, 2)

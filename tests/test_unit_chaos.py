@@ -66,6 +66,9 @@ def test_a_seeded_schedule_is_its_seed_whatever_the_order_of_servers() -> None:
     assert a == list(chaos.seeded(7, tuple(reversed(MODELS)), 60)) != list(chaos.seeded(8, MODELS, 60))
     assert 14 <= len(a) <= 56 and a[0].at == chaos.START_S and all(s.at < 60 - chaos.SETTLE_S for s in a)
     assert all(1.0 <= b.at - x.at <= 3.0 for x, b in zip(a, a[1:]))
+    n = len(MODELS)  # dealt in rounds: each server once per round, so none is spared for long
+    assert all(sorted(s.server for s in a[i:i + n]) == sorted(MODELS) for i in range(0, len(a) - n + 1, n)), a
+    assert [s.server for s in a[:n]] != [s.server for s in a[n:2 * n]]  # a shuffled order, not a fixed one
     for s in a:  # one kill per server: a worker where there are workers, else the whole server
         assert s.kind in chaos.chaos_kinds(s.server), s
     assert {s.kind for s in a} >= {"crash", "segfault", "hang", "leak", "raise"}

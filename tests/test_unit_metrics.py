@@ -412,7 +412,8 @@ def test_histogram_total_is_the_stats_request_count_on_every_model(config, start
 def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
     srv = start_server(*flags, "--threads", "1", "--queue", "0")
     before = counted(srv)
-    statuses = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
+    statuses: list[int] = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
+    sent = refused = 0
     while 503 not in statuses and len(statuses) < 8:
         with Conn(srv.host, srv.port) as hog:
             hog.get("/io?ms=2000")  # accepted first, so admitted: it holds the one thread for 2 s ...
@@ -420,10 +421,14 @@ def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
             # it was admitted too, waited its turn and got a 200. So give the hog a head start, longer each try.
             time.sleep(min(1.0, 0.05 * 2 ** len(statuses)))
             statuses.append(raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
-            assert hog.read_reply().status == 200
+            hog_status = hog.read_reply().status
+            # (a hog may itself find the thread still letting go of the last probe, on a busy machine: a 503 too)
+            assert hog_status in (200, 503), hog_status
+            sent += 2
+            refused += (statuses[-1] == 503) + (hog_status == 503)
     assert statuses[-1] == 503, statuses
-    hist = balanced(srv, requests=before + 2 * len(statuses))  # each hog, each probe
-    assert hist.get((*REFUSED, "503")) == 1, hist
+    hist = balanced(srv, requests=before + sent)  # each hog, each probe
+    assert hist.get((*REFUSED, "503")) == refused, hist
 
 
 def test_prefork_sum_over_workers_is_monotonic_across_a_worker_kill(start_server):

@@ -656,6 +656,9 @@ def silence(model: str, lab: Lab, waited: float, url: str | None = None) -> Prob
     if lab.where == "native":
         pid = lab.server_pid(model)
         if pid is not None and serves(pid, model):
+            if tcp is False:  # alive, nothing listens: booting (or closing), not hung — a hung one's port accepts
+                return Probe("down", f"pid {pid} alive, not listening on :{port} (starting or stopping)", None, pid,
+                             True, False)
             return Probe("hung", f"pid {pid} alive, no answer within {waited:g} s", None, pid, True, tcp)
         return Probe("down", "no server process" + ("" if tcp is not False else f"; nothing listens on :{port}"),
                      None, pid, False, tcp)

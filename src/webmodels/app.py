@@ -282,7 +282,7 @@ def _route(req: Request, rt: Runtime) -> Route | Response:
     fault = False
     if entry is None and rt.config.faults:
         entry = FAULT_ROUTES.get(req.path)
-        fault = entry is not None and req.path in metrics.FAULT_KINDS
+        fault = entry is not None and faults.kind_of(req.path) is not None  # (/_lab/scale is no fault)
     if entry is None:
         return json_response(404, {"error": f"no route {req.path}"})
     methods, fn = entry

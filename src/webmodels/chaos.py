@@ -4,7 +4,8 @@ One shape for every schedule, a Shot: seconds after the start, a server, a fault
   periodic  one kind at every server it applies to, every EVERY seconds (Locust's `--fault KIND
             --fault-every N`): shots at N, 2N, 3N … after the start, so the period does not drift with
             response times, and none in the last period of a run whose end is known;
-  seeded    a random fault at a random server every 1–3 s (the soak; Locust's `--fault chaos --chaos-seed N`):
+  seeded    a random fault every 1–3 s, each server in turn (rounds in a shuffled order; the soak, Locust's
+            `--fault chaos --chaos-seed N`):
             the same seed and servers give the same shots wherever they are drawn, so a run is replayed by
             its seed. It stops SETTLE_S before UNTIL, so the last fault is recovered from before the end.
 Firing the shots is the caller's (a greenlet in Locust's controlling process): nothing here does I/O or
@@ -61,11 +62,18 @@ def periodic(servers: Iterable[str], kind: str, every: float, until: float | Non
 
 
 def seeded(seed: int, servers: Iterable[str], until: float | None = None) -> Iterator[Shot]:
-    """Random shots from SEED, one every GAP_S at a random server, until SETTLE_S before UNTIL (None: for ever)."""
+    """Random shots from SEED, one every GAP_S, dealt to the servers in rounds, until SETTLE_S before UNTIL.
+
+    Each round hits every server once, in an order shuffled anew: a server is never spared for long (a draw
+    with replacement left one of six servers without a single fault in a 60 s soak), and no server is hit
+    twice before the others have been hit once. UNTIL None: for ever.
+    """
     rng = random.Random(seed)
     names = sorted(set(servers))  # the order the servers were listed in must not change the schedule
-    t = START_S
+    t, deck = START_S, []
     while names and (until is None or t < until - SETTLE_S):
-        server = rng.choice(names)
+        if not deck:
+            deck = rng.sample(names, len(names))
+        server = deck.pop()
         yield Shot(round(t, 3), server, rng.choice(chaos_kinds(server)))
         t += rng.uniform(*GAP_S)

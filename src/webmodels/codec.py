@@ -499,7 +499,6 @@ def error_response(err: HttpError) -> Response:
     return json_response(err.status, {"error": err.reason}, close=True)
 
 
-TIMEOUT_408 = HttpError(408, "request head not received in time")  # the servers' own timers (until they use connection.py)
 HEAD_TIMEOUT_408 = HttpError(408, "request head not received in time")
 BODY_TIMEOUT_408 = HttpError(408, "request body not received in time")
 BUSY_503 = HttpError(503, "every thread is busy and the queue is full")

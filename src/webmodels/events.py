@@ -54,9 +54,7 @@ def kind_of(route: str) -> str:
     Its fault kind from the one fault table (faults.kind_of), except a kill: the event says "kill" and keeps
     its target (worker or process) in a field of its own, as a kill from outside does (webmodels.actions).
     """
-    path = route.partition("?")[0]
-    kind = faults.kind_of(path)
-    return kind if kind and path != "/_lab/kill" else path.rpartition("/")[2]
+    return faults.route_kind(route)
 
 
 def record(server: str, kind: str, *, via: str, by: str = "?", pid: int | None = None,

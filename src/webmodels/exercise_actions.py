@@ -152,6 +152,42 @@ def cpu_burst(lab: Lab, server: str, n: int = 40, parallel: int = 8, ms: int = 5
                cores=round(cores, 3), others_cores=round(others, 2), machine_cores=psutil.cpu_count())
 
 
+# -- exercise G: green threads -----------------------------------------------------------------------------------
+def waits_together(lab: Lab, server: str, n: int = 20, ms: int = 500, by: str = BY) -> Outcome:
+    """N requests that each wait MS ms (`/io`: blocking code, a plain time.sleep in the handler), all at once: how
+    long they took together — MS if they overlap, N × MS if the server waits one at a time."""
+    out = lambda ok, msg, **facts: Outcome(ok, msg, "together", server, lab.where, {"n": n, "ms": ms, **facts})  # noqa: E731
+    _note(lab, server, "waits-together", by, n=n, ms=ms)
+    t0 = time.monotonic()
+    replies = _parallel(n, n, lambda _i: request(lab.url(server), "GET", f"/io?ms={ms}", 60.0))
+    wall = time.monotonic() - t0
+    answered = sum(1 for r in replies if r.kind == "answered" and r.status == 200)
+    return out(answered == n, f"{server}: {answered} of {n} waits of {ms} ms answered in {wall:.2f} s together "
+                              f"({n * ms / 1000 / wall:.1f} waiting at once)", answered=answered,
+               wall_s=round(wall, 3), overlap=round(n * ms / 1000 / wall, 2))
+
+
+def blocked_in_c(lab: Lab, server: str, ms: int = 2000, by: str = BY) -> Outcome:
+    """One request that blocks its OS thread inside C for MS ms (`/io-in-c`, where no monkey-patch reaches); a
+    second later, `GET /`: how long did it wait? A pool's other threads answer; a hub or a loop waits with it."""
+    out = lambda ok, msg, **facts: Outcome(ok, msg, "cblock", server, lab.where, {"ms": ms, **facts})  # noqa: E731
+    if actions.stats(lab, server) is None:
+        return out(False, f"{server}: not answering (/_lab/stats)")
+    _note(lab, server, "blocked-in-c", by, ms=ms)
+    blocker = threading.Thread(target=request, args=(lab.url(server), "GET", f"/io-in-c?ms={ms}", ms / 1000 + 30),
+                               daemon=True)
+    blocker.start()
+    time.sleep(0.3)  # the blocking request is in (on a busy machine too: it is one connect and one small send)
+    t0 = time.monotonic()
+    probe = request(lab.url(server), "GET", "/", ms / 1000 + 30)
+    waited = time.monotonic() - t0
+    blocker.join(ms / 1000 + 30)
+    if probe.kind != "answered" or probe.status != 200:
+        return out(False, f"{server}: `/` was not answered ({probe.error or probe.kind})")
+    return out(True, f"{server}: `/` answered after {waited * 1000:.0f} ms while one request slept {ms} ms in C",
+               waited_ms=round(waited * 1000, 1))
+
+
 # -- exercise 3: leaks and recycling ------------------------------------------------------------------------------
 def leak_series(lab: Lab, server: str, mb: int = 10, n: int = 20, by: str = BY) -> Outcome:
     """N leaks of MB MiB into SERVER through its fault route (actions.fault: each one confirmed)."""
@@ -358,6 +394,10 @@ def run(action: Action, lab: Lab, by: str = BY) -> Outcome:
         return recycle_fattest(lab, action.server, by=by)
     if action.verb == "connect":
         return fresh_connections(lab, action.server, int(p.get("n", 2000)), int(p.get("clients", 16)), by=by)
+    if action.verb == "together":
+        return waits_together(lab, action.server, int(p.get("n", 20)), int(p.get("ms", 500)), by=by)
+    if action.verb == "cblock":
+        return blocked_in_c(lab, action.server, int(p.get("ms", 2000)), by=by)
     if action.verb == "slow":
         if p.get("stop"):
             return SLOW.stop_all(lab, by)

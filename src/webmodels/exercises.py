@@ -33,6 +33,7 @@ from .figures import (DIFFERS, INFO, OK, UNSURE, Obs, Reading, judged, ms, plura
 from .lab import LAB_PORTS, SERVERS, project_root
 
 USER_CLASSES = {name: s.user_class for name, s in SERVERS.items()}
+NUMBERS = {5: "five", 6: "six", 7: "seven"}
 ALL = tuple(SERVERS)
 
 
@@ -55,10 +56,10 @@ class Setup:
     by_hand: str = ""  # what the attendee sets by hand (a lab setting), if anything
 
     def describe(self) -> str:
-        """One line for people: "30 users (spawn 30/s) on all five servers, workload io, io ms 200"."""
+        """One line for people: "36 users (spawn 36/s) on all six servers, workload io, io ms 200"."""
         if not self.classes:
             return "no Locust load: stop any run (the actions bring their own)"
-        who = "all five servers" if set(self.classes) == set(ALL) else ", ".join(USER_CLASSES[c] for c in self.classes)
+        who = f"all {NUMBERS.get(len(ALL), len(ALL))} servers" if set(self.classes) == set(ALL) else ", ".join(USER_CLASSES[c] for c in self.classes)
         params = "".join(f", {k.replace('_', ' ')} {v}" for k, v in self.params.items())
         return f"{self.users} users (spawn {self.spawn_rate:g}/s) on {who}, workload {self.workload}{params}"
 
@@ -475,6 +476,36 @@ def normal_client(key: str, starved: bool) -> Callable[[Obs], Reading]:
     return read
 
 
+# -- exercise G: green threads -----------------------------------------------------------------------------------
+def waited_together(key: str) -> Callable[[Obs], Reading]:
+    def read(o: Obs) -> Reading:
+        f = (o.result(key) or {}).get("facts", {})
+        if "wall_s" not in f:
+            return waiting("press the button (or run the command)")
+        n, ms_, wall = f["n"], f["ms"], f["wall_s"]
+        text = f"{n} × {ms_} ms in {wall:.2f} s ({f['overlap']:.1f} at once)"
+        return judged(wall < n * ms_ / 1000 / 4, wall, text,
+                      f"about {ms_ / 1000:g} s for all {n}, not {n * ms_ / 1000:g} s: the waits overlap",
+                      "they waited one after another: is the process monkey-patched (its log says greenthreads)?")
+    return read
+
+
+def blocked_wait(key: str, stalls: bool) -> Callable[[Obs], Reading]:
+    def read(o: Obs) -> Reading:
+        f = (o.result(key) or {}).get("facts", {})
+        if "waited_ms" not in f:
+            return waiting("press the button (or run the command)")
+        waited, block = f["waited_ms"], f["ms"]
+        text = f"`/` answered after {ms(waited)}"
+        if stalls:
+            return judged(waited >= 0.6 * (block - 300), waited, text,
+                          f"≈ {(block - 300) / 1000:.1f} s: it waits until the C call returns, like everyone else",
+                          "it was answered at once: did the blocking request reach this server first?")
+        return judged(waited < 0.25 * block, waited, text, "in milliseconds: another OS thread answers",
+                      "it waited: is every thread of the pool busy (load, a hang)? Reset, then try again")
+    return read
+
+
 # -- H3: who accepts ---------------------------------------------------------------------------------------------
 def accept_split(o: Obs) -> Reading:
     res = o.result("fresh-connections")
@@ -578,7 +609,7 @@ def _counter_cmd(server: str, mode: str, reads: int = 1) -> str:
 
 
 # -- the table -----------------------------------------------------------------------------------------------------
-IO_LOAD = Setup(ALL, 30, 30, "io", {"io_ms": 200})
+IO_LOAD = Setup(ALL, 6 * len(ALL), 6 * len(ALL), "io", {"io_ms": 200})  # 6 users per server
 NO_LOAD = Setup()
 
 
@@ -783,6 +814,41 @@ EXERCISES: tuple[Exercise, ...] = (
              "normal client. Without `--url` the script starts its own servers (`--server`, `--flags`); `webmodels "
              "bench --scenarios slow` measures every model."),
     Exercise(
+        "G", "Green threads: blocking code that does not block — until it does",
+        "The green-threads server runs the thread pool's blocking handler in one OS thread. Do its requests wait "
+        "together as if each had a thread — and what happens when one blocks where gevent cannot see?",
+        "who schedules", (NO_LOAD,),
+        (Action("together-greenthreads", "20 waits of 0.5 s at once on green threads", "together", "greenthreads",
+                "time (seq 20 | xargs -P 20 -I{} curl -s -o /dev/null 'http://127.0.0.1:8006/io?ms=500')",
+                {"n": 20, "ms": 500}),
+         Action("cblock-greenthreads", "Block green threads in C for 2 s", "cblock", "greenthreads",
+                "curl -s 'http://127.0.0.1:8006/io-in-c?ms=2000' & sleep 0.3; "
+                "curl -s -o /dev/null -w '%{time_total} s\n' http://127.0.0.1:8006/", {"ms": 2000},
+                "prints how long `/` waited; /io-in-c sleeps inside C (ctypes), where no monkey-patch reaches"),
+         Action("cblock-threadpool", "Block the thread pool in C for 2 s", "cblock", "threadpool",
+                "curl -s 'http://127.0.0.1:8001/io-in-c?ms=2000' & sleep 0.3; "
+                "curl -s -o /dev/null -w '%{time_total} s\n' http://127.0.0.1:8001/", {"ms": 2000}),
+         Action("cblock-eventloop", "Block the event loop in C for 2 s", "cblock", "eventloop",
+                "curl -s 'http://127.0.0.1:8003/io-in-c?ms=2000' & sleep 0.3; "
+                "curl -s -o /dev/null -w '%{time_total} s\n' http://127.0.0.1:8003/", {"ms": 2000})),
+        (Fig("greenthreads-together", "green threads: 20 waits of 0.5 s", "the action's own clock",
+             "about 0.5 s for all 20: blocking code, yet the waits overlap", waited_together("together-greenthreads")),
+         Fig("greenthreads-cblock", "green threads: `/` during a 2 s call in C", "the action's own clock",
+             "≈ 1.7 s: the hub is blocked, every greenlet waits", blocked_wait("cblock-greenthreads", True)),
+         Fig("threadpool-cblock", "thread pool: `/` during a 2 s call in C", "the action's own clock",
+             "milliseconds: the kernel runs another thread", blocked_wait("cblock-threadpool", False)),
+         Fig("eventloop-cblock", "event loop: `/` during a 2 s call in C", "the action's own clock",
+             "≈ 1.7 s: one thread, blocked", blocked_wait("cblock-eventloop", True))),
+        "gevent's monkey-patching turns every blocking call of the standard library (socket, select, time.sleep, "
+        "threading) into a switch to another greenlet: the code of threads, the waiting of an event loop, one OS "
+        "thread whose switches the kernel never sees. A call that blocks inside C — a C library, a driver that "
+        "talks to its socket itself, a long computation — never reaches a patched function: the one thread "
+        "stops, and every greenlet with it. The thread pool does not care: the kernel schedules its other "
+        "threads (ctypes releases the GIL around the call).",
+        more="`/cpu?ms=1000` does the same to green threads (Python code that never yields): watch the Servers tab's "
+             "hub lag. Under a master, `webmodels serve prefork --engine gevent` (gunicorn `-k gevent -w N`) kills a "
+             "worker whose hub stays blocked longer than `--timeout`."),
+    Exercise(
         "H1", "Crash one worker of hybrid-threads",
         "A hybrid's worker dies with its threads' requests. How much does that cost compared with the thread pool, "
         "which is one process?",
@@ -850,11 +916,20 @@ EXERCISES: tuple[Exercise, ...] = (
              "before and after", "shared listener: any split; with --reuseport 40–60 % each", accept_split),),
         "With one shared listener the workers compete for each connection and whichever is awake first takes "
         "what is queued; with `SO_REUSEPORT` each worker has its own socket and the kernel spreads connections by "
-        "hash — evenly, but blind to load: a connection hashed to a hung worker waits for it (H2 again).",
+        "hash — evenly, but blind to load: a connection hashed to a hung worker waits for it (H2 again), one hashed "
+        "to a recycling worker waits for its replacement to boot. The master keeps every worker's listener open, so "
+        "a recycle, a SIGHUP, a crash or a kill loses nothing queued; only a worker fewer (`webmodels scale "
+        "hybrid-loop -1`) closes one — it drains it first, and Linux's `net.ipv4.tcp_migrate_req=1` hands even the "
+        "last microseconds' arrivals to a sibling. The start-up line and `/_lab/stats` (`counters.reuseport`) say "
+        "which applies.",
         more="Read each worker's `accepted` yourself: `curl -s http://127.0.0.1:8005/_lab/stats | python3 -c 'import "
              "json,sys; print([(w[\"pid\"], w[\"accepted\"]) for w in json.load(sys.stdin)[\"per_worker\"]])'`. "
              "Add `WEBMODELS_REUSEPORT=1` to `lab/hybrid-loop.env` and restart the lab to compare (measured here, "
-             "2,000 fresh connections from 16 clients: 41 % / 59 % shared, 48 % / 52 % with reuseport).",
+             "2,000 fresh connections from 16 clients: 41 % / 59 % shared, 48 % / 52 % with reuseport). To close "
+             "the scale-down window natively: `sudo sysctl -w net.ipv4.tcp_migrate_req=1` (per network namespace, "
+             "root); `docker compose up` sets it in the master models' own namespaces (docker-compose.override.yml) "
+             "— not under CI's host network, which is the host's namespace. Measured: benchmarks/README.md, "
+             "\"The --reuseport window\" (0 established connections lost across recycles, HUPs and scale-downs).",
         section="hybrids"),
 )
 

@@ -81,6 +81,16 @@ def kind_of(target: str) -> str | None:
     return next((f.kind for f in kinds if f.query and f.query in params), kinds[0].kind)
 
 
+def route_kind(route: str) -> str:
+    """The kind a route counts under when its query is not known: "/fault/crash" → "crash", "/_lab/kill" → "kill".
+
+    (A kill's target, worker or process, is a field of its own where it is known: the event log, the actions.)
+    """
+    path = route.partition("?")[0]
+    kind = kind_of(path)
+    return kind if kind and path != "/_lab/kill" else path.rpartition("/")[2]
+
+
 # -- the faults themselves -----------------------------------------------------------------------------------------
 MIB = 1024 * 1024
 PAGE = 4096

@@ -60,7 +60,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
-from . import stats, tally
+from . import faults, stats, tally
 from .codec import Response
 from .effects import Sleep
 from .log import log
@@ -72,8 +72,6 @@ DURATION = "http_server_request_duration_seconds"
 DURATION_HELP = "Duration of HTTP server requests"
 LABELS = ["http_request_method", "http_route", "http_response_status_code"]
 PROC_POLL = 0.0002  # how often a scrape looks whether the helper thread has read /proc
-FAULT_KINDS = {"/fault/crash": "crash", "/fault/segfault": "segfault", "/fault/hang": "hang",
-               "/fault/leak": "leak", "/fault/raise": "raise", "/_lab/kill": "kill"}
 _LES = [floatToGoString(b) for b in tally.BUCKETS] + ["+Inf"]
 
 
@@ -83,7 +81,7 @@ def families(regions: tally.Regions) -> Iterator[Metric]:
 
     Rendered exactly as prometheus_client's own Histogram and Counter render them (a test compares).
     """
-    rows, faults = regions.read()
+    rows, entered = regions.read()
     fam = HistogramMetricFamily(DURATION, DURATION_HELP, labels=LABELS)
     for key, counts in rows.items():
         total, buckets = 0, []
@@ -93,9 +91,9 @@ def families(regions: tally.Regions) -> Iterator[Metric]:
         fam.add_metric(list(tally.labels_of(key)), buckets, counts[-1])
     yield fam
     kinds: dict[str, int] = {}
-    for path, n in zip(tally.fault_routes(), faults):
+    for path, n in zip(tally.fault_routes(), entered):
         if n:
-            kind = FAULT_KINDS.get(path, path.rpartition("/")[2])
+            kind = faults.route_kind(path)  # the one fault table's names
             kinds[kind] = kinds.get(kind, 0) + n
     fam = CounterMetricFamily("webmodels_faults_injected", "Fault routes entered, by kind", labels=["kind"])
     for kind, n in kinds.items():

@@ -183,7 +183,7 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     d.p(f"All servers side by side under the mixed workload for {fmt(s['duration_s'])} s, while Locust's injector "
         f"fired a chaos schedule (seed **{s['seed']}**: `webmodels bench --scenarios soak --duration "
         f"{fmt(s['duration_s'], 0)} --seed {s['seed']}` replays it): {s['injected']} faults, one every "
-        f"{s['gap_s'][0]:g}–{s['gap_s'][1]:g} s at a random server: crash, segfault, hang ({s['hang_s']} s), leak "
+        f"{s['gap_s'][0]:g}–{s['gap_s'][1]:g} s, each server in turn: crash, segfault, hang ({s['hang_s']} s), leak "
         f"({s['leak_mb']} MiB), raise, and kill-worker (master models) or kill-process (single-process models). "
         "The bench restarts a dead server at once (no back-off: that would measure the supervisor's policy, not the "
         "model). A failed user request is attributed to the latest fault on its server sent before it ended and not "
