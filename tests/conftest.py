@@ -1,3 +1,5 @@
+"""Fixtures and the xdist grouping for the whole suite. Which file holds which claim: tests/README.md."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +11,9 @@ import pytest
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from webmodels import launch
 
-from .support import MODELS, Server
+from .support import Server
 
 # Property-based tests (test_unit_codec_fuzz.py): `ci` is the default, derandomized so a run is reproducible and
 # bounded (a few seconds); `make fuzz` selects `fuzz` (HYPOTHESIS_PROFILE=fuzz) for a long random search.
@@ -35,14 +38,9 @@ def start_server() -> Iterator:
         return srv
 
     yield start
-    for srv in started:
-        srv.stop()
-
-
-@pytest.fixture(params=MODELS)
-def server(request: pytest.FixtureRequest, start_server) -> Server:
-    """Each test using this runs once per model."""
-    return start_server(request.param)
+    # Together, one deadline for all (a server a test left hung would make a graceful stop wait its whole
+    # --graceful-timeout); then SIGKILL to each group: nothing a test started outlives it.
+    launch.stop_all([srv.proc for srv in started], timeout=3.0, sweep=True)
 
 
 # -- `make test` runs the suite on several pytest-xdist workers (`-n`, `--dist loadgroup`) ----------------------------

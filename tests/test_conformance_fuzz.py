@@ -1,4 +1,4 @@
-"""Each server against a mutated stream of the request corpus (tests/requests): no death, no hang, no leak.
+"""Every configuration against a mutated stream of the request corpus (tests/requests): no death, no hang, no leak.
 
 For a bounded time per server, a few client threads open connection after connection and send corpus
 requests after byte flips, truncations, insertions, duplications and concatenations (pipelining), cut into
@@ -8,7 +8,7 @@ within a deadline. Afterwards the server is the same process, answers `/`, lost 
 nothing in flight.
 
 Time per server: WEBMODELS_FUZZ_SECONDS (3 in `make test`, 60 under `make fuzz`); the seed is printed and
-can be replayed with WEBMODELS_FUZZ_SEED. To fuzz another model or engine, add a line to TARGETS.
+can be replayed with WEBMODELS_FUZZ_SEED. Every configuration of the table (support.CONFIGS) is fuzzed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import Server, wait_for
+from .support import CONFIGS, Server, wait_for
 
 REQUESTS = Path(__file__).parent / "requests"
 # /io?ms=5 → ms=0: a mutation that duplicates digits must not turn a request into a minute-long sleep.
@@ -32,12 +32,7 @@ TOKENS = [b"\r\n", b"\r\n\r\n", b"\r", b"\n", b" ", b":", b"0\r\n\r\n", b"Transf
           b"Content-Length: 5\r\n", b"Host: h\r\n", b"GET / HTTP/1.1\r\n", b"Connection: close\r\n",
           b"Expect: 100-continue\r\n", b"Upgrade: x\r\nConnection: upgrade\r\n", b"OPTIONS * HTTP/1.1\r\n"]
 
-# (test id, model, flags). Flags keep every wait short: a silent client is cut after 1 s.
-TARGETS = [
-    ("threadpool", "threadpool", ("--threads", "8", "--header-timeout", "1", "--keepalive", "1")),
-    ("prefork", "prefork", ("--workers", "4", "--header-timeout", "1", "--keepalive", "1")),
-    ("eventloop", "eventloop", ("--header-timeout", "1", "--keepalive", "1")),
-]
+FLAGS = ("--header-timeout", "1", "--keepalive", "1")  # every wait short: a silent client is cut after 1 s
 SECONDS = float(os.environ.get("WEBMODELS_FUZZ_SECONDS", "3"))
 CLIENTS = 6
 SILENT = 0.1  # share of connections that neither finish nor half-close: the header timeout must end them
@@ -151,14 +146,14 @@ def hammer(srv: Server, seconds: float, seed: int) -> Tally:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, flags", [t[1:] for t in TARGETS], ids=[t[0] for t in TARGETS])
-def test_server_survives_a_mutated_corpus(start_server, model: str, flags: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_server_survives_a_mutated_corpus(start_server, config: str) -> None:
     seed = int(os.environ.get("WEBMODELS_FUZZ_SEED") or random.randrange(1 << 30))
-    srv: Server = start_server(model, *flags, faults=False)
+    srv: Server = start_server(*CONFIGS[config].argv(*FLAGS), faults=False)
     before = srv.stats()
     tally = hammer(srv, SECONDS, seed)
     c = tally.counts
-    print(f"\nfuzz {model}: seed={seed} {SECONDS:g}s connections={c['connections']} bytes={c['bytes sent']} "
+    print(f"\nfuzz {config}: seed={seed} {SECONDS:g}s connections={c['connections']} bytes={c['bytes sent']} "
           f"answered={c['answered']} closed={c['closed without a reply']} reset={c['reset']} "
           f"hung={c['hung']} statuses={dict(sorted(tally.statuses.items()))}")
     assert not tally.hangs, f"seed {seed}: {len(tally.hangs)} connections neither answered nor closed, " \

@@ -1,20 +1,22 @@
-"""One table of connection edge cases, one expected outcome each, run against every model.
+"""One table of connection edge cases, one expected outcome each, run against every configuration.
 
 The rules come from `webmodels.connection` (deadlines, what an expiry answers, keep-alive, lingering close,
-accounting). Every model must show exactly the outcome in the table: no "408 or close" alternatives.
-Each (case, model) gets its own server (real subprocess, port 0) with short timeouts — `--header-timeout 1
---keepalive 1 --send-timeout 1` — one worker or thread where that matters (a client that never reads must
-not keep the only worker from serving others), and generous client-side waits.
+the rule at a stop, accounting). Every configuration must show exactly the outcome in the table: no "408 or
+close" alternatives. Each (case, configuration) gets its own server (real subprocess, port 0) with short
+timeouts — `--header-timeout 1 --keepalive 1 --send-timeout 1` — one worker, thread or greenlet where that
+matters (a client that never reads must not keep the only worker from serving others), and generous
+client-side waits.
 
-Every engine runs it alone and under the prefork master (the hybrids and `prefork --engine ...`), so a
-divergence between two ways of waiting is a wiring bug in one of them, never two right answers. A case a
-new engine does not pass yet goes in `NOT_YET` (xfail, strict: it turns red the moment it passes, so the
-mark cannot outlive the gap). Nothing here is skipped; today NOT_YET is empty.
+The configurations are support.CONFIGS: every engine alone and under the prefork master, so a divergence
+between two ways of waiting is a wiring bug in one of them, never two right answers. A case a new engine does
+not pass yet goes in `NOT_YET` (xfail, strict: it turns red the moment it passes, so the mark cannot outlive
+the gap). Nothing here is skipped; today NOT_YET is empty.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import struct
@@ -25,34 +27,15 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from .support import Server, wait_for
+from .support import CONFIGS, Server, wait_for
+from .support.raw import Reply, parse_replies
 
 BASE_FLAGS = ("--header-timeout", "1", "--keepalive", "1", "--send-timeout", "1")
-# The models this table runs against. Named here, not taken from support.MODELS, so that a new model or
-# engine joins the table when its integration does (with its ONE_WORKER flags and any NOT_YET entries).
-TABLE_MODELS = ("threadpool", "prefork", "eventloop", "hybrid-threads", "hybrid-loop", "prefork-threads",
-                "prefork-loop", "greenthreads", "prefork-gevent")
-ONE_WORKER = {"prefork": ("--workers", "1"), "threadpool": ("--threads", "1"), "eventloop": (),
-              "hybrid-loop": ("--workers", "1"), "prefork-loop": ("--workers", "1"),
-              "hybrid-threads": ("--workers", "1", "--threads", "1"),
-              "prefork-threads": ("--workers", "1", "--threads", "1"),
-              "greenthreads": ("--greenlets", "1"), "prefork-gevent": ("--workers", "1", "--greenlets", "1")}
-# Table ids that are a model plus flags rather than a served name.
-SERVED_AS = {"prefork-loop": ("prefork", "--engine", "loop"), "prefork-threads": ("prefork", "--engine", "threads"),
-             "prefork-gevent": ("prefork", "--engine", "gevent")}
-ENGINES = TABLE_MODELS
 BIG_KB = 10240  # /bytes?kb=10240: 10 MiB, far more than the kernel buffers for a client that does not read
 QUIET_S = 6.0  # how long a client waits for a server that says nothing before calling it "open"
 
 
 # -- what the client saw ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    closes: bool  # said `Connection: close`
-    body: bytes
-
-
 @dataclass
 class Seen:
     replies: list[Reply]
@@ -82,21 +65,6 @@ def connect(srv: Server, rcvbuf: int = 0, sndbuf: int = 0) -> socket.socket:
     s.settimeout(QUIET_S)
     s.connect((srv.host, srv.port))
     return s
-
-
-def parse_replies(data: bytes) -> list[Reply]:
-    """Every complete response in DATA (each carries Content-Length)."""
-    out = []
-    while (head_end := data.find(b"\r\n\r\n")) >= 0:
-        lines = data[:head_end].decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        end = head_end + 4 + int(headers.get("content-length", "0"))
-        if len(data) < end:
-            break
-        out.append(Reply(int(lines[0].split(" ", 2)[1]), headers.get("connection") == "close",
-                         data[head_end + 4:end]))
-        data = data[end:]
-    return out
 
 
 def finish(s: socket.socket, since: float) -> tuple[bytes, str, float]:
@@ -152,8 +120,10 @@ def idle_keepalive(srv: Server) -> Seen:
 
 
 def fresh_silent(srv: Server) -> Seen:
-    s = connect(srv)
-    return seen(s, time.monotonic())
+    before = srv.counters()["errors_4xx"]
+    out = seen(connect(srv), time.monotonic())
+    out.facts["errors_4xx_delta"] = srv.counters()["errors_4xx"] - before  # nothing was asked: nothing failed
+    return out
 
 
 def refused_upload(srv: Server) -> Seen:
@@ -232,23 +202,36 @@ def never_reads(srv: Server) -> Seen:
 
 
 SLOW_READER_SEND_TIMEOUT = 3.0  # long enough that a loaded machine pausing this client for a second is no stall
+SLOW_READ_S = 4.0  # longer than that
 
 
 def slow_reader(srv: Server) -> Seen:
     s = connect(srv, rcvbuf=65536)
     s.sendall(b"GET /bytes?kb=%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG_KB)
     data, t0 = b"", time.monotonic()
-    while not parse_replies(data):  # ~2.5 MiB/s: 10 MiB take ~4 s, longer than --send-timeout, never a stall
+    slow = 0  # what this client had read when it stopped dawdling
+    # One read (at most the 128 KiB our small buffer holds) every 0.2 s for 4 s: about 2.5 MiB, progress the whole
+    # time and never a 3 s stall. Then the rest at full speed: the server must not be left holding megabytes in the
+    # kernel for a slow client when its keep-alive ends (a closed socket with unsent data may be reset when the
+    # machine is short of socket memory), which is not what this case is about.
+    while not parse_replies(data):
         chunk = s.recv(256 * 1024)
         if not chunk:
             break
         data += chunk
-        time.sleep(0.1)
+        if time.monotonic() - t0 < SLOW_READ_S:
+            time.sleep(0.2)
+            slow = len(data)
     took = time.monotonic() - t0
     rest, end, after = finish(s, time.monotonic())
     replies = parse_replies(data + rest)
+    # The server was still writing when the client sped up — what the kernel can hold (its send buffer at most,
+    # ours, what is in flight) could not have taken the rest — so its send deadline was tested past 3 s.
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        kernel_holds = int(f.read().split()[2]) + 2 * 2 * 65536
     return Seen(replies, end, after, {"whole_body": bool(replies) and len(replies[0].body) == BIG_KB * 1024,
-                                      "longer_than_send_timeout": took > SLOW_READER_SEND_TIMEOUT})
+                                      "longer_than_send_timeout": took > SLOW_READER_SEND_TIMEOUT,
+                                      "server_still_writing": slow + kernel_holds < BIG_KB * 1024})
 
 
 def trickled_head_above_min_rate(srv: Server) -> Seen:
@@ -261,6 +244,17 @@ def trickled_head_above_min_rate(srv: Server) -> Seen:
         if i < len(pieces) - 1:
             time.sleep(0.2)
     return seen(s, time.monotonic())
+
+
+def trickled_head_below_min_rate(srv: Server) -> Seen:
+    """README exercise 7: a head at 50 B/s, half of --min-rate 100, never complete; timed from its first byte."""
+    head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
+    s = connect(srv)
+    t0 = time.monotonic()
+    for i in range(0, len(head), 5):  # 5 B every 0.1 s, until the server answers (or closes)
+        if send_quietly(s, head[i:i + 5]) != "complete" or select.select([s], [], [], 0.1)[0]:
+            break
+    return seen(s, t0)
 
 
 def reset_mid_request(srv: Server) -> Seen:
@@ -349,7 +343,7 @@ CASES = [
     Case("idle-keepalive", idle_keepalive,
          Outcome(((200, False, HELLO),), "eof", (0.9, 3.0))),
     Case("fresh-silent", fresh_silent,
-         Outcome((), "eof", (0.9, 3.0))),
+         Outcome((), "eof", (0.9, 3.0), facts=(("errors_4xx_delta", 0),))),
     Case("413-lingering-close", refused_upload,
          Outcome(((413, True, None),), "eof", (0.0, 3.0), facts=(("upload", "complete"),))),
     Case("keepalive-0", one_request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"),
@@ -368,10 +362,14 @@ CASES = [
     Case("slow-reader", slow_reader,  # the send deadline counts from the last progress, not the start
          # (the idle clock starts when the last bytes reach the kernel, before this client has read them)
          Outcome(((200, False, None),), "eof", (0.0, 3.0),
-                 facts=(("whole_body", True), ("longer_than_send_timeout", True))), one_worker=True,
+                 facts=(("whole_body", True), ("longer_than_send_timeout", True), ("server_still_writing", True))),
+         one_worker=True,
          flags=("--send-timeout", str(SLOW_READER_SEND_TIMEOUT))),
-    Case("min-rate-trickle", trickled_head_above_min_rate,
+    Case("min-rate-trickle", trickled_head_above_min_rate,  # each byte earns 1/100 s: past --header-timeout
          Outcome(((200, True, HELLO),), "eof"), flags=("--min-rate", "100")),
+    Case("min-rate-trickler-cut", trickled_head_below_min_rate,  # below the rate: cut, but never sooner than
+         # --header-timeout (1 s; at 50 B/s the deadline grows to 1 / (1 - 50/100) = 2 s from the first byte)
+         Outcome(((408, True, None),), "eof", (1.0, 3.5), error="head"), flags=("--min-rate", "100")),
     Case("reset-mid-request", reset_mid_request,
          Outcome((), "reset-by-client", (0.0, 10.0), facts=(("errors_4xx_delta", 1),))),
     # At a stop (webmodels.connection, "The rule at a stop"), timed from the SIGTERM; the server exits 0.
@@ -389,7 +387,7 @@ CASES = [
          Outcome(((200, True, b'{"waited_ms":1500}'),), "eof", (0.9, 3.0), facts=(("exit", 0),)), flags=STOP_FLAGS),
 ]
 
-# (case, model) pairs that fail on today's servers because the policy is not wired in yet — measured on
+# (case, configuration) pairs that fail on today's servers because the policy is not wired in yet — measured on
 # main at e590803; each reason is what that server did instead.
 NOT_YET: dict[tuple[str, str], str] = {
 }
@@ -398,12 +396,12 @@ NOT_YET: dict[tuple[str, str], str] = {
 def _params() -> list[Any]:
     out = []
     for case in CASES:
-        for model in ENGINES:
+        for config in CONFIGS:
             marks = []
-            if (case.id, model) in NOT_YET:
-                marks.append(pytest.mark.xfail(strict=True, reason=f"policy not integrated into {model} yet: "
-                                                                   + NOT_YET[(case.id, model)]))
-            out.append(pytest.param(case, model, id=f"{case.id}-{model}", marks=marks))
+            if (case.id, config) in NOT_YET:
+                marks.append(pytest.mark.xfail(strict=True, reason=f"policy not integrated into {config} yet: "
+                                                                   + NOT_YET[(case.id, config)]))
+            out.append(pytest.param(case, config, id=f"{case.id}-{config}", marks=marks))
     return out
 
 
@@ -420,12 +418,10 @@ def check(seen_: Seen, expect: Outcome) -> None:
     assert {k: seen_.facts.get(k) for k, _ in expect.facts} == dict(expect.facts)
 
 
-@pytest.mark.parametrize("case, model", _params())
-def test_policy_case(start_server, case: Case, model: str) -> None:
-    flags = BASE_FLAGS + case.flags + (ONE_WORKER[model] if case.one_worker else ())
-    name, *extra = SERVED_AS.get(model, (model,))
-    srv = start_server(name, *extra, *flags)
+@pytest.mark.parametrize("case, config", _params())
+def test_policy_case(start_server, case: Case, config: str) -> None:
+    srv = start_server(*CONFIGS[config].argv(*BASE_FLAGS, *case.flags, one=case.one_worker))
     seen_ = case.client(srv)  # type: ignore[arg-type]
-    print(f"{case.id} on {model}: {seen_}")
+    print(f"{case.id} on {config}: {seen_}")
     check(seen_, case.expect)
     assert srv.alive() != case.id.startswith("stop-")  # a stop case stops it; no other case may

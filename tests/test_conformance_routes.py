@@ -1,11 +1,12 @@
-"""One conformance suite for every server: same routes, same errors, same limits, real subprocesses.
+"""One conformance suite for every configuration: same routes, same errors, same limits, real subprocesses.
 
-"Every server" is every engine (sync, threads, loop) alone and under the prefork master, plus the two hybrid
-names (support.SERVERS). Read-only tests share one server per configuration (module scope, started with
-`--keepalive 5 --faults`, master models with 2 workers) because they cannot change what the others see;
-tests that need other flags start their own. Every server listens on 127.0.0.1 with a port the kernel
-picked. `--keepalive 5` for all of them so keep-alive and pipelining mean the same thing everywhere (the
-sync engine's default, 0, closes after each response; that default is tested in test_master.py).
+"Every configuration" is the table support.CONFIGS: every engine alone and under the prefork master, plus the
+two hybrid names. Read-only tests share one server per configuration (module scope, started with `--keepalive 5
+--faults`, master models with 2 workers) because they cannot change what the others see; tests that need other
+flags start their own. Every server listens on 127.0.0.1 with a port the kernel picked. `--keepalive 5` for all
+of them so keep-alive and pipelining mean the same thing everywhere (the sync engine's default, 0, closes after
+each response; that default is tested in test_master.py). The connection rules (deadlines, what an expiry
+answers, the rule at a stop) are the policy table: test_conformance_policy.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import pytest
 
 from webmodels.config import ENGINES, MASTER_MODELS, MODEL_ENGINE, TICKING_ENGINES
 
-from .support.raw import Conn
-from .support import SERVERS, Server, wait_for
+from .support import CONFIGS, Conn, Server, wait_for
 
 REQUESTS = Path(__file__).parent / "requests"
 PER_WORKER_KEYS = {"pid", "index", "engine", "accepted", "requests", "in_flight", "busy_threads", "loop_lag_ms",
@@ -32,21 +32,15 @@ STATS_PROCESS_KEYS = {"pid", "ppid", "role", "threads", "rss", "uss", "pss", "cp
                       "open_fds", "connections"}
 
 
-@pytest.fixture(scope="module", params=list(SERVERS))
+@pytest.fixture(scope="module", params=list(CONFIGS))
 def shared(request: pytest.FixtureRequest):
-    model, *flags = SERVERS[request.param]
-    srv = Server(model, "--keepalive", "5", *flags)
-    srv.engine = srv.stats()["engine"]  # type: ignore[attr-defined]
+    srv = Server(*CONFIGS[request.param].argv("--keepalive", "5"))
     yield srv
     srv.stop()
 
 
 def has_workers(srv: Server) -> bool:
     return srv.model in MASTER_MODELS
-
-
-def conn(srv: Server, timeout: float = 5.0) -> Conn:
-    return Conn(srv.host, srv.port, timeout)
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -130,7 +124,7 @@ def test_echo(shared: Server) -> None:
 
 
 def test_echo_chunked_over_raw_socket(shared: Server) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         c.send(fixture_bytes("chunked_post.http"))
         reply = c.read_reply()
     assert reply.status == 200 and reply.body == b"hello, world"
@@ -258,32 +252,44 @@ PROTOCOL_ERRORS = [
 
 @pytest.mark.parametrize("name, status", PROTOCOL_ERRORS, ids=[n for n, _ in PROTOCOL_ERRORS])
 def test_protocol_error_status_then_close(shared: Server, name: str, status: int | tuple[int, ...]) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         c.send(fixture_bytes(name))
         reply = c.read_reply()
         assert reply.status in (status if isinstance(status, tuple) else (status,)), reply
         assert reply.headers.get("connection") == "close"
         assert reply.headers["content-type"] == "application/json" and reply.json()["error"]
-        assert c.read_eof(), "the connection must be closed after a protocol error"
+        assert c.closed() == b"", "the connection must be closed after a protocol error"
+
+
+def test_asterisk_form_is_for_options_only(shared: Server) -> None:
+    with Conn(shared) as c:
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = c.read_reply()
+        assert reply.status == 200 and reply.headers["allow"] == "GET, OPTIONS, POST", reply
+        assert reply.headers["content-length"] == "0"
+        c.send(b"GET * HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = c.read_reply()
+        assert reply.status == 400 and reply.closes, reply
+        assert c.closed() == b""
 
 
 def test_protocol_error_after_a_good_request_on_the_same_connection(shared: Server) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         c.send(fixture_bytes("get.http") + fixture_bytes("missing_host.http"))
         assert c.read_reply().status == 200
         assert c.read_reply().status == 400
-        assert c.read_eof()
+        assert c.closed() == b""
 
 
 def test_content_length_over_1mib_is_413_before_the_body(shared: Server) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n")  # and no body at all
         assert c.read_reply().status == 413
 
 
 def test_chunked_body_over_1mib_is_413(shared: Server) -> None:
     chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
-    with conn(shared) as c:
+    with Conn(shared) as c:
         c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
         sent = 0
         for _ in range(32):  # 2 MiB at most; the server must answer once it has seen 1 MiB + 1
@@ -297,12 +303,12 @@ def test_chunked_body_over_1mib_is_413(shared: Server) -> None:
         reply = c.read_reply()
         assert reply.status == 413
         assert 1024 * 1024 < sent <= 2 * 1024 * 1024
-        assert c.read_eof()
+        assert c.closed() == b""
 
 
 # -- connections --------------------------------------------------------------------------------------------------------
 def test_keep_alive_two_requests_on_one_connection(shared: Server) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         local = c.sock.getsockname()
         c.get("/whoami")
         first = c.read_reply()
@@ -328,15 +334,15 @@ def test_keep_alive_with_httpx_reuses_the_connection(shared: Server) -> None:
 @pytest.mark.parametrize("request_bytes", [b"GET / HTTP/1.0\r\n\r\n",
                                            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"])
 def test_close_when_the_client_asks(shared: Server, request_bytes: bytes) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         c.send(request_bytes)
         reply = c.read_reply()
         assert reply.status == 200 and reply.headers.get("connection") == "close"
-        assert c.read_eof()
+        assert c.closed() == b""
 
 
 def test_http10_keep_alive(shared: Server) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         for _ in range(2):
             c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             reply = c.read_reply()
@@ -344,7 +350,7 @@ def test_http10_keep_alive(shared: Server) -> None:
 
 
 def test_pipelining_three_requests_answered_in_order(shared: Server) -> None:
-    with conn(shared) as c:
+    with Conn(shared) as c:
         # the slow one first: a server that answered in completion order would put it last
         c.send(b"GET /io?ms=150 HTTP/1.1\r\nHost: t\r\n\r\n"
                b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -365,7 +371,7 @@ def test_bad_input_never_crashes_the_server(shared: Server) -> None:
               b"Transfer-Encoding: chunked\r\n\r\n5\r\nhel"]
     for data in batch:
         try:
-            with conn(shared, timeout=2) as c:
+            with Conn(shared, timeout=2) as c:
                 c.send(data)
                 c.sock.shutdown(socket.SHUT_WR)  # a half-close: whatever is not complete never will be
                 try:
@@ -408,9 +414,9 @@ def test_concurrent_clients(shared: Server) -> None:
 
 
 # -- servers with other flags ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(SERVERS))
-def test_faults_off_means_404(start_server, name: str) -> None:
-    srv = start_server(*SERVERS[name], faults=False)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_faults_off_means_404(start_server, config: str) -> None:
+    srv = start_server(*CONFIGS[config].argv(), faults=False)
     with srv.client() as c:
         for path in ("/fault/crash", "/fault/segfault", "/fault/hang?s=1", "/fault/raise", "/fault/leak?mb=1"):
             assert c.get(path).status_code == 404, path
@@ -421,9 +427,9 @@ def test_faults_off_means_404(start_server, name: str) -> None:
     assert srv.stats()["config"]["faults"] is False
 
 
-@pytest.mark.parametrize("model", ["threadpool", "eventloop"])
-def test_kill_process_kills_the_whole_server(start_server, model: str) -> None:
-    srv = start_server(model)
+@pytest.mark.parametrize("config", [c.id for c in CONFIGS.values() if not c.master])
+def test_kill_process_kills_the_whole_server(start_server, config: str) -> None:
+    srv = start_server(*CONFIGS[config].argv())  # (a master's: test_master.py)
     with srv.client() as c:
         r = c.post("/_lab/kill?target=process")
     assert r.status_code == 202 and r.json()["pid"] == srv.pid
@@ -435,9 +441,9 @@ def test_oversized_chunk_is_refused_at_once(shared: Server) -> None:
     # 2 MiB announced in one chunk size line, no body sent: the answer must not wait for the body
     # (or for the header timeout)
     t0 = time.monotonic()
-    with Conn(shared.host, shared.port, timeout=5) as c:
+    with Conn(shared) as c:
         c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n")
         r = c.read_reply()
         assert r.status == 413
-        assert c.read_eof()
+        assert c.closed() == b""
     assert time.monotonic() - t0 < 3

@@ -10,33 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 
-import httpx
 import pytest
 
 from loadtest.charts import METRICS, Charts, p99_between
 from webmodels import events
 
-from .support import free_port, stop_process, wait_for
-from .test_lab_locust import ALL as SERVERS, locust_cmd, locust_env  # every lab server: the tab draws a line for each
+from .support import wait_for
+from .support.browser import chromium, run_chromium
+from .support.locust import LAB as SERVERS, WebUI  # every lab server: the tab draws a line for each
 
 pytestmark = pytest.mark.slow
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def run_chromium(*args: str) -> str:
-    with tempfile.TemporaryDirectory(prefix="webmodels-chromium-") as profile:
-        res = subprocess.run([chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}", *args],  # type: ignore[list-item]
-                             capture_output=True, text=True, timeout=90)
-    return res.stdout
 
 
 # -- the points, without a browser ------------------------------------------------------------------------------------
@@ -93,39 +77,27 @@ def chrome() -> str:
 def test_servers_tab_draws_one_line_per_server_and_fault_markers(chrome, start_server, tmp_path):
     log = str(tmp_path / "events.jsonl")  # as under `webmodels up`: every fault logged, at its own time
     servers = {name: start_server(name, env={events.ENV: log}) for name in SERVERS}
-    port = free_port()
-    ui = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json",
-                                       str(tmp_path / "accounting.json")),
-                            cwd=tmp_path, env=locust_env(servers, **{events.ENV: log}), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        with httpx.Client(base_url=ui, timeout=5) as c:
-            wait_for(lambda: c.get("/").status_code == 200, 20, 0.1, "the Locust web UI")
-            assert "servers/charts.js" in c.get("/").text
-            assert "createElementNS" in c.get("/servers/charts.js").text
-            r = c.post("/swarm", data={"user_count": 6, "spawn_rate": 6, "host": "", "workload": "mixed",
-                                       "fault": "crash", "fault_every": 2})
-            assert r.json()["success"], r.text
+    with WebUI(tmp_path, servers, "--accounting-json", str(tmp_path / "accounting.json"), **{events.ENV: log}) as ui:
+        c = ui.http
+        assert "servers/charts.js" in c.get("/").text
+        assert "createElementNS" in c.get("/servers/charts.js").text
+        ui.swarm(user_count=6, spawn_rate=6, host="", workload="mixed", fault="crash", fault_every=2)
 
-            def ready() -> bool:
-                doc = c.get("/servers/series.json").json()
-                kinds = {(m["server"], m["kind"]) for m in doc["markers"]}
-                return (all(len(doc["points"].get(n, [])) >= 6 for n in SERVERS)
-                        and ("prefork", "fault") in kinds and ("prefork", "restart") in kinds
-                        and ("eventloop", "fault") in kinds)
-
-            wait_for(ready, 40, 0.5, "points for every server, fault and restart markers")
-            c.post("/stop")  # the charts keep their last five minutes: what the browser draws is what we read
-            wait_for(lambda: c.get("/stats/requests").json()["state"] == "stopped", 10, 0.2, "stop")
+        def ready() -> bool:
             doc = c.get("/servers/series.json").json()
-            url = f"{ui}/?tab=servers"
-            dom = run_chromium("--virtual-time-budget=8000", "--dump-dom", url)
-            if os.environ.get("WEBMODELS_SCREENSHOT"):
-                run_chromium("--virtual-time-budget=8000", "--window-size=1480,1250",
-                             f"--screenshot={os.environ['WEBMODELS_SCREENSHOT']}", url)
-    finally:
-        stop_process(proc)
+            kinds = {(m["server"], m["kind"]) for m in doc["markers"]}
+            return (all(len(doc["points"].get(n, [])) >= 6 for n in SERVERS)
+                    and ("prefork", "fault") in kinds and ("prefork", "restart") in kinds
+                    and ("eventloop", "fault") in kinds)
+
+        wait_for(ready, 60, 0.5, "points for every server, fault and restart markers")
+        ui.stop_run()  # the charts keep their last five minutes: what the browser draws is what we read
+        doc = c.get("/servers/series.json").json()
+        url = f"{ui.url}/?tab=servers"
+        dom = run_chromium("--virtual-time-budget=8000", "--dump-dom", url)
+        if os.environ.get("WEBMODELS_SCREENSHOT"):
+            run_chromium("--virtual-time-budget=8000", "--window-size=1480,1250",
+                         f"--screenshot={os.environ['WEBMODELS_SCREENSHOT']}", url)
     assert 'id="webmodels-charts"' in dom, dom[-2000:]
     charts = re.findall(r'<svg[^>]*data-metric="(\w+)".*?</svg>', dom, re.S)
     assert charts == [k for k, _, _ in METRICS]

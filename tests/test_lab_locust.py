@@ -1,8 +1,8 @@
 """Locust against the real servers: fault accounting, crash injection, distributed mode, the Servers tab.
 
-Locust runs as a subprocess (it monkey-patches the interpreter with gevent); everything binds 127.0.0.1 and
-every run is bounded by --run-time and a subprocess timeout. Every server's URL is always set (a server a
-test does not start points at a closed port), so no run ever reaches the lab's own ports 8001-8005.
+Locust runs as a subprocess (support.locust: it monkey-patches the interpreter with gevent); everything binds
+127.0.0.1 and every run is bounded by --run-time and a subprocess timeout. The accounting's arithmetic without
+Locust is test_unit_accounting.py; the tab's charts in Chromium, test_lab_charts.py.
 """
 
 from __future__ import annotations
@@ -11,74 +11,25 @@ import collections
 import json
 import os
 import re
-import subprocess
-import sys
+import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from webmodels import lab
+from .support import Conn, Server, wait_for, with_free_port
+from .support.locust import CLASSES, LAB, WebUI, assert_balanced, run_headless
 
-from .support import Server, free_port, stop_process, wait_for, with_free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 SERVERS = ("threadpool", "prefork", "eventloop")  # the pure models
 HYBRIDS = ("hybrid-threads", "hybrid-loop")
-ALL = tuple(lab.SERVERS)  # the lab's servers, in the table's order
-CLASSES = {name: s.user_class for name, s in lab.SERVERS.items()}
+PURE = [CLASSES[name] for name in SERVERS]  # name the classes: a run without names loads them all
 
 pytestmark = pytest.mark.slow
-
-
-def url_env(name: str) -> str:
-    return "WEBMODELS_" + name.upper().replace("-", "_") + "_URL"
-
-
-def locust_env(servers: dict[str, Server], **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "WEBMODELS_"))}
-    env.update({url_env(name): f"http://127.0.0.1:{free_port()}" for name in ALL})  # nothing listens there
-    env.update({url_env(name): srv.url for name, srv in servers.items()})
-    env.update(extra)
-    return env
-
-
-def locust_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--skip-log-setup", *args]
-
-
-def run_headless(tmp_path: Path, servers: dict[str, Server], run_time: int, *args: str,
-                 env: dict[str, str] | None = None) -> tuple[dict, dict, str]:
-    """Run Locust headless (ENV: extra variables); return (accounting JSON, Locust's count per server, output)."""
-    acc, stats = tmp_path / "accounting.json", tmp_path / "stats"
-    proc = subprocess.run(
-        locust_cmd("--headless", "-t", f"{run_time}s", "--accounting-json", str(acc), "--json-file", str(stats),
-                   *args),
-        cwd=tmp_path, env=locust_env(servers, **(env or {})), capture_output=True, text=True, timeout=run_time + 40)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode in (0, 1), out  # 1 = some requests failed, which fault runs do on purpose
-    assert acc.exists(), out
-    counts: dict[str, int] = collections.Counter()
-    for entry in json.loads((tmp_path / "stats.json").read_text()):
-        counts[entry["name"].split(" ", 1)[0]] += entry["num_requests"]
-    return json.loads(acc.read_text()), counts, out
-
-
-def assert_balanced(acc: dict, counts: dict, names=SERVERS) -> None:
-    for name in names:
-        row = acc["servers"][name]
-        assert row["ok"] + row["expected"] + row["collateral"] == row["requests"], (name, row)
-        assert row["requests"] == counts[name] > 0, (name, row["requests"], counts[name])
 
 
 @pytest.fixture
 def three(start_server) -> dict[str, Server]:
     return {name: start_server(name) for name in SERVERS}
-
-
-PURE = [CLASSES[name] for name in SERVERS]  # name the classes: a run without names loads them all
 
 
 def test_every_request_is_accounted(three, tmp_path):
@@ -87,7 +38,7 @@ def test_every_request_is_accounted(three, tmp_path):
                                     "--fault", "raise", "--fault-every", "1", "--timeline", str(tmp_path / "tl"),
                                     *PURE)
     assert "Fault accounting" in out
-    assert_balanced(acc, counts)
+    assert_balanced(acc, counts, SERVERS)
     records = collections.Counter()
     for f in (tmp_path / "tl").glob("*.jsonl"):
         for line in f.read_text().splitlines():
@@ -102,7 +53,7 @@ def test_every_request_is_accounted(three, tmp_path):
 def test_crash_injection_under_load(three, tmp_path):
     acc, counts, _ = run_headless(tmp_path, three, 6, "-u", "9", "-r", "9", "--workload", "mixed",
                                   "--fault", "crash", "--fault-every", "2", *PURE)
-    assert_balanced(acc, counts)
+    assert_balanced(acc, counts, SERVERS)
     stopped = acc["run"]["stopped_at"]
     pre = acc["servers"]["prefork"]
     assert pre["expected"] >= 2 and pre["collateral"] == 0 and not pre["down_at_end"], pre
@@ -127,7 +78,7 @@ def test_processes_2_report_to_the_master(three, tmp_path):
         "--master-port", str(port), "-u", "6", "-r", "6", "--fault", "raise", "--fault-every", "1",
         "--timeline", str(tmp_path / "tl"), *PURE))
     assert acc["run"]["role"] == "master" and acc["run"]["workers"] == 2
-    assert_balanced(acc, counts)
+    assert_balanced(acc, counts, SERVERS)
     assert len(list((tmp_path / "tl").glob("worker*.jsonl"))) == 2  # one timeline per worker process
     for name in SERVERS:
         assert acc["servers"][name]["expected"] >= 2
@@ -135,7 +86,7 @@ def test_processes_2_report_to_the_master(three, tmp_path):
 
 @pytest.fixture
 def every(start_server) -> dict[str, Server]:
-    return {name: start_server(name) for name in ALL}
+    return {name: start_server(name) for name in LAB}
 
 
 def test_hybrids_get_traffic_accounting_and_kill_worker(start_server, tmp_path):
@@ -182,96 +133,59 @@ def test_servers_tab_shows_a_restart_waiting_for_its_back_off(tmp_path):
         "supervisor_pid": os.getpid(), "updated_at": 0, "policy": "back-off", "policy_text": "",
         "servers": {"eventloop": {"state": "waiting", "restart_at": time.time() + 30,
                                   "restarts": 5, "history": []}}}))
-    port = free_port()
-    proc = subprocess.Popen(
-        locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json", ""),
-        cwd=tmp_path, env=locust_env({}, WEBMODELS_SUPERVISOR_STATE=str(state)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-            # every row: the first poll fills them in one by one (a server that does not answer takes longest)
-            rows = wait_for(lambda: len(rs := c.get("/servers.json").json()["servers"]) == len(ALL) and rs, 20, 0.2,
-                            "the tab's rows")
-            by = {r["server"]: r for r in rows}  # type: ignore[union-attr]
-            assert list(by) == list(ALL)
-            m = re.fullmatch(r"down — restart in (\d+\.\d) s \(back-off\)", by["eventloop"]["state"])
-            assert m and 10 < float(m.group(1)) <= 30, by["eventloop"]["state"]  # counts down from 30
-            # nothing pending: "down", and what is known (nothing listens)
-            assert re.fullmatch(r"down \d+s — nothing listens on :\d+", by["threadpool"]["state"]), by
-    finally:
-        stop_process(proc)
+    with WebUI(tmp_path, {}, "--accounting-json", "", WEBMODELS_SUPERVISOR_STATE=str(state)) as ui:
+        # every row: the first poll fills them in one by one (a server that does not answer takes longest)
+        by = wait_for(lambda: len(rows := ui.rows()) == len(LAB) and rows, 30, 0.2, "the tab's rows")
+        assert list(by) == list(LAB)
+        m = re.fullmatch(r"down — restart in (\d+\.\d) s \(back-off\)", by["eventloop"]["state"])
+        assert m and 10 < float(m.group(1)) <= 30, by["eventloop"]["state"]  # counts down from 30
+        # nothing pending: "down", and what is known (nothing listens)
+        assert re.fullmatch(r"down \d+s — nothing listens on :\d+", by["threadpool"]["state"]), by
 
 
 def test_web_ui_servers_tab(every, tmp_path):
-    def launch(port: int) -> tuple[subprocess.Popen, int]:
-        out = tmp_path / f"locust-{port}.log"
-        proc = subprocess.Popen(
-            locust_cmd("--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json",
-                       str(tmp_path / "accounting.json")),
-            cwd=tmp_path, env=locust_env(every), stdout=out.open("w"), stderr=subprocess.STDOUT)
-        wait_for(lambda: proc.poll() is not None or httpx.get(f"http://127.0.0.1:{port}/", timeout=2).is_success,
-                 20, 0.1, "the Locust web UI")
-        if proc.poll() is not None:  # e.g. the port was taken between free_port() and Locust's bind
-            raise RuntimeError(f"locust exited: {out.read_text()[-2000:]}")
-        return proc, port
+    with WebUI(tmp_path, every, "--accounting-json", str(tmp_path / "accounting.json")) as ui:
+        c = ui.http
+        page = c.get("/?tab=servers").text
+        assert '"extended_tabs": [{"key": "servers", "title": "Servers"}' in page  # first; the Exercises tab after it
+        # requests served, from the servers themselves (each look adds one /_lab/stats request)
+        served = lambda: {n: srv.counters()["requests"] for n, srv in every.items()}  # noqa: E731
 
-    proc, port = with_free_port(launch)
-    ui = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=ui, timeout=5) as c:
-            page = c.get("/?tab=servers").text
-            assert '"extended_tabs": [{"key": "servers", "title": "Servers"}' in page  # first; the Exercises tab after it
-            # requests served, from the servers themselves (each look adds one /_lab/stats request)
-            served = lambda: {n: srv.stats()["counters"]["requests"] for n, srv in every.items()}  # noqa: E731
+        # a typed Host applies to every class for that run ...
+        before = served()
+        ui.swarm(user_count=5, spawn_rate=5, host=every["prefork"].url, workload="hello")
+        wait_for(lambda: every["prefork"].counters()["requests"] > before["prefork"] + 200, 30, 0.2, "load on prefork")
+        ui.stop_run()
+        after = served()
+        assert all(after[n] - before[n] <= 3 for n in LAB if n != "prefork"), (before, after)
 
-            def run(host: str, until, what: str) -> None:
-                r = c.post("/swarm", data={"user_count": 5, "spawn_rate": 5, "host": host, "workload": "hello"})
-                assert r.json()["success"], r.text
-                wait_for(until, 10, 0.2, what)
-                c.post("/stop")
-                wait_for(lambda: c.get("/stats/requests").json()["state"] == "stopped", 10, 0.2, "stop")
+        # ... and clearing it gives every class its own host back (plain Locust would keep the override)
+        def live() -> bool:
+            rows = ui.rows()
+            now = served()
+            return (len(rows) == len(LAB) and all(x["up"] and x["pss_bytes"] for x in rows.values())
+                    and all(now[n] > after[n] + 200 for n in LAB))
 
-            # a typed Host applies to every class for that run ...
-            before = served()
-            run(every["prefork"].url, lambda: every["prefork"].stats()["counters"]["requests"] > before["prefork"] + 200,
-                "load on prefork")
-            after = served()
-            assert all(after[n] - before[n] <= 3 for n in ALL if n != "prefork"), (before, after)
-
-            # ... and clearing it gives every class its own host back (plain Locust would keep the override)
-            def live() -> bool:
-                rows = c.get("/servers.json").json()["servers"]
-                now = served()
-                return (len(rows) == len(ALL) and all(x["up"] and x["pss_bytes"] for x in rows)
-                        and all(now[n] > after[n] + 200 for n in ALL))
-
-            c.post("/swarm", data={"user_count": len(ALL), "spawn_rate": len(ALL), "host": "", "workload": "hello"})
-            wait_for(live, 10, 0.2, "every server gets load again and shows up in /servers.json")
-            rows = c.get("/servers.json").json()["servers"]
-            assert [r["name"] for r in rows] == list(ALL)
-            for row in rows:  # live pids and PSS
-                assert row["pid"] == every[row["name"]].pid and row["pss"] > 0
-                for pid in row["pid_list"]:
-                    os.kill(pid, 0)
-            assert len(rows[1]["pid_list"]) == 5  # prefork: master + 4 workers
-            assert len(rows[3]["pid_list"]) == len(rows[4]["pid_list"]) == 3  # the hybrids: master + 2 workers
-            assert re.fullmatch(r"2 workers: \d+/16 · \d+/16 threads", rows[3]["busy"]), rows[3]["busy"]
-            assert re.fullmatch(r"2 workers: lag [\d.]+ · [\d.]+ ms", rows[4]["busy"]), rows[4]["busy"]
-            assert re.fullmatch(r"hub lag [\d.]+ ms \(max [\d.]+\), \d+/1000 greenlets", rows[5]["busy"]), rows[5]["busy"]
-            ext = wait_for(lambda: c.get("/stats/requests").json().get("extended_stats"), 5, 0.2, "extended_stats")
-            assert ext[0]["key"] == "servers" and [r["server"] for r in ext[0]["data"]] == list(ALL)
-            assert c.get("/servers.csv").text.startswith("Server,State,PIDs")
-            c.post("/stop")
-            wait_for(lambda: c.get("/stats/requests").json()["state"] == "stopped", 10, 0.2, "stop")
-            acc = c.get("/accounting.json").json()
-            assert set(acc["servers"]) == set(ALL)
-            assert all(s["ok"] + s["expected"] + s["collateral"] == s["requests"] for s in acc["servers"].values())
-    finally:
-        stop_process(proc)
-
-
-def _tab_rows(c: httpx.Client) -> dict[str, dict]:
-    return {r["server"]: r for r in c.get("/servers.json").json()["servers"]}
+        ui.swarm(user_count=len(LAB), spawn_rate=len(LAB), host="", workload="hello")
+        wait_for(live, 30, 0.2, "every server gets load again and shows up in /servers.json")
+        rows = c.get("/servers.json").json()["servers"]
+        assert [r["name"] for r in rows] == list(LAB)
+        for row in rows:  # live pids and PSS
+            assert row["pid"] == every[row["name"]].pid and row["pss"] > 0
+            for pid in row["pid_list"]:
+                os.kill(pid, 0)
+        assert len(rows[1]["pid_list"]) == 5  # prefork: master + 4 workers
+        assert len(rows[3]["pid_list"]) == len(rows[4]["pid_list"]) == 3  # the hybrids: master + 2 workers
+        assert re.fullmatch(r"2 workers: \d+/16 · \d+/16 threads", rows[3]["busy"]), rows[3]["busy"]
+        assert re.fullmatch(r"2 workers: lag [\d.]+ · [\d.]+ ms", rows[4]["busy"]), rows[4]["busy"]
+        assert re.fullmatch(r"hub lag [\d.]+ ms \(max [\d.]+\), \d+/1000 greenlets", rows[5]["busy"]), rows[5]["busy"]
+        ext = wait_for(lambda: c.get("/stats/requests").json().get("extended_stats"), 10, 0.2, "extended_stats")
+        assert ext[0]["key"] == "servers" and [r["server"] for r in ext[0]["data"]] == list(LAB)
+        assert c.get("/servers.csv").text.startswith("Server,State,PIDs")
+        ui.stop_run()
+        acc = c.get("/accounting.json").json()
+        assert set(acc["servers"]) == set(LAB)
+        assert all(s["ok"] + s["expected"] + s["collateral"] == s["requests"] for s in acc["servers"].values())
 
 
 def test_servers_tab_tells_hung_from_gone_and_counts_every_fault(start_server, tmp_path):
@@ -283,43 +197,32 @@ def test_servers_tab_tells_hung_from_gone_and_counts_every_fault(start_server, t
     state = tmp_path / "supervisor.json"
     state.write_text(json.dumps({"supervisor_pid": os.getpid(), "policy": "back-off", "events": str(log),
                                  "servers": {"eventloop": {"state": "up", "pid": srv.pid, "restarts": 0}}}))
-    port = free_port()
-    proc = subprocess.Popen(
-        locust_cmd("--class-picker", "--web-host", "127.0.0.1", "--web-port", str(port), "--accounting-json", ""),
-        cwd=tmp_path, env=locust_env({"eventloop": srv}, WEBMODELS_SUPERVISOR_STATE=str(state),
-                                     WEBMODELS_EVENTS=str(log)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-            wait_for(lambda: c.get("/").status_code == 200, 20, 0.1, "the Locust web UI")
-            r = c.post("/swarm", data={"user_count": 1, "spawn_rate": 1, "host": "", "workload": "hello",
-                                       "user_classes": "EventloopUser"})
-            assert r.json()["success"], r.text
-            wait_for(lambda: _tab_rows(c)["eventloop"]["up"], 20, 0.2, "the event loop's row up")
-            with pytest.raises(httpx.TimeoutException):  # the attendee's curl
-                httpx.get(srv.url + "/fault/hang?s=600", timeout=1, headers={"User-Agent": "curl/8.5.0"})
-            hung = wait_for(lambda: (row := _tab_rows(c)["eventloop"])["hung"] and row["faults"] == 1 and row,
-                            20, 0.2, "the row hung")
-            assert re.fullmatch(rf"hung — no answer for \d+s \(pid {srv.pid} alive\)", hung["state"]), hung
-            assert hung["pids"] == f"{srv.pid} (alive, not answering)" and hung["faults_by"] == {"curl": 1}, hung
-            assert not hung["up"] and srv.alive()
+    with WebUI(tmp_path, {"eventloop": srv}, "--class-picker", "--accounting-json", "",
+               WEBMODELS_SUPERVISOR_STATE=str(state), WEBMODELS_EVENTS=str(log)) as ui:
+        ui.swarm(user_count=1, spawn_rate=1, host="", workload="hello", user_classes="EventloopUser")
+        wait_for(lambda: ui.rows()["eventloop"]["up"], 20, 0.2, "the event loop's row up")
+        with pytest.raises(httpx.TimeoutException):  # the attendee's curl
+            httpx.get(srv.url + "/fault/hang?s=600", timeout=1, headers={"User-Agent": "curl/8.5.0"})
+        hung = wait_for(lambda: (row := ui.rows()["eventloop"])["hung"] and row["faults"] == 1 and row,
+                        20, 0.2, "the row hung")
+        assert re.fullmatch(rf"hung — no answer for \d+s \(pid {srv.pid} alive\)", hung["state"]), hung
+        assert hung["pids"] == f"{srv.pid} (alive, not answering)" and hung["faults_by"] == {"curl": 1}, hung
+        assert not hung["up"] and srv.alive()
 
-            out = actions.kill("eventloop", lab=actions.Lab("native", 0, {"eventloop": srv.url}, state))
-            assert out.ok, out
-            gone = wait_for(lambda: (row := _tab_rows(c)["eventloop"])["faults"] == 2 and not row["hung"] and row,
-                            20, 0.2, "the row down, two faults")
-            assert re.fullmatch(r"down \d+s — nothing listens on :\d+", gone["state"]), gone
-            assert gone["pids"] == f"({srv.pid} gone)", gone
-            assert gone["faults_by"] == {"curl": 1, "webmodels kill": 1} and gone["faults_from"] == "event log"
-            doc = c.get("/servers/series.json").json()
-            marks = [(m["kind"], m.get("by")) for m in doc["markers"] if m["server"] == "eventloop"]
-            assert ("fault", "curl") in marks and ("fault", "webmodels kill") in marks and ("hung", None) in marks
-            logged = {e["kind"]: e["t"] for e in events.read_all(str(log))}
-            assert {m["t"] for m in doc["markers"] if m["kind"] == "fault"} == set(logged.values())  # their own time
-            assert str(log) in c.get("/servers.json").json()["sources"]["faults"]
-            c.post("/stop")
-    finally:
-        stop_process(proc)
+        out = actions.kill("eventloop", lab=actions.Lab("native", 0, {"eventloop": srv.url}, state))
+        assert out.ok, out
+        gone = wait_for(lambda: (row := ui.rows()["eventloop"])["faults"] == 2 and not row["hung"] and row,
+                        20, 0.2, "the row down, two faults")
+        assert re.fullmatch(r"down \d+s — nothing listens on :\d+", gone["state"]), gone
+        assert gone["pids"] == f"({srv.pid} gone)", gone
+        assert gone["faults_by"] == {"curl": 1, "webmodels kill": 1} and gone["faults_from"] == "event log"
+        doc = ui.http.get("/servers/series.json").json()
+        marks = [(m["kind"], m.get("by")) for m in doc["markers"] if m["server"] == "eventloop"]
+        assert ("fault", "curl") in marks and ("fault", "webmodels kill") in marks and ("hung", None) in marks
+        logged = {e["kind"]: e["t"] for e in events.read_all(str(log))}
+        assert {m["t"] for m in doc["markers"] if m["kind"] == "fault"} == set(logged.values())  # their own time
+        assert str(log) in ui.http.get("/servers.json").json()["sources"]["faults"]
+        ui.http.post("/stop")
 
 
 def test_locusts_own_faults_are_counted_once(start_server, tmp_path):
@@ -335,3 +238,41 @@ def test_locusts_own_faults_are_counted_once(start_server, tmp_path):
     # one in flight at the stop may be logged and not yet counted by Locust; never twice each
     assert row["expected"] <= view["faults"] <= row["expected"] + 1, (row["expected"], view)
     assert view["faults"] == len([e for e in events.read_all(str(log)) if e["fault"]])
+
+
+USERS = 6
+
+
+# -- a thread pool of one thread and no queue answers 503 to a new connection that finds it busy ------------------
+def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_path):
+    srv = start_server("threadpool", "--threads", "1", "--queue", "0", faults=False)
+    # A hog holds the one thread until the server has refused USERS connections: each user's new connection
+    # meanwhile gets a 503 (an admitted connection never does; after the 503 Locust reconnects and tries again).
+    # The hog asks the server's own count on its own admitted connection (a new one would get the 503 itself), so
+    # it lets go when the refusals have happened, however late a loaded machine starts Locust's users.
+    refused_all = threading.Event()
+
+    def hog() -> None:
+        with Conn(srv, timeout=10) as c:  # one keep-alive connection: admitted once
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                assert c.call("/io?ms=200").status == 200
+                if c.call("/_lab/stats").json()["counters"]["rejected_503"] >= USERS:
+                    break
+        refused_all.set()
+
+    hogger = threading.Thread(target=hog, daemon=True)
+    hogger.start()
+    acc, counts, out = run_headless(tmp_path, {"threadpool": srv}, 6, "-u", str(USERS), "-r", str(USERS),
+                                    "--workload", "io", "--io-ms", "30", "ThreadpoolUser")
+    assert refused_all.wait(5), "the hog never saw the refusals"
+    row = acc["servers"]["threadpool"]
+    # Locust's own count and the accounting agree exactly; every failure is a 503, every 503 is collateral
+    assert row["requests"] == counts["requests"] > 0, (row, counts)
+    assert row["collateral"] == counts["failures"] > 0, (row, counts)
+    assert row["errors"] == {"HTTP 503": row["collateral"]}, row
+    assert row["ok"] == counts["requests"] - counts["failures"] > 0 and row["expected"] == 0, row
+    assert row["ok"] + row["expected"] + row["collateral"] == row["requests"]
+    # the server refused at least that many (the Servers panel's own /_lab/stats polls may add a few)
+    assert srv.counters()["rejected_503"] >= row["collateral"]
+

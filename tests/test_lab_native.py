@@ -1,17 +1,15 @@
-"""`webmodels up` for real: six URLs answer, a crashed event loop is restarted with Docker's back-off (or a
-fixed delay), `status`/`kill` know every lab server, SIGTERM leaves nothing."""
+"""`webmodels up` for real: every URL answers, a crashed event loop is restarted with Docker's back-off (or a
+fixed delay), `status`/`kill` know every lab server, the banner's commands work as printed, SIGTERM leaves
+nothing. The lab's parts without a lab (the restart policy, the one table, the PATH link): test_unit_lab.py."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
@@ -21,78 +19,8 @@ from webmodels import launch
 from webmodels.events import read_all
 from webmodels.lab import SERVERS, events_path, supervisor_state_path
 
-from .support import addr_in_use, wait_for
-
-PORTS = (8001, 8002, 8003, 8004, 8005, 8006, 8089)
-EVENTLOOP = 8003
-
-
-def _free_offset() -> int:
-    for _ in range(50):
-        offset = random.randrange(20000, 50000, 100)
-        try:
-            for port in PORTS:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + offset))
-            return offset
-        except OSError:
-            continue
-    raise RuntimeError("no free block of lab ports")
-
-
-class Lab:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        for attempt in range(5):  # the ports were free a moment ago; if one was taken meanwhile, `up` says so
-            self.offset = _free_offset()
-            self.proc = launch.Process([sys.executable, "-m", "webmodels.cli", "up", "--port-offset",
-                                        str(self.offset), *args], env=launch.clean_env(env))
-            wait_for(lambda: self.proc.poll() is not None or "listening on" in self.log, timeout=45,
-                     what="the lab to start or refuse")
-            if self.proc.poll() is None or attempt == 4 or not addr_in_use(self.log):
-                break
-
-    @property
-    def lines(self) -> list[str]:
-        return self.proc.lines
-
-    def url(self, port: int) -> str:
-        return f"http://127.0.0.1:{port + self.offset}"
-
-    @property
-    def log(self) -> str:
-        return self.proc.log
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        """Run `webmodels ARGS --port-offset <this lab's>`."""
-        return subprocess.run([sys.executable, "-m", "webmodels.cli", *args, "--port-offset", str(self.offset)],
-                              capture_output=True, text=True, timeout=60, env=launch.clean_env())
-
-    def state(self) -> dict:
-        """The supervisor's state file."""
-        return json.loads(supervisor_state_path(self.offset).read_text())
-
-    def crash_eventloop(self) -> None:
-        """Wait until the event loop answers, then crash it; return once the supervisor has noted the death."""
-        url = self.url(EVENTLOOP)
-        wait_for(lambda: _answers(url), timeout=30, interval=0.01, what="the event loop answering")
-        deaths = len(self.state()["servers"]["eventloop"]["history"])
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(url + "/fault/crash", timeout=5)
-        wait_for(lambda: len(self.state()["servers"]["eventloop"]["history"]) > deaths, timeout=10,
-                 interval=0.01, what="the supervisor noting the crash")
-
-    def restart_delays(self) -> list[float]:
-        """Seconds from each death of the event loop to its restart, from the supervisor's own timestamps."""
-        hist = wait_for(lambda: [h for h in self.state()["servers"]["eventloop"]["history"]]
-                        if all(h["started_at"] for h in self.state()["servers"]["eventloop"]["history"]) else None,
-                        timeout=70, interval=0.02, what="every restart done")
-        return [h["started_at"] - h["died_at"] for h in hist]  # type: ignore[union-attr]
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
+from .support import wait_for
+from .support.lab import EVENTLOOP, PORTS, Lab, answers
 
 
 @pytest.fixture
@@ -105,26 +33,13 @@ def lab():
 
     yield start
     for lab_ in labs:
-        kids = lab_.descendants()
-        lab_.proc.stop(20)
-        for kid in kids:  # belt and braces: the test must not leak processes even when it fails
-            try:
-                kid.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+        lab_.stop()
 
 
 def test_up_serves_every_url_restarts_a_crash_and_stops_clean(lab) -> None:
     lab_ = lab()
     for port in PORTS:
-        wait_for(lambda: _answers(lab_.url(port)), timeout=45, interval=0.2, what=f"port {port} answering")
+        wait_for(lambda: answers(lab_.url(port)), timeout=45, interval=0.2, what=f"port {port} answering")
     assert "webmodels lab is up" in "\n".join(lab_.lines) or wait_for(
         lambda: "webmodels lab is up" in lab_.log, timeout=10, what="the welcome text")
     # same settings as compose: faults are on, the master models run lab/<model>.env's worker counts
@@ -181,7 +96,7 @@ def test_up_serves_every_url_restarts_a_crash_and_stops_clean(lab) -> None:
 
 def test_busy_port_is_a_clear_error(lab) -> None:
     lab_ = lab("--no-locust")
-    wait_for(lambda: _answers(lab_.url(8001)), timeout=45, interval=0.2, what="first lab up")
+    wait_for(lambda: answers(lab_.url(8001)), timeout=45, interval=0.2, what="first lab up")
     # a second lab on the same ports must refuse to start, naming the port, and start nothing
     second = subprocess.run([sys.executable, "-m", "webmodels.cli", "up", "--no-locust", "--port-offset",
                              str(lab_.offset)], capture_output=True, text=True, timeout=30, env=launch.clean_env())
@@ -235,48 +150,6 @@ def test_restart_delay_gives_a_fixed_delay_and_status_shows_it(lab) -> None:
     assert "restarting in 3.0s (fixed delay)" in lab_.log
 
 
-def test_restart_policy_is_dockers_back_off_or_a_fixed_delay() -> None:
-    from webmodels.supervisor import RestartPolicy
-    docker = RestartPolicy()
-    waits, prev = [], 0.0
-    for _ in range(12):  # crash after crash, each within 10 s of its start
-        prev = docker.next_delay(prev, uptime=1.0)
-        waits.append(prev)
-    assert waits[:6] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2] and waits[-1] == 60.0  # capped at 1 min, as Docker
-    assert docker.next_delay(12.8, uptime=10.0) == 0.1  # 10 s up: the back-off is forgotten
-    assert RestartPolicy(fixed=0.5).next_delay(12.8, uptime=1.0) == 0.5
-    assert RestartPolicy(fixed=0.0).next_delay(0.0, uptime=0.0) == 0.0
-
-
-def test_every_list_of_the_labs_servers_is_the_one_table() -> None:
-    # one table per fact: adding a server is one row of lab.SERVERS, its lab/<name>.env and its compose service;
-    # everything else reads the table. The compose files cannot import it, so this test reads them.
-    from pathlib import Path
-
-    from webmodels import config, promlab
-    from webmodels.lab import SERVERS
-
-    root = Path(__file__).resolve().parent.parent
-    base = (root / "docker-compose.yml").read_text()
-    override = (root / "docker-compose.override.yml").read_text()
-    ci = (root / "docker-compose.ci.yml").read_text()
-    services = set(re.findall(r"^  ([\w-]+):\n    <<: \*server$", base, re.M))
-    assert services == set(SERVERS), (services, set(SERVERS))  # no server service outside the table, none missing
-    for name, s in SERVERS.items():
-        assert (root / s.env_file).is_file(), s.env_file
-        block = base.split("\nservices:", 1)[1].split(f"\n  {name}:\n", 1)[1].split("\n\n", 1)[0]
-        assert f'command: ["webmodels", "serve", "{name}"]' in block and f"env_file: {s.env_file}" in block, block
-        assert f"WEBMODELS_BIND: 0.0.0.0:{s.port}" in block, block
-        assert f"  {s.url_env}: http://{name}:{s.port}\n" in base, s.url_env  # Locust's URL, by service name
-        assert f"  {name}:\n    condition: service_healthy" in base  # Locust starts after it
-        assert f'"127.0.0.1:{s.port}:{s.port}"' in override and f"  {s.url_env}: http://127.0.0.1:{s.port}\n" in ci
-        assert f"WEBMODELS_BIND: 127.0.0.1:{s.port}" in ci
-        assert promlab.COMPOSE_TARGETS[name] == f"{name}:{s.port}"
-        assert s.engine == config.MODEL_ENGINE[name] and s.master == (name in config.MASTER_MODELS)
-    # the locustfile makes one user class per row (it is imported by Locust only: read its source)
-    assert "type(LAB_SERVERS[server].user_class, (LabUser,)" in (root / "loadtest" / "locustfile.py").read_text()
-
-
 def _fresh_shell(home, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """COMMAND in a newcomer's next terminal: a login shell with a clean environment (`env -i`)."""
     return subprocess.run(["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", "bash", "-lc", command],
@@ -312,64 +185,3 @@ def test_banner_commands_work_as_printed_in_a_fresh_shell(lab, tmp_path) -> None
     assert res.returncode == 0 and "eventloop" in res.stdout and "DOWN" not in res.stdout, res
     kinds = [(e["server"], e["kind"], e["via"]) for e in read_all(str(events_path(lab_.offset)))]
     assert kinds == [("prefork", "kill", "pid"), ("eventloop", "crash", "route")], kinds  # counted, whoever did it
-
-
-def test_min_rate_only_lengthens_a_deadline(start_server) -> None:
-    # README exercise 7 and `--min-rate`'s help (issue 18 item 13): alone, --min-rate cuts a trickler at about
-    # --header-timeout (never sooner), while a client at the rate or faster outlasts --header-timeout.
-    # Scaled down: --header-timeout 1, a trickler at 10 B/s (cut at 1/(1 - 10/100) = 1.11 s), a sender at 300 B/s.
-    srv = start_server("eventloop", "--header-timeout", "1", "--min-rate", "100")
-
-    def send(rate: float, head: bytes) -> tuple[float, bytes]:
-        """Send HEAD at RATE bytes per second (in 10 pieces a second); return when it ended and what came back."""
-        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
-            t0, step = time.monotonic(), max(1, int(rate / 10))
-            for i in range(0, len(head), step):
-                try:
-                    s.sendall(head[i:i + step])
-                except OSError:
-                    break
-                time.sleep(0.1)
-                s.setblocking(False)
-                try:
-                    if s.recv(1, socket.MSG_PEEK):
-                        break  # the server answered (a 408) before the head was complete
-                except BlockingIOError:
-                    pass
-                finally:
-                    s.setblocking(True)
-            s.settimeout(10)
-            reply = s.recv(200)
-            return time.monotonic() - t0, reply
-
-    took, reply = send(10, b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000)
-    assert reply.startswith(b"HTTP/1.1 408") and 1.0 <= took < 1.6, (took, reply)
-    took, reply = send(300, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Big: " + b"a" * 600 + b"\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 200") and took > 1.9, (took, reply)  # 2 s of head: past --header-timeout
-
-
-def test_make_up_links_into_home_first_else_a_system_dir_and_never_over_a_stranger(tmp_path) -> None:
-    # the README: "`make up` links `webmodels` into ~/.local/bin (as root, /usr/local/bin)"; here a temporary
-    # directory plays /usr/local/bin (the real one is never touched by a test)
-    from webmodels import pathlink
-
-    home, system = tmp_path / "home", tmp_path / "usr-local-bin"
-    (home / ".local" / "bin").mkdir(parents=True)
-    system.mkdir()
-    local = str(home / ".local" / "bin")
-    assert pathlink.choose([str(system), local], home, [str(system)]) == Path(local)  # $HOME first
-    assert pathlink.choose([str(system), "/usr/bin"], home, [str(system)]) == system  # root's login PATH
-    assert pathlink.choose(["/usr/bin", "/bin"], home, []) is None  # never a directory dpkg owns
-    (system / "webmodels").write_text("#!/bin/sh\n")  # someone else's program of that name
-    assert pathlink.choose([str(system)], home, [str(system)]) is None
-    (home / ".local" / "bin" / "webmodels").symlink_to("/elsewhere/.venv/bin/webmodels")  # another checkout's
-    assert pathlink.choose([local], home, []) == Path(local)
-
-
-def test_make_up_runs_the_link_then_the_lab_with_its_arguments() -> None:
-    root = Path(__file__).resolve().parent.parent
-    res = subprocess.run(["make", "-n", "-C", str(root), "up", "UP_ARGS=--port-offset 7"], capture_output=True,
-                         text=True, timeout=30)
-    lines = [line.strip() for line in res.stdout.splitlines()]
-    link = lines.index(".venv/bin/python -m webmodels.pathlink")
-    assert lines[link + 1] == ".venv/bin/webmodels up --port-offset 7", res.stdout

@@ -22,7 +22,7 @@ import pytest
 from webmodels import promlab
 
 from .support import free_port, stop_process, wait_for
-from .test_lab_locust import ALL as MODELS, locust_cmd, locust_env  # all five lab servers
+from .support.locust import LAB as MODELS, locust_cmd, locust_env  # every lab server
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "webmodels.json"

@@ -1,10 +1,9 @@
-"""The fault accounting's arithmetic, without Locust: classification, merging, downtime, recovery."""
+"""The fault accounting's arithmetic, without Locust: classification, merging, downtime, recovery. With a real
+Locust against real servers: test_lab_locust.py."""
 
 from __future__ import annotations
 
 import re
-
-import pytest
 
 from loadtest.accounting import (COLLATERAL, EXPECTED, OK, RecoveryWatch, ServerTally, Tally, classify, downtime,
                                  format_table, injection_key)
@@ -200,73 +199,6 @@ def test_the_locust_listener_counts_http_errors_as_collateral():
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (row["requests"], row["ok"], row["expected"], row["collateral"], row["fault_failed"]) == (7, 2, 2, 3, 1)
     assert row["errors"] == {"HTTP 503": 1, "HTTP 500": 1, "ConnectionRefusedError": 1}
-
-
-# -- a real Locust run: a thread pool of one thread and no queue answers 503 to a new connection that finds it busy --
-@pytest.mark.slow
-def test_every_503_of_a_saturated_thread_pool_is_collateral(start_server, tmp_path):
-    import collections
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import threading
-    import time
-
-    import httpx
-
-    from .support import wait_for
-
-    srv = start_server("threadpool", "--threads", "1", "--queue", "0", faults=False)
-    # A hog holds the one thread until Locust's users have all connected (whenever a loaded machine gets Locust
-    # started: a fixed 1.5 s, then 6 s, each missed it once): every user's new connection meanwhile gets a 503 (an
-    # admitted connection never does; after the 503 Locust reconnects and tries again). A second after the spawn
-    # the hog lets go, and the users' next connections are let in and served.
-    spawned = threading.Event()
-
-    def hog() -> None:
-        with httpx.Client(base_url=srv.url, timeout=10) as c:  # one keep-alive connection: admitted once
-            while not spawned.wait(0):
-                c.get("/io?ms=300")
-
-    hogger = threading.Thread(target=hog, daemon=True)
-    hogger.start()
-    time.sleep(0.3)  # (not a stats poll: with the thread busy, its new connection would get the 503)
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "WEBMODELS_"))}
-    env["WEBMODELS_THREADPOOL_URL"] = srv.url
-    acc_path, stats = tmp_path / "accounting.json", tmp_path / "stats"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(root / "loadtest" / "locustfile.py"),
-         "--headless", "-t", "6s", "-u", "6", "-r", "6", "--workload", "io", "--io-ms", "30",
-         "--accounting-json", str(acc_path), "--json-file", str(stats), "ThreadpoolUser"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    for line in proc.stdout:  # type: ignore[union-attr]
-        lines.append(line)
-        if "All users spawned" in line and not spawned.is_set():
-            threading.Timer(1.0, spawned.set).start()
-    proc.wait(60)
-    spawned.set()
-    out = "".join(lines)
-    assert proc.returncode in (0, 1), out[-3000:]  # 1: some requests failed, which is the point
-    row = json.loads(acc_path.read_text())["servers"]["threadpool"]
-    locust = collections.Counter()
-    for entry in json.loads((tmp_path / "stats.json").read_text()):
-        locust["requests"] += entry["num_requests"]
-        locust["failures"] += entry["num_failures"]
-    # Locust's own count and the accounting agree exactly; every failure is a 503, every 503 is collateral
-    assert row["requests"] == locust["requests"] > 0, (row, locust)
-    assert row["collateral"] == locust["failures"] > 0, (row, locust)
-    assert row["errors"] == {"HTTP 503": row["collateral"]}, row
-    assert row["ok"] == locust["requests"] - locust["failures"] > 0 and row["expected"] == 0, row
-    assert row["ok"] + row["expected"] + row["collateral"] == row["requests"]
-    # the server refused at least that many (the Servers panel's own /_lab/stats polls may add a few)
-    def refused() -> int | None:  # a poll is a new connection too: it may get a 503 while the thread is busy
-        return srv.stats().get("counters", {}).get("rejected_503")
-    assert wait_for(refused, what="the server's own count") >= row["collateral"]
 
 
 def test_backoff_is_split_from_the_models_own_start():

@@ -1,18 +1,17 @@
-"""`/metrics`: the exposition parses, labels are route templates, scrapes are not counted, every answer is
-in the histogram (refusals included), prefork sums its workers and never goes backwards.
+"""`/metrics` without a server: the exposition parses, labels are route templates, scrapes are not counted, the
+shared tally renders what prometheus_client would and keeps a dead worker's counts.
 
-Unit tests drive app.dispatch_sync with parsed requests (no sockets); the shared tally is tested with
-processes forked here (no prefork server); the integration tests use real servers on port 0.
+The handler is driven with parsed requests (no sockets); the shared tally is tested with processes forked here
+(no prefork server). Real servers: test_conformance_metrics.py (every configuration) and test_master.py (across
+worker deaths).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,9 +19,6 @@ from webmodels import app, metrics, tally
 from webmodels.codec import RequestParser
 from webmodels.config import build_config
 from webmodels.runtime import Runtime
-
-from .support.raw import Conn
-from .support import MODELS, SERVERS, Server, wait_for
 
 
 def runtime(faults: bool = True) -> Runtime:
@@ -299,233 +295,3 @@ def test_a_full_region_counts_the_rest_in_its_overflow_row():
     assert overflow == [n - (tally.ROWS - 1)] and tally.ROWS - 1 == 511  # a row each for 511: README "Metrics"
     assert {"http_request_method": "_OTHER", "http_route": "other", "http_response_status_code": "_OTHER"} in [
         s.labels for s in hist.samples if s.name.endswith("_count")]
-
-# -- real servers ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", MODELS)
-def test_real_server_metrics_not_counted(model, start_server):
-    srv = start_server(model)
-    with srv.client() as c:
-        for _ in range(5):
-            assert c.get("/").status_code == 200
-        before = srv.stats()["counters"]["requests"]  # this look counts once ...
-        for _ in range(3):
-            r = c.get("/metrics")
-            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-        after = srv.stats()["counters"]["requests"]  # ... and so does this one; the scrapes did not
-        assert after == before + 1
-        fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
-        hello = [s for s in fams["http_server_request_duration_seconds"].samples
-                 if s.name.endswith("_count") and s.labels["http_route"] == "/"]
-        assert hello and hello[0].value == 5
-        (info,) = fams["webmodels_info"].samples
-        assert info.labels["model"] == model and info.labels["pid"] == str(srv.pid)
-
-
-# -- real servers: every answer is in /metrics, refusals included -------------------------------------------------
-BAD = {  # what the codec refuses, as bytes on the wire
-    400: b"GET / HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
-    431: b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
-    413: b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n",
-}
-REFUSED = ("_OTHER", "other")  # the method and route of an answer the policy gave itself
-
-
-def raw_status(srv: Server, data: bytes) -> int:
-    """Send DATA on a new connection; return the status the server answers with."""
-    with Conn(srv.host, srv.port, timeout=10) as c:
-        try:
-            c.send(data)
-        except OSError:
-            pass  # it answered (and closed) before reading it all: the answer is still there to read
-        return c.read_reply().status
-
-
-def counts(text: str) -> dict[tuple[str, str, str], float]:
-    """{(method, route, status): count} of the request histogram in an exposition TEXT."""
-    return {(s.labels["http_request_method"], s.labels["http_route"], s.labels["http_response_status_code"]): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "http_server_request_duration_seconds_count"}
-
-
-def counted(srv: Server) -> int:
-    """counters.requests now, this look included (it counts itself once it is answered)."""
-    return srv.stats()["counters"]["requests"] + 1
-
-
-def balanced(srv: Server, requests: int = 0, slack: int = 0, timeout: float = 10.0) -> dict:
-    """Wait until counters.requests is REQUESTS (if given: counted() before, plus what the test sent) and the
-    histogram's total count equals it (within SLACK); return the histogram's counts.
-
-    The scrape first: it is not counted anywhere; the stats request then counts every request but itself
-    (it is still being answered), so both sides see the same requests — plus one per earlier poll. Polled,
-    because the server counts an abandoned connection when it notices the close.
-    """
-    deadline, polls = time.monotonic() + timeout, 0
-    while True:
-        hist = counts(srv.get("/metrics").text)
-        counted = srv.stats()["counters"]["requests"]
-        ok = 0 <= counted - sum(hist.values()) <= slack and (not requests or counted == requests + polls)
-        if ok or time.monotonic() > deadline:
-            break
-        polls += 1
-        time.sleep(0.1)
-    assert ok, (counted, sum(hist.values()), requests, polls, hist)
-    return hist
-
-
-@pytest.mark.parametrize("model", MODELS)
-def test_refusals_and_408_are_in_metrics(model, start_server):
-    """400, 413, 431 and a 408 never reached a handler: each is a series (method _OTHER, route other)."""
-    srv = start_server(model, "--header-timeout", "1")
-    before = counted(srv)
-    for status, data in BAD.items():
-        assert raw_status(srv, data) == status
-    assert raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\n") == 408  # half a head, then silence
-    hist = balanced(srv, requests=before + 4)
-    for status in (400, 413, 431, 408):
-        assert hist.get((*REFUSED, str(status))) == 1, (status, hist)
-
-
-@pytest.mark.parametrize("config", SERVERS)
-def test_histogram_total_is_the_stats_request_count_on_every_model(config, start_server):
-    """After good and bad requests of every kind: sum of the histogram's counts == counters.requests."""
-    model, *flags = SERVERS[config]
-    srv = start_server(model, *flags, "--header-timeout", "1")
-    before = counted(srv)
-    with srv.client() as c:
-        for path in ("/", "/", "/io?ms=5", "/bytes?kb=2", "/nope", "/cpu?ms=bad", "/fault/raise"):
-            c.get(path)
-        c.post("/", content=b"x")  # 405
-        c.request("PURGE", "/")  # an unknown method
-        c.post("/echo", content=b"y" * 3000)
-    for data in BAD.values():
-        raw_status(srv, data)
-    assert raw_status(srv, b"GET /io HTTP/1.1\r\nHost: t\r\n") == 408
-    with Conn(srv.host, srv.port) as c:  # half a head, abandoned: the server counts it when it sees the close
-        c.send(b"GET / HT")
-    hist = balanced(srv, requests=before + 15)  # 10 + 3 refused + a 408 + the abandoned one
-    assert hist[(*REFUSED, "400")] == 2, hist  # the malformed head and the abandoned one
-
-
-@pytest.mark.parametrize("flags", [("threadpool",), ("prefork", "--engine", "threads", "--workers", "1")],
-                         ids=["threadpool", "prefork-threads"])
-def test_the_503_at_admission_is_in_metrics_once(flags, start_server):
-    srv = start_server(*flags, "--threads", "1", "--queue", "0")
-    before = counted(srv)
-    statuses: list[int] = []  # (no stats poll meanwhile: its new connection would get the 503 itself)
-    sent = refused = 0
-    while 503 not in statuses and len(statuses) < 8:
-        with Conn(srv.host, srv.port) as hog:
-            hog.get("/io?ms=2000")  # accepted first, so admitted: it holds the one thread for 2 s ...
-            # ... and the probe finds it busy — unless it came before the hog's thread had started on it: then
-            # it was admitted too, waited its turn and got a 200. So give the hog a head start, longer each try.
-            time.sleep(min(1.0, 0.05 * 2 ** len(statuses)))
-            statuses.append(raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
-            hog_status = hog.read_reply().status
-            # (a hog may itself find the thread still letting go of the last probe, on a busy machine: a 503 too)
-            assert hog_status in (200, 503), hog_status
-            sent += 2
-            refused += (statuses[-1] == 503) + (hog_status == 503)
-    assert statuses[-1] == 503, statuses
-    hist = balanced(srv, requests=before + sent)  # each hog, each probe
-    assert hist.get((*REFUSED, "503")) == refused, hist
-
-
-def test_prefork_sum_over_workers_is_monotonic_across_a_worker_kill(start_server):
-    srv = start_server("prefork", "--workers", "3")
-
-    def count() -> float:
-        fams = text_string_to_metric_families(srv.get("/metrics").text)
-        return sum(s.value for f in fams for s in f.samples
-                   if s.name == "http_server_request_duration_seconds_count" and s.labels["http_route"] == "/")
-
-    with srv.client() as c:
-        for _ in range(30):
-            c.get("/")
-    first = count()
-    assert first == 30  # whichever worker answers, it reports all three
-    pids = srv.stats()["processes"]
-    workers = [p["pid"] for p in pids if p["role"] == "worker"]
-    with srv.client() as c:
-        r = c.post("/_lab/kill", params={"target": "worker", "pid": workers[0]})
-        assert r.status_code == 202
-    wait_for(lambda: workers[0] not in [p["pid"] for p in srv.stats()["processes"]] and
-             srv.stats()["counters"]["workers"] == 3, 10, 0.05, "the respawn")
-    seen = [first]
-    with srv.client() as c:
-        for i in range(20):
-            c.get("/")
-            if i % 5 == 0:
-                seen.append(count())
-    seen.append(count())
-    assert seen == sorted(seen) and seen[-1] == 50, seen
-    fams = {f.name: f for f in text_string_to_metric_families(srv.get("/metrics").text)}
-    restarts = {s.labels["reason"]: s.value for s in fams["webmodels_worker_restarts"].samples}
-    assert restarts["signal"] == 1
-    assert [s.value for s in fams["webmodels_faults_injected"].samples if s.labels["kind"] == "kill"] == [1]
-
-
-class _Loop(threading.Thread):
-    """Call FN in a loop until stopped; FN's errors are ignored (a killed worker resets its connections)."""
-
-    def __init__(self, fn) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.stopped = fn, threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.fn()
-            except Exception:  # noqa: BLE001
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(20)
-
-
-@pytest.mark.parametrize("engine", ["sync", "loop"])
-def test_prefork_counters_never_go_backwards_while_workers_are_killed_under_load(engine, start_server):
-    """Kill a worker five times (one of them by a crash fault) under load, scraping all along."""
-    srv = start_server("prefork", "--engine", engine, "--workers", "3")
-    close = b"Connection: close\r\n"
-    load = [_Loop(lambda: raw_status(srv, b"GET / HTTP/1.1\r\nHost: t\r\n" + close + b"\r\n")) for _ in range(2)]
-    scrapes: list[dict] = []
-    faults: list[float] = []
-
-    def scrape() -> None:
-        text = srv.get("/metrics").text
-        scrapes.append(counts(text))
-        faults.append(sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                          if s.name == "webmodels_faults_injected_total"))
-        time.sleep(0.02)
-
-    scraper = _Loop(scrape)
-    for t in (*load, scraper):
-        t.start()
-    for pid in [p["pid"] for p in srv.stats()["per_worker"]]:  # shared pages, never a file (README "Metrics")
-        with open(f"/proc/{pid}/maps") as f:
-            files = {line.split()[-1] for line in f if len(line.split()) > 5}
-        assert not {name for name in files if name.startswith(("/dev/shm", "/tmp"))}, files
-    try:
-        for round_ in range(5):
-            workers = wait_for(lambda: len(w := [p["pid"] for p in srv.stats()["per_worker"]]) == 3 and w,
-                               10, 0.05, "three workers")
-            if round_ == 2:  # a crash of whichever worker answers: it counts the fault first, then dies of it
-                with pytest.raises(Exception):
-                    srv.get("/fault/crash", headers={"Connection": "close"})
-            else:
-                os.kill(workers[round_ % 3], signal.SIGKILL)
-            wait_for(lambda: not set(workers) <= {p["pid"] for p in srv.stats()["per_worker"]}, 10, 0.05,
-                     "a worker gone")
-            mark = len(scrapes)  # scrapes on the new set of workers, under load, before the next kill
-            wait_for(lambda: len(scrapes) >= mark + 2, 20, 0.02, "two more scrapes")
-    finally:
-        for t in (*load, scraper):
-            t.stop()
-    assert len(scrapes) >= 10 and scrapes[-1][("GET", "/", "200")] > scrapes[0].get(("GET", "/", "200"), 0)
-    for before, after in zip(scrapes, scrapes[1:]):
-        assert all(after.get(k, -1) >= n for k, n in before.items()), (before, after)
-    assert faults == sorted(faults) and faults[-1] >= 1
-    # Exact, but for a worker killed between counting a request for /_lab/stats and tallying it (microseconds)
-    balanced(srv, slack=4)

@@ -14,17 +14,25 @@ import os
 import select
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from typing import Any
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         "--remote-debugging-pipe"]
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run_chromium(*args: str, timeout: float = 90) -> str:
+    """One headless Chromium run with ARGS (e.g. --dump-dom URL) in a throw-away profile; what it printed."""
+    with tempfile.TemporaryDirectory(prefix="webmodels-chromium-") as profile:
+        res = subprocess.run([chromium() or "chromium", *FLAGS, f"--user-data-dir={profile}", *args],
+                             capture_output=True, text=True, timeout=timeout)
+    return res.stdout
 
 
 class Browser:
@@ -38,8 +46,9 @@ class Browser:
         to_chrome_r, self._w = os.pipe()
         self._r, from_chrome_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDWR)
-        self.pid = os.posix_spawn(binary, [binary, *FLAGS, f"--user-data-dir={self.profile}",
-                                           f"--window-size={width},{height}", "about:blank"], os.environ,
+        argv = [binary, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}", "about:blank"]
+        self.pid = os.posix_spawn(binary, argv, os.environ,
                                   file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
                                                 (os.POSIX_SPAWN_DUP2, devnull, 2),
                                                 (os.POSIX_SPAWN_DUP2, to_chrome_r, 3),

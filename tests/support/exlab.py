@@ -23,8 +23,8 @@ import pytest
 from webmodels import exercises
 from webmodels.lab import LAB_PORTS, LOCUST_PORT
 
-from .servers import wait_for
-from ..test_lab_native import Lab
+from .lab import Lab
+from .processes import wait_for
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -43,13 +43,7 @@ class ExerciseLab:
 
     def stop(self) -> None:
         self.http.close()
-        kids = self.lab.descendants()
-        self.lab.proc.stop(20)
-        for kid in kids:  # the test must not leak processes even when it fails
-            try:
-                kid.kill()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        self.lab.stop()
 
     # -- the tab and Locust -----------------------------------------------------------------------------------------
     def post(self, path: str, **data: str) -> dict[str, Any]:
@@ -115,7 +109,6 @@ class ExerciseLab:
             return wait_for(settled, timeout, 0.5, f"exercise {ex_id}'s figures")  # type: ignore[return-value]
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.observe(ex_id)}") from None
-
 
     def figure_until(self, ex_id: str, key: str, check, timeout: float = 30) -> dict[str, Any]:
         """Poll until figure KEY's value satisfies CHECK (a later sample); the figure."""

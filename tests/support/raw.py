@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass
@@ -16,12 +17,73 @@ class Reply:
     def json(self) -> dict:
         return json.loads(self.body)
 
+    @property
+    def closes(self) -> bool:
+        """The reply says `Connection: close`."""
+        return self.headers.get("connection") == "close"
+
+
+def request(target: str, extra: str = "") -> bytes:
+    """The bytes of `GET TARGET` with EXTRA header lines (each ending in CRLF)."""
+    return f"GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def parse_reply(data: bytes) -> tuple[Reply, bytes] | None:
+    """The first complete response in DATA and the bytes after it; None while it is incomplete.
+
+    Every response of these servers carries Content-Length, so that is all the framing we need.
+    """
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    status, headers = _head(data[:head_end])
+    end = head_end + 4 + int(headers.get("content-length", "0"))
+    if len(data) < end:
+        return None
+    return Reply(status, headers, data[head_end + 4:end]), data[end:]
+
+
+def _head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split(" ", 2)[1]), headers
+
+
+def _content_length(head: bytes) -> int:
+    return int(_head(head)[1].get("content-length", "0"))
+
+
+def parse_replies(data: bytes) -> list[Reply]:
+    """Every complete response in DATA."""
+    out = []
+    while (parsed := parse_reply(data)) is not None:
+        reply, data = parsed
+        out.append(reply)
+    return out
+
+
+class Address(Protocol):
+    host: str
+    port: int
+
 
 class Conn:
-    """One TCP connection to HOST:PORT on loopback, with a short timeout on every operation."""
+    """One TCP connection to a server on loopback, with a timeout on every operation (RCVBUF: a small fixed
+    receive buffer, set before connecting, so the kernel's autotuning cannot absorb what the client leaves unread)."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, srv: Address, timeout: float = 5.0, rcvbuf: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect((srv.host, srv.port))
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = b""
 
     def __enter__(self) -> "Conn":
@@ -37,41 +99,43 @@ class Conn:
         self.sock.sendall(data)
 
     def get(self, target: str, extra: str = "") -> None:
-        self.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode())
+        """Send `GET TARGET` (not waiting for the reply: pipeline more, or read_reply())."""
+        self.send(request(target, extra))
+
+    def call(self, target: str, extra: str = "") -> Reply:
+        """GET TARGET and read its reply."""
+        self.get(target, extra)
+        return self.read_reply()
 
     def read_reply(self) -> Reply:
         """Read exactly one response (bytes after it stay buffered for the next call)."""
-        reply, self.buf = read_one(self.sock, self.buf)
+        while (head_end := self.buf.find(b"\r\n\r\n")) < 0:
+            self.buf += self._recv()
+        want = head_end + 4 + _content_length(self.buf[:head_end])
+        chunks, have = [self.buf], len(self.buf)
+        while have < want:  # a large body: collect the pieces, join once
+            chunks.append(self._recv())
+            have += len(chunks[-1])
+        reply, self.buf = parse_reply(b"".join(chunks))  # type: ignore[misc]
         return reply
 
-    def read_eof(self) -> bool:
-        """True if the server closes the connection (EOF or reset) with nothing more to say."""
-        try:
-            rest = self.buf or self.sock.recv(65536)
-        except ConnectionResetError:
-            return True
-        return rest == b""
-
-
-def read_one(sock: socket.socket, buf: bytes) -> tuple[Reply, bytes]:
-    """Parse one response from BUF + whatever SOCK sends; return it and the bytes that follow it.
-
-    Every response of these servers carries Content-Length, so that is all the framing we need.
-    """
-    while True:
-        head_end = buf.find(b"\r\n\r\n")
-        if head_end >= 0:
-            head = buf[:head_end].decode("latin-1").split("\r\n")
-            headers = {}
-            for line in head[1:]:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
-            length = int(headers.get("content-length", "0"))
-            end = head_end + 4 + length
-            if len(buf) >= end:
-                status = int(head[0].split(" ", 2)[1])
-                return Reply(status, headers, buf[head_end + 4:end]), buf[end:]
-        chunk = sock.recv(65536)
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(256 * 1024)
         if not chunk:
-            raise ConnectionError(f"connection closed before a complete response (got {buf[:200]!r})")
-        buf += chunk
+            raise ConnectionError(f"connection closed before a complete response (got {self.buf[:200]!r})")
+        return chunk
+
+    def closed(self, timeout: float | None = None) -> bytes | None:
+        """Wait (up to TIMEOUT, else the connection's own) for the server to close: the bytes it sent before its
+        close (b"": closed without a word; a reset counts as a close), or None if it is still open."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        data, self.buf = self.buf, b""
+        try:
+            while chunk := self.sock.recv(65536):
+                data += chunk
+        except socket.timeout:
+            return None
+        except ConnectionResetError:
+            pass
+        return data

@@ -1,83 +1,152 @@
-"""Start real servers as subprocesses on loopback port 0 (the port is read from their start-up line), stop them by PID."""
+"""Start real servers as subprocesses on loopback port 0 (the port is read from their start-up line), stop them by
+PID; read what they say about themselves (/_lab/stats, their log); clients that run beside a test."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
-import subprocess
 import threading
 import time
-from typing import Callable, TypeVar
 
 import httpx
 
 from webmodels import launch
 from webmodels.config import MASTER_MODELS
-from webmodels.launch import addr_in_use
 
-MODELS = ("threadpool", "prefork", "eventloop")
-# Every configuration the conformance suite runs, by test id: (model, flags). Every engine alone and under a
-# master, and the two hybrid names (the same engines with their own defaults).
-SERVERS: dict[str, tuple[str, ...]] = {
-    "threadpool": ("threadpool",),
-    "prefork": ("prefork", "--workers", "2"),
-    "prefork-threads": ("prefork", "--engine", "threads", "--workers", "2"),
-    "prefork-loop": ("prefork", "--engine", "loop", "--workers", "2"),
-    "eventloop": ("eventloop",),
-    "hybrid-threads": ("hybrid-threads",),
-    "hybrid-loop": ("hybrid-loop",),
-    "greenthreads": ("greenthreads",),
-    "prefork-gevent": ("prefork", "--engine", "gevent", "--workers", "2"),
-}
+from .processes import wait_for
+
+BOOT_FAULTS = {"WEBMODELS_FAULT_BOOT_DELAY", "WEBMODELS_FAULT_BOOT"}  # a test that times the boot itself
+STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")  # webmodels.log's timestamp
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now — and maybe not a moment later: use it through with_free_port()."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server:
+    """One `webmodels serve` subprocess on 127.0.0.1:<the port it bound>, in its own session (launch.Process)."""
+
+    def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, faults: bool = True,
+                 booted: bool = True) -> None:
+        """BOOTED: for a master model, return once every worker has booted (False: at the start-up line)."""
+        self.model = model
+        self.proc = launch.Process(launch.serve_argv(model, *args, faults=faults), env=launch.clean_env(env))
+        self.pid = self.proc.pid
+        if not self.proc.wait_listening(20):
+            self.kill()
+            raise AssertionError(f"{model} did not start:\n{self.log}")
+        self.address, self.host, self.port = self.proc.address, self.proc.host, self.proc.port
+        self.url = f"http://{self.address}"
+        if booted and model in MASTER_MODELS and not BOOT_FAULTS & set(env or {}):
+            # "listening" comes from the master before its workers boot (a gevent worker patches for ~0.15 s):
+            # a test times its client's actions from a server that serves, not from one still booting.
+            wait_for(self._booted, timeout=20, what=f"{model}'s workers booted")
+
+    def _booted(self) -> bool:
+        workers = self.stats()["per_worker"]
+        return bool(workers) and all(w["booted"] for w in workers)
+
+    # -- what it says -----------------------------------------------------------------------------------------------
+    @property
+    def lines(self) -> list[str]:
+        return self.proc.lines
+
+    @property
+    def log(self) -> str:
+        return self.proc.log
+
+    def said(self, text: str, timeout: float = 5.0) -> str:
+        """Wait until a line of the log contains TEXT (the reader thread may still be draining the pipe); the line."""
+        return wait_for(lambda: next((ln for ln in self.lines if text in ln), None), timeout=timeout,
+                        what=f"the log line {text!r}")
+
+    def log_time(self, text: str, timeout: float = 5.0) -> float:
+        """The server's own clock (epoch seconds) at its first log line containing TEXT."""
+        return log_time_of(self.said(text, timeout))
+
+    def client(self, **kw: object) -> httpx.Client:
+        kw.setdefault("timeout", 10.0)
+        return httpx.Client(base_url=self.url, **kw)  # type: ignore[arg-type]
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        with self.client() as c:
+            return c.get(path, **kw)  # type: ignore[arg-type]
+
+    def stats(self) -> dict:
+        return self.get("/_lab/stats").json()
+
+    def counters(self) -> dict:
+        return self.stats()["counters"]
+
+    def in_flight(self) -> int:
+        """Requests in flight but this look itself (the stats request is in flight while it is answered)."""
+        return self.counters()["in_flight"] - 1
+
+    def per_worker(self) -> dict[int, dict]:
+        """The shared-memory board's row of each worker (one row, the process itself, when there is no master)."""
+        return {row["pid"]: row for row in self.stats()["per_worker"]}
+
+    def worker_pids(self) -> set[int]:
+        return {p["pid"] for p in self.stats()["processes"] if p["role"] == "worker"}
+
+    def workers_become(self, n: int, timeout: float = 10.0, exclude: set[int] = frozenset()) -> set[int]:
+        """Wait until the master has exactly N live workers, none of them in EXCLUDE; their pids."""
+        def ready() -> set[int] | None:
+            stats = self.stats()
+            pids = {p["pid"] for p in stats["processes"] if p["role"] == "worker"}
+            return pids if len(pids) == n and not pids & exclude and stats["counters"]["workers"] == n else None
+        return wait_for(ready, timeout=timeout, interval=0.05, what=f"{n} workers (excluding {sorted(exclude)})")
+
+    # -- what is done to it --------------------------------------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def signal(self, sig: int) -> None:
+        """SIG to the server's own process (a master, not its workers): what the test is about."""
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (the server's own graceful stop), then SIGKILL after TIMEOUT; either way, sweep its group."""
+        return self.proc.stop(timeout)
+
+    def kill(self) -> None:
+        self.proc.stop(10, signal.SIGKILL, group=True)
 
 
-T = TypeVar("T")
+def log_time_of(line: str) -> float:
+    """The timestamp of a log LINE, in epoch seconds."""
+    stamp = STAMP.match(line)
+    assert stamp, line
+    return time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
 
 
-def with_free_port(start: Callable[[int], T], attempts: int = 5) -> T:
-    """Call START(port) with a port that was free a moment ago; if it fails because something took the port
-    meanwhile (an error that says "address already in use"), try again with another port.
+class Background:
+    """GET TARGET in a thread (a connection of its own); keep the status code or the exception."""
 
-    For tools that cannot bind port 0 and report the port back (Locust's web UI and master port). Servers
-    we start ourselves bind port 0 and we read the port from their start-up line (Server below).
-    """
-    for attempt in range(attempts):
+    def __init__(self, srv: Server, target: str, timeout: float = 20.0) -> None:
+        self.status: int | None = None
+        self.response: httpx.Response | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(srv.url + target, timeout), daemon=True)
+        self.thread.start()
+
+    def _run(self, url: str, timeout: float) -> None:
         try:
-            return start(free_port())
-        except Exception as exc:  # noqa: BLE001 - re-raised unless it is a port clash
-            if attempt + 1 == attempts or not addr_in_use(str(exc)):
-                raise
-    raise AssertionError("unreachable")
+            self.response = httpx.get(url, timeout=timeout)
+            self.status = self.response.status_code
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
 
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> object:
-    """Poll PREDICATE until it returns something truthy; fail after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - keep polling; report the last error on timeout
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" +
-                         (f" (last error: {last_exc!r})" if last_exc else ""))
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM PROC (by its PID, never by name), wait up to TIMEOUT, then SIGKILL it."""
-    launch.stop(proc, timeout)
+    def result(self, timeout: float = 20.0) -> int | None:
+        """Wait for the answer; its status (None: no answer, see `error`)."""
+        self.thread.join(timeout)
+        assert self.done, "the background request did not finish"
+        return self.status
 
 
 class FreshClients:
@@ -89,7 +158,7 @@ class FreshClients:
     before a stop is lost" claims of every engine.
     """
 
-    def __init__(self, srv: "Server", n: int, path: str = "/io?ms=100", pause: float = 0.0,
+    def __init__(self, srv: Server, n: int, path: str = "/io?ms=100", pause: float = 0.0,
                  stop_on_refused: bool = False) -> None:
         self.srv, self.path, self.pause, self.stop_on_refused = srv, path, pause, stop_on_refused
         self.results: list[tuple[float, bool]] = []
@@ -134,61 +203,3 @@ class FreshClients:
     def answered(self, before: float = float("inf")) -> list[bool]:
         """Answered or not, per request whose connection was established before BEFORE."""
         return [ok for connected, ok in self.results if connected < before]
-
-
-class Server:
-    """One `webmodels serve` subprocess on 127.0.0.1:<the port it bound>, in its own session (launch.Process)."""
-
-    def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, faults: bool = True) -> None:
-        self.model = model
-        self.proc = launch.Process(launch.serve_argv(model, *args, faults=faults), env=launch.clean_env(env))
-        self.pid = self.proc.pid
-        if not self.proc.wait_listening(20):
-            self.kill()
-            raise AssertionError(f"{model} did not start:\n{self.log}")
-        self.address, self.host, self.port = self.proc.address, self.proc.host, self.proc.port
-        self.url = f"http://{self.address}"
-        if model in MASTER_MODELS and not {"WEBMODELS_FAULT_BOOT_DELAY", "WEBMODELS_FAULT_BOOT"} & set(env or {}):
-            # "listening" comes from the master before its workers boot (a gevent worker patches for ~0.15 s):
-            # a test times its client's actions from a server that serves, not from one still booting.
-            wait_for(self._booted, timeout=20, what=f"{model}'s workers booted")
-
-    def _booted(self) -> bool:
-        workers = self.stats()["per_worker"]
-        return bool(workers) and all(w["booted"] for w in workers)
-
-    @property
-    def lines(self) -> list[str]:
-        return self.proc.lines
-
-    @property
-    def log(self) -> str:
-        return self.proc.log
-
-    def client(self, **kw: object) -> httpx.Client:
-        kw.setdefault("timeout", 10.0)
-        return httpx.Client(base_url=self.url, **kw)  # type: ignore[arg-type]
-
-    def get(self, path: str, **kw: object) -> httpx.Response:
-        with self.client() as c:
-            return c.get(path, **kw)  # type: ignore[arg-type]
-
-    def stats(self) -> dict:
-        return self.get("/_lab/stats").json()
-
-    def alive(self) -> bool:
-        return self.proc.alive()
-
-    def signal(self, sig: int) -> None:
-        """SIG to the server's own process (a master, not its workers): what the test is about."""
-        os.kill(self.pid, sig)
-
-    def wait_exit(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (the server's own graceful stop), then SIGKILL after TIMEOUT; either way, sweep its group."""
-        return self.proc.stop(timeout)
-
-    def kill(self) -> None:
-        self.proc.stop(10, signal.SIGKILL, group=True)
