@@ -17,7 +17,7 @@ import pytest
 
 from webmodels.exitcodes import EXIT_CRASH
 
-from .support import Server, wait_for
+from .support import Conn, Server, wait_for
 
 
 class Raw:
@@ -131,6 +131,53 @@ def test_idle_keepalive_connection_does_not_pin_the_only_thread(start_server) ->
     # ... and the idle connection is still alive and served on the same socket.
     assert idle.get("/")[0] == 200
     idle.close()
+
+
+def test_threadpool_serves_a_waiting_client_while_another_keeps_its_connection_busy(start_server) -> None:
+    srv = start_server("threadpool", "--threads", "1", "--queue", "4", "--keepalive", "5")
+    stop = threading.Event()
+    served, errors = [0], []
+
+    def busy_client() -> None:
+        # One keep-alive connection whose next request is always waiting in the socket when an answer goes out:
+        # sent halfway through the one being served (100 ms into 200 ms). A thread that kept it while others wait
+        # would never let go. The 100 ms either side is what a loaded machine's scheduling cannot eat (25 ms into
+        # 50 ms could: the next request came late, the thread let go, and the planted bug survived).
+        try:
+            with Conn(srv, timeout=10) as c:
+                c.get("/io?ms=200")
+                while not stop.is_set():
+                    time.sleep(0.1)
+                    c.get("/io?ms=200")
+                    assert c.read_reply().status == 200
+                    served[0] += 1
+                c.read_reply()
+        except Exception as exc:  # (a thread's assertion would be lost: the test asserts it)
+            errors.append(exc)
+
+    hog = threading.Thread(target=busy_client, daemon=True)
+    hog.start()
+    try:
+        wait_for(lambda: served[0] >= 3 or errors, timeout=10, what="the busy client under way")
+        waits = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            try:
+                with Conn(srv, timeout=4) as other:
+                    assert other.call("/", "Connection: close\r\n").status == 200
+                waits.append(time.monotonic() - t0)
+            except TimeoutError:
+                waits.append(float("inf"))  # still waiting for the thread after 4 s: it never came
+        n = served[0]
+        wait_for(lambda: served[0] > n or errors, timeout=5, what="the busy client still served too")
+    finally:
+        stop.set()
+        hog.join(10)
+    assert not errors, errors
+    print(f"thread pool (1 thread): a second client waited {', '.join(f'{w * 1000:.1f}' for w in waits)} ms "
+          f"while another kept its connection busy ({served[0]} requests)")
+    # handed back after each response when others wait: about one request's time (200 ms), not the hog's session
+    assert max(waits) < 1.0, waits
 
 
 def test_pipelined_requests_are_answered_in_order_by_one_thread(start_server) -> None:
