@@ -22,7 +22,6 @@ from webmodels.actions import Lab as ActionsLab
 from webmodels.lab import server_env
 
 from .support.exlab import ExerciseLab, as_predicted
-from .support import Server
 
 pytestmark = pytest.mark.slow
 

@@ -118,10 +118,6 @@ def conns():
         conn.close()
 
 
-def in_flight(srv: Server) -> int:
-    return srv.stats()["counters"]["in_flight"] - 1  # the stats request counts itself
-
-
 # -- the fast path, without sockets ----------------------------------------------------------------------------
 def _request(target: str) -> Request:
     (req,) = RequestParser().feed(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
@@ -286,7 +282,7 @@ def test_crash_takes_every_in_flight_request_with_it(start_server, conns) -> Non
     srv = start_server("eventloop")
     victim = conns(srv)
     victim.send(Conn.request("/io?ms=2000"))
-    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     crasher = conns(srv)
     crasher.send(Conn.request("/fault/crash"))
     assert srv.wait_exit(timeout=10) == EXIT_CRASH
@@ -300,7 +296,7 @@ def test_sigterm_drains_in_flight_then_exits_0(start_server, conns) -> None:
     assert idle.get("/").status == 200  # an idle keep-alive connection: closed at once on SIGTERM
     busy = conns(srv)
     busy.send(Conn.request("/io?ms=1000"))
-    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     srv.signal(signal.SIGTERM)
     assert idle.closed_by_server(0.8) == b""  # well before the in-flight request is done
     reply = busy.read_reply()
@@ -315,7 +311,7 @@ def test_sigterm_forces_what_outlives_the_graceful_timeout(start_server, conns) 
     srv = start_server("eventloop", "--graceful-timeout", "0.5")
     busy = conns(srv)
     busy.send(Conn.request("/io?ms=20000"))
-    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
     assert srv.wait_exit(timeout=10) == 0
@@ -328,7 +324,7 @@ def test_sigint_stops_at_once(start_server, conns) -> None:
     srv = start_server("eventloop")
     busy = conns(srv)
     busy.send(Conn.request("/io?ms=20000"))
-    wait_for(lambda: in_flight(srv) >= 1, what="the /io request to be in flight")
+    wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     t0 = time.monotonic()
     srv.signal(signal.SIGINT)
     assert srv.wait_exit(timeout=10) == 0

@@ -18,52 +18,7 @@ import pytest
 from webmodels.exitcodes import EXIT_CRASH
 
 from .support import Conn, Server, wait_for
-
-
-class Raw:
-    """A raw keep-alive HTTP/1.1 connection that reads responses by Content-Length."""
-
-    def __init__(self, srv: Server, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((srv.host, srv.port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, *targets: str, close: bool = False) -> None:
-        conn = b"Connection: close\r\n" if close else b""
-        self.sock.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (t.encode(), conn) for t in targets))
-
-    def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        headers = {k.lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines[1:])}
-        length = int(headers[b"content-length"])
-        while len(self.buf) < length:
-            self._fill()
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return int(lines[0].split()[1]), headers, body
-
-    def get(self, target: str) -> tuple[int, dict[bytes, bytes], bytes]:
-        self.send(target)
-        return self.response()
-
-    def eof(self) -> bool:
-        """Block until the server closes (True) or sends something (False)."""
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            return True
-        self.buf += data
-        return data == b""
-
-    def _fill(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("server closed the connection")
-        self.buf += data
-
-    def close(self) -> None:
-        self.sock.close()
+from .support.raw import request
 
 
 def in_background(fn, *args):  # type: ignore[no-untyped-def]
@@ -71,10 +26,6 @@ def in_background(fn, *args):  # type: ignore[no-untyped-def]
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)
     return future
-
-
-def counters(srv: Server) -> dict:
-    return srv.stats()["counters"]
 
 
 class Hangs:
@@ -98,8 +49,8 @@ def test_full_pool_answers_503_fast_and_hung_threads_show_as_busy(start_server) 
     srv = start_server("threadpool", "--threads", "3", "--queue", "0", "--graceful-timeout", "0.5")
     hangs = Hangs(srv, 2, 3)
     # Two hung threads plus the one answering the stats request: the whole pool.
-    wait_for(lambda: hangs.refill() or counters(srv)["busy_threads"] == 3, what="two hung threads")
-    c = counters(srv)
+    wait_for(lambda: hangs.refill() or srv.counters()["busy_threads"] == 3, what="two hung threads")
+    c = srv.counters()
     assert c["pool_size"] == 3 and c["queued"] == 0
     hangs.futures.append(in_background(srv.get, "/fault/hang?s=3"))
     wait_for(lambda: hangs.refill() or srv.get("/").status_code == 503, timeout=5,
@@ -111,7 +62,7 @@ def test_full_pool_answers_503_fast_and_hung_threads_show_as_busy(start_server) 
     assert time.monotonic() - t0 < 0.5, "the 503 must not wait for a thread"
     # A finite hang gives its thread back; the counters say so.
     assert all(h.result(timeout=10).status_code == 200 for h in hangs.futures)
-    c = counters(srv)
+    c = srv.counters()
     assert c["busy_threads"] == 1 and c["rejected_503"] >= 2 and c["errors_5xx"] >= 2
     assert c["connection_ends"]["busy"] == c["rejected_503"]  # the policy's 503, counted once, its end said
 
@@ -119,17 +70,17 @@ def test_full_pool_answers_503_fast_and_hung_threads_show_as_busy(start_server) 
 def test_idle_keepalive_connection_does_not_pin_the_only_thread(start_server) -> None:
     # --queue 1: room for a connection the thread is still letting go of; pinning would still stall it.
     srv = start_server("threadpool", "--threads", "1", "--queue", "1")
-    idle = Raw(srv)
-    status, _, body = idle.get("/whoami")
-    assert status == 200 and b'"thread_name":"pool-1"' in body
+    idle = Conn(srv)
+    reply = idle.call("/whoami")
+    assert reply.status == 200 and reply.json()["thread_name"] == "pool-1"
     # The connection stays open and idle; another client must still get the one thread, promptly.
-    wait_for(lambda: counters(srv)["idle_keepalive"] >= 1, what="the idle connection parked in the selector")
+    wait_for(lambda: srv.counters()["idle_keepalive"] >= 1, what="the idle connection parked in the selector")
     t0 = time.monotonic()
     with srv.client(timeout=2.0) as other:
         assert other.get("/").status_code == 200
     assert time.monotonic() - t0 < 1.0
     # ... and the idle connection is still alive and served on the same socket.
-    assert idle.get("/")[0] == 200
+    assert idle.call("/").status == 200
     idle.close()
 
 
@@ -182,53 +133,52 @@ def test_threadpool_serves_a_waiting_client_while_another_keeps_its_connection_b
 
 def test_pipelined_requests_are_answered_in_order_by_one_thread(start_server) -> None:
     srv = start_server("threadpool")
-    conn = Raw(srv)
-    conn.send("/io?ms=50", "/whoami", "/nope", "/whoami", "/")
-    replies = [conn.response() for _ in range(5)]
-    assert [r[0] for r in replies] == [200, 200, 404, 200, 200]
-    assert replies[0][2] == b'{"waited_ms":50}' and replies[4][2] == b"Hello, world!"
+    conn = Conn(srv)
+    conn.send(b"".join(request(t) for t in ("/io?ms=50", "/whoami", "/nope", "/whoami", "/")))
+    replies = [conn.read_reply() for _ in range(5)]
+    assert [r.status for r in replies] == [200, 200, 404, 200, 200]
+    assert replies[0].body == b'{"waited_ms":50}' and replies[4].body == b"Hello, world!"
     # One connection with buffered requests stays with its thread until the buffer is empty.
-    assert httpx.Response(200, content=replies[1][2]).json()["thread_name"] == \
-        httpx.Response(200, content=replies[3][2]).json()["thread_name"]
+    assert replies[1].json()["thread_name"] == replies[3].json()["thread_name"]
     conn.close()
 
 
 def test_slow_head_gets_408_and_silence_a_plain_close(start_server) -> None:
     srv = start_server("threadpool", "--header-timeout", "0.5")
-    partial, silent = Raw(srv), Raw(srv)
+    partial, silent = Conn(srv), Conn(srv)
     partial.sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
     t0 = time.monotonic()
-    status, headers, _ = partial.response()
-    assert status == 408 and headers[b"connection"] == b"close"
+    reply = partial.read_reply()
+    assert reply.status == 408 and reply.closes
     assert 0.4 < time.monotonic() - t0 < 3.0
-    assert partial.eof()
-    assert silent.eof() and silent.buf == b"", "a silent connection is closed without a response"
-    wait_for(lambda: counters(srv)["errors_4xx"] >= 1, what="the 408 counted")
+    assert partial.closed() == b""
+    assert silent.closed() == b"", "a silent connection is closed without a response"
+    wait_for(lambda: srv.counters()["errors_4xx"] >= 1, what="the 408 counted")
     partial.close()
     silent.close()
 
 
 def test_keepalive_idle_timeout_closes_and_zero_closes_after_each_response(start_server) -> None:
     srv = start_server("threadpool", "--keepalive", "0.5")
-    conn = Raw(srv)
-    assert conn.get("/")[0] == 200
+    conn = Conn(srv)
+    assert conn.call("/").status == 200
     t0 = time.monotonic()
-    assert conn.eof()
+    assert conn.closed() == b""
     assert 0.4 < time.monotonic() - t0 < 3.0
     conn.close()
 
     srv0 = start_server("threadpool", "--keepalive", "0")
-    conn = Raw(srv0)
-    status, headers, _ = conn.get("/")
-    assert status == 200 and headers[b"connection"] == b"close"
-    assert conn.eof()
+    conn = Conn(srv0)
+    reply = conn.call("/")
+    assert reply.status == 200 and reply.closes
+    assert conn.closed() == b""
     conn.close()
 
 
 def test_crash_takes_every_in_flight_request_with_it(start_server) -> None:
     srv = start_server("threadpool")
     victims = [in_background(srv.get, "/io?ms=2000") for _ in range(3)]
-    wait_for(lambda: counters(srv)["in_flight"] >= 4, what="three requests in flight (+ the stats request)")
+    wait_for(lambda: srv.counters()["in_flight"] >= 4, what="three requests in flight (+ the stats request)")
     with pytest.raises(httpx.TransportError):
         srv.get("/fault/crash")
     assert srv.wait_exit(10) == EXIT_CRASH
@@ -270,13 +220,13 @@ def test_counter_loses_updates_unless_locked(start_server) -> None:
 
 def test_sigterm_closes_idle_connections_and_drains_in_flight(start_server) -> None:
     srv = start_server("threadpool")
-    idle = Raw(srv)
-    assert idle.get("/")[0] == 200
+    idle = Conn(srv)
+    assert idle.call("/").status == 200
     slow = in_background(srv.get, "/io?ms=1000")
-    wait_for(lambda: counters(srv)["in_flight"] >= 2, what="the slow request in flight")
+    wait_for(lambda: srv.counters()["in_flight"] >= 2, what="the slow request in flight")
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
-    assert idle.eof() and time.monotonic() - t0 < 0.9, "idle connections close at once"
+    assert idle.closed() == b"" and time.monotonic() - t0 < 0.9, "idle connections close at once"
     with pytest.raises(httpx.ConnectError):
         srv.get("/")  # the listener is closed
     r = slow.result(timeout=10)
@@ -289,7 +239,7 @@ def test_sigterm_closes_idle_connections_and_drains_in_flight(start_server) -> N
 def test_sigterm_gives_up_on_a_hung_thread_after_the_graceful_timeout(start_server) -> None:
     srv = start_server("threadpool", "--graceful-timeout", "1")
     in_background(srv.get, "/fault/hang")
-    wait_for(lambda: counters(srv)["busy_threads"] >= 2, what="the hung thread")
+    wait_for(lambda: srv.counters()["busy_threads"] >= 2, what="the hung thread")
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
     assert srv.wait_exit(10) == 0
@@ -300,7 +250,7 @@ def test_sigterm_gives_up_on_a_hung_thread_after_the_graceful_timeout(start_serv
 def test_sigint_stops_without_waiting(start_server) -> None:
     srv = start_server("threadpool")
     slow = in_background(srv.get, "/io?ms=5000")
-    wait_for(lambda: counters(srv)["in_flight"] >= 2, what="the slow request in flight")
+    wait_for(lambda: srv.counters()["in_flight"] >= 2, what="the slow request in flight")
     t0 = time.monotonic()
     srv.signal(signal.SIGINT)
     assert srv.wait_exit(10) == 0
@@ -315,8 +265,8 @@ def test_more_connections_than_threads_take_turns_and_an_admitted_one_never_gets
     n, seconds = 8, 2.0
     conns = []
     for _ in range(n):  # admitted one at a time: each first request finds a free thread or room in the queue
-        c = Raw(srv, timeout=10)
-        assert c.get("/")[0] == 200
+        c = Conn(srv, timeout=10)
+        assert c.call("/").status == 200
         conns.append(c)
     done = [0] * n
     statuses: set[int] = set()
@@ -326,9 +276,9 @@ def test_more_connections_than_threads_take_turns_and_an_admitted_one_never_gets
     def client(i: int) -> None:
         go.wait()
         while time.monotonic() < stop:
-            status, headers, _ = conns[i].get("/")
-            statuses.add(status)
-            if status != 200 or headers.get(b"connection") == b"close":
+            reply = conns[i].call("/")
+            statuses.add(reply.status)
+            if reply.status != 200 or reply.closes:
                 return
             done[i] += 1
 
@@ -342,7 +292,7 @@ def test_more_connections_than_threads_take_turns_and_an_admitted_one_never_gets
     ordered = sorted(done)
     median = (ordered[n // 2 - 1] + ordered[n // 2]) / 2
     print(f"thread pool, 2 threads, {n} busy keep-alive connections for {seconds}s: per connection {done} "
-          f"(min/median {ordered[0] / median:.2f}), statuses {statuses}, stats {counters(srv)}")
+          f"(min/median {ordered[0] / median:.2f}), statuses {statuses}, stats {srv.counters()}")
     assert statuses == {200}, "an admitted connection was answered something else (a 503?)"
     assert ordered[0] >= 1, "a connection never got a second turn"
     assert ordered[0] / median >= 0.5, done
