@@ -12,7 +12,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 
 import psutil
 import pytest
@@ -23,85 +22,10 @@ from webmodels.config import build_config
 from webmodels.exitcodes import EXIT_CRASH, EXIT_WATCHDOG
 from webmodels.runtime import Runtime
 
-from .support import Server, wait_for
+from .support import Conn, Server, wait_for
+from .support.raw import request
 
 LOOPS = ("uvloop", "asyncio")
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-class Conn:
-    """A raw keep-alive HTTP/1.1 connection: exactly the bytes we choose, responses read one by one."""
-
-    def __init__(self, srv: Server, timeout: float = 10.0, rcvbuf: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect((srv.host, srv.port))
-        self.buf = b""
-
-    @staticmethod
-    def request(path: str, extra: str = "") -> bytes:
-        return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def get(self, path: str, extra: str = "") -> Reply:
-        self.send(self.request(path, extra))
-        return self.read_reply()
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(256 * 1024)
-        if not chunk:
-            raise ConnectionError(f"closed by the server; unread: {self.buf[:200]!r}")
-        self.buf += chunk
-
-    def read_reply(self) -> Reply:
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        length = int(headers["content-length"])
-        chunks, have = [self.buf], len(self.buf)
-        while have < length:  # large bodies: collect chunks, do not re-concatenate the whole buffer
-            chunk = self.sock.recv(256 * 1024)
-            if not chunk:
-                raise ConnectionError(f"closed mid-body after {have} of {length} bytes")
-            chunks.append(chunk)
-            have += len(chunk)
-        data = b"".join(chunks)
-        body, self.buf = data[:length], data[length:]
-        return Reply(status, headers, body)
-
-    def closed_by_server(self, timeout: float) -> bytes | None:
-        """Wait up to TIMEOUT for EOF; return the bytes received before it, or None if still open."""
-        self.sock.settimeout(timeout)
-        data = self.buf
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return data
-                data += chunk
-        except socket.timeout:
-            return None
-        except ConnectionResetError:
-            return data
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -109,7 +33,7 @@ def conns():
     opened: list[Conn] = []
 
     def open_conn(srv: Server, **kw: object) -> Conn:
-        conn = Conn(srv, **kw)  # type: ignore[arg-type]
+        conn = Conn(srv, **{"timeout": 10.0, **kw})  # type: ignore[arg-type]
         opened.append(conn)
         return conn
 
@@ -150,19 +74,19 @@ def test_pipelined_requests_are_answered_in_order(start_server, conns, loop: str
     assert f"loop={loop}" in srv.log
     conn = conns(srv)
     # The first one waits on an effect (a task), the others are answered inline: order must still hold.
-    conn.send(Conn.request("/io?ms=150") + Conn.request("/") + Conn.request("/bytes?kb=2"))
+    conn.send(request("/io?ms=150") + request("/") + request("/bytes?kb=2"))
     first, second, third = conn.read_reply(), conn.read_reply(), conn.read_reply()
     assert (first.status, first.json()) == (200, {"waited_ms": 150})
     assert (second.status, second.body) == (200, b"Hello, world!")
     assert (third.status, len(third.body)) == (200, 2048)
-    assert conn.get("/").status == 200  # and the connection is still usable
+    assert conn.call("/").status == 200  # and the connection is still usable
 
 
 def test_deep_pipeline_pauses_reading_and_loses_nothing(start_server, conns) -> None:
     srv = start_server("eventloop")
     conn = conns(srv)
     n = 60  # several times the queue limit: reading is paused and resumed along the way
-    conn.send(b"".join(Conn.request(f"/io?ms={i % 3}") for i in range(n)))
+    conn.send(b"".join(request(f"/io?ms={i % 3}") for i in range(n)))
     waited = [conn.read_reply().json()["waited_ms"] for _ in range(n)]
     assert waited == [i % 3 for i in range(n)]
 
@@ -170,36 +94,36 @@ def test_deep_pipeline_pauses_reading_and_loses_nothing(start_server, conns) -> 
 def test_keep_alive_connection_is_reused(start_server, conns) -> None:
     srv = start_server("eventloop")
     conn = conns(srv)
-    pids = {conn.get("/whoami").json()["pid"] for _ in range(5)}
+    pids = {conn.call("/whoami").json()["pid"] for _ in range(5)}
     assert pids == {srv.pid}
-    counters = conn.get("/_lab/stats").json()["counters"]
+    counters = conn.call("/_lab/stats").json()["counters"]
     assert counters["connections"] == 1 and counters["requests"] == 5
-    reply = conn.get("/", "Connection: close\r\n")
+    reply = conn.call("/", "Connection: close\r\n")
     assert reply.headers.get("connection") == "close"
-    assert conn.closed_by_server(5) == b""
+    assert conn.closed(5) == b""
 
 
 def test_keepalive_zero_closes_after_each_response(start_server, conns) -> None:
     srv = start_server("eventloop", "--keepalive", "0")
     conn = conns(srv)
-    reply = conn.get("/")
+    reply = conn.call("/")
     assert reply.status == 200 and reply.headers.get("connection") == "close"
-    assert conn.closed_by_server(5) == b""
+    assert conn.closed(5) == b""
 
 
 def test_idle_keep_alive_connection_is_closed_after_keepalive(start_server, conns) -> None:
     srv = start_server("eventloop", "--keepalive", "0.5")
     conn = conns(srv)
-    assert conn.get("/").status == 200
+    assert conn.call("/").status == 200
     t0 = time.monotonic()
-    assert conn.closed_by_server(5) == b""  # closed without a word
+    assert conn.closed(5) == b""  # closed without a word
     assert 0.4 <= time.monotonic() - t0 < 3
 
 
 def test_large_response_to_a_slow_reader_arrives_whole(start_server, conns) -> None:
     srv = start_server("eventloop")
     slow = conns(srv, rcvbuf=16 * 1024)
-    slow.send(Conn.request("/bytes?kb=10240") * 2 + Conn.request("/"))
+    slow.send(request("/bytes?kb=10240") * 2 + request("/"))
     # While SLOW reads nothing its transport is paused for writing; the loop keeps serving others.
     wait_for(lambda: srv.stats()["counters"]["requests"] >= 1, what="the first 10 MiB response to start")
     t0 = time.monotonic()
@@ -217,7 +141,7 @@ def test_incomplete_head_gets_408_and_close(start_server, conns) -> None:
     conn = conns(srv)
     conn.send(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
     t0 = time.monotonic()
-    data = conn.closed_by_server(5)
+    data = conn.closed(5)
     assert data is not None and data.startswith(b"HTTP/1.1 408 ")
     assert 0.4 <= time.monotonic() - t0 < 3
 
@@ -226,7 +150,7 @@ def test_silent_connection_is_closed_without_a_reply(start_server, conns) -> Non
     srv = start_server("eventloop", "--header-timeout", "0.5")
     conn = conns(srv)
     t0 = time.monotonic()
-    assert conn.closed_by_server(5) == b""
+    assert conn.closed(5) == b""
     assert 0.4 <= time.monotonic() - t0 < 3
     assert srv.stats()["counters"]["errors_4xx"] == 0  # nothing was asked, so nothing failed
 
@@ -235,7 +159,7 @@ def test_silent_connection_is_closed_without_a_reply(start_server, conns) -> Non
 def test_hung_handler_blocks_every_other_request(start_server, conns) -> None:
     srv = start_server("eventloop")
     hang = conns(srv)
-    hang.send(Conn.request("/fault/hang?s=2"))
+    hang.send(request("/fault/hang?s=2"))
     wait_for(lambda: "fault: /fault/hang" in srv.log, what="the hang to start")
     latencies: list[float] = []
 
@@ -263,7 +187,7 @@ def test_watchdog_exits_when_the_loop_stalls(start_server, conns) -> None:
     assert srv.get("/").status_code == 200
     hang = conns(srv)
     t0 = time.monotonic()
-    hang.send(Conn.request("/fault/hang?s=30"))
+    hang.send(request("/fault/hang?s=30"))
     assert srv.wait_exit(timeout=10) == EXIT_WATCHDOG
     assert time.monotonic() - t0 < 5
     wait_for(lambda: "watchdog: the event loop has not ticked" in srv.log, timeout=5, what="watchdog log line")
@@ -281,24 +205,24 @@ def test_watchdog_leaves_a_busy_but_healthy_loop_alone(start_server) -> None:
 def test_crash_takes_every_in_flight_request_with_it(start_server, conns) -> None:
     srv = start_server("eventloop")
     victim = conns(srv)
-    victim.send(Conn.request("/io?ms=2000"))
+    victim.send(request("/io?ms=2000"))
     wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     crasher = conns(srv)
-    crasher.send(Conn.request("/fault/crash"))
+    crasher.send(request("/fault/crash"))
     assert srv.wait_exit(timeout=10) == EXIT_CRASH
-    assert victim.closed_by_server(5) == b""  # no reply, ever
-    assert crasher.closed_by_server(5) == b""
+    assert victim.closed(5) == b""  # no reply, ever
+    assert crasher.closed(5) == b""
 
 
 def test_sigterm_drains_in_flight_then_exits_0(start_server, conns) -> None:
     srv = start_server("eventloop")
     idle = conns(srv)
-    assert idle.get("/").status == 200  # an idle keep-alive connection: closed at once on SIGTERM
+    assert idle.call("/").status == 200  # an idle keep-alive connection: closed at once on SIGTERM
     busy = conns(srv)
-    busy.send(Conn.request("/io?ms=1000"))
+    busy.send(request("/io?ms=1000"))
     wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     srv.signal(signal.SIGTERM)
-    assert idle.closed_by_server(0.8) == b""  # well before the in-flight request is done
+    assert idle.closed(0.8) == b""  # well before the in-flight request is done
     reply = busy.read_reply()
     assert (reply.status, reply.json()) == (200, {"waited_ms": 1000})
     assert reply.headers.get("connection") == "close"
@@ -310,26 +234,26 @@ def test_sigterm_drains_in_flight_then_exits_0(start_server, conns) -> None:
 def test_sigterm_forces_what_outlives_the_graceful_timeout(start_server, conns) -> None:
     srv = start_server("eventloop", "--graceful-timeout", "0.5")
     busy = conns(srv)
-    busy.send(Conn.request("/io?ms=20000"))
+    busy.send(request("/io?ms=20000"))
     wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
     assert srv.wait_exit(timeout=10) == 0
     assert time.monotonic() - t0 < 3
-    assert busy.closed_by_server(5) == b""
+    assert busy.closed(5) == b""
     assert "graceful timeout after" in srv.log
 
 
 def test_sigint_stops_at_once(start_server, conns) -> None:
     srv = start_server("eventloop")
     busy = conns(srv)
-    busy.send(Conn.request("/io?ms=20000"))
+    busy.send(request("/io?ms=20000"))
     wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     t0 = time.monotonic()
     srv.signal(signal.SIGINT)
     assert srv.wait_exit(timeout=10) == 0
     assert time.monotonic() - t0 < 2
-    assert busy.closed_by_server(5) == b""
+    assert busy.closed(5) == b""
 
 
 def test_a_client_that_pipelines_without_reading_is_held_to_a_bounded_cost(start_server) -> None:
@@ -342,7 +266,7 @@ def test_a_client_that_pipelines_without_reading_is_held_to_a_bounded_cost(start
     s = socket.create_connection((srv.host, srv.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # we never read: keep our own buffer small
     s.setblocking(False)
-    chunk = Conn.request("/bytes?kb=4") * 64
+    chunk = request("/bytes?kb=4") * 64
     sent, deadline = 0, time.monotonic() + 4.0
     try:
         while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import pytest
 from webmodels import launch
 from webmodels.lab import LAB_PORTS, LOCUST_PORT, supervisor_state_path
 
-from .processes import addr_in_use, wait_for
+from .processes import Said, addr_in_use, wait_for
 
 PORTS = (*LAB_PORTS.values(), LOCUST_PORT)  # every port the lab binds, before the offset
 EVENTLOOP = LAB_PORTS["eventloop"]
@@ -43,7 +43,7 @@ def answers(url: str) -> bool:
         return False
 
 
-class Lab:
+class Lab(Said):
     """One `webmodels up ARGS` on its own block of ports; stop() leaves nothing running."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
@@ -55,14 +55,6 @@ class Lab:
                      what="the lab to start or refuse")
             if self.proc.poll() is None or attempt == 4 or not addr_in_use(self.log):
                 break
-
-    @property
-    def lines(self) -> list[str]:
-        return self.proc.lines
-
-    @property
-    def log(self) -> str:
-        return self.proc.log
 
     def url(self, port: int) -> str:
         """The URL of the lab's PORT (as the README names it: 8001 …), shifted to this lab."""

@@ -99,3 +99,17 @@ def listening_sockets(port: int) -> int:
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
                 n += 1
     return n
+
+
+class Said:
+    """What a `launch.Process` in self.proc has said: its lines, and the whole log."""
+
+    proc: launch.Process
+
+    @property
+    def lines(self) -> list[str]:
+        return self.proc.lines
+
+    @property
+    def log(self) -> str:
+        return self.proc.log

@@ -15,13 +15,13 @@ import httpx
 from webmodels import launch
 from webmodels.config import MASTER_MODELS
 
-from .processes import wait_for
+from .processes import Said, wait_for
 
 BOOT_FAULTS = {"WEBMODELS_FAULT_BOOT_DELAY", "WEBMODELS_FAULT_BOOT"}  # a test that times the boot itself
 STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")  # webmodels.log's timestamp
 
 
-class Server:
+class Server(Said):
     """One `webmodels serve` subprocess on 127.0.0.1:<the port it bound>, in its own session (launch.Process)."""
 
     def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, faults: bool = True,
@@ -45,14 +45,6 @@ class Server:
         return bool(workers) and all(w["booted"] for w in workers)
 
     # -- what it says -----------------------------------------------------------------------------------------------
-    @property
-    def lines(self) -> list[str]:
-        return self.proc.lines
-
-    @property
-    def log(self) -> str:
-        return self.proc.log
-
     def said(self, text: str, timeout: float = 5.0) -> str:
         """Wait until a line of the log contains TEXT (the reader thread may still be draining the pipe); the line."""
         return wait_for(lambda: next((ln for ln in self.lines if text in ln), None), timeout=timeout,
