@@ -49,17 +49,19 @@ def test_four_workers_by_default_and_close_after_each_response(start_server) -> 
 def test_prefork_replaces_a_killed_worker_within_half_a_second(start_server) -> None:
     # The master is woken by SIGCHLD: milliseconds. Asleep until its next tick it would take up to 1 s. Timed from
     # the kill to the replacement's "spawned" line, on the master's own clock: a test polling psutil on a busy
-    # machine would time itself.
+    # machine would time itself. Nine kills, judged by the median and the second slowest: a loaded machine may keep
+    # the master off the CPU once (issue 18: 0.595 s), while a master that waits for its tick is slow half the time
+    # (a uniform 0-1 s: 9 such kills pass both bounds about 2 times in 100).
     srv = start_server("prefork", "--workers", "2")
     times = []
-    for _ in range(5):
+    for _ in range(9):
         before = srv.workers_become(2)
         t0 = time.time()
         os.kill(min(before), signal.SIGKILL)
         times.append(spawned_after(srv, t0 - 0.001) - t0)  # (log stamps are whole milliseconds)
     print(f"prefork respawn after SIGKILL, by the master's log: {', '.join(f'{t * 1000:.0f}' for t in times)} ms")
-    assert max(times) < 0.5, times
-    assert statistics.median(times) < 0.25, times
+    assert statistics.median(times) < 0.2, times
+    assert sorted(times)[-2] < 0.5, times
     assert srv.get("/").status_code == 200
 
 

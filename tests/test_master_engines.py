@@ -14,6 +14,7 @@ import concurrent.futures
 import os
 import re
 import signal
+import statistics
 import threading
 import time
 
@@ -49,20 +50,23 @@ def pinned_connections(srv: Server, each: int, workers: set[int], limit: int = 2
 # -- the master's duties, for every engine ---------------------------------------------------------------------
 @pytest.mark.parametrize("config", UNDER_MASTER)
 def test_a_killed_worker_is_replaced_within_half_a_second(start_server, config: str) -> None:
+    # Three kills, judged by the median: a loaded machine may keep the master off the CPU for one of them (the
+    # SIGCHLD wake-up itself is timed nine times in test_master.py).
     srv = start(start_server, config, "--workers", "2")
-    before = srv.workers_become(2)
-    victim = min(before)
-    t0 = time.time()
-    os.kill(victim, signal.SIGKILL)
-    (replacement,) = wait_for(lambda: children(srv.pid) - before, timeout=5, what="a replacement worker process")
-    spawned = log_time_of(srv.said(f"spawned (pid {replacement})"))  # the master's own clock: it forked then
-    print(f"{config}: killed worker replaced (forked) {(spawned - t0) * 1000:.0f} ms after the kill")
-    assert spawned - t0 < 0.5
-    wait_for(lambda: replacement in srv.per_worker(), timeout=5, what="the replacement on the board")
-    after = srv.workers_become(2, exclude={victim})
-    assert replacement in after
+    times = []
+    for _ in range(3):
+        before = srv.workers_become(2)
+        victim = min(before)
+        t0 = time.time()
+        os.kill(victim, signal.SIGKILL)
+        (replacement,) = wait_for(lambda: children(srv.pid) - before, timeout=5, what="a replacement worker process")
+        times.append(log_time_of(srv.said(f"spawned (pid {replacement})")) - t0)  # the master's clock: it forked
+        wait_for(lambda: replacement in srv.per_worker(), timeout=5, what="the replacement on the board")
+        assert replacement in srv.workers_become(2, exclude={victim})
+    print(f"{config}: killed worker replaced (forked) {', '.join(f'{t * 1000:.0f}' for t in times)} ms after the kill")
+    assert statistics.median(times) < 0.5, times
     c = srv.counters()
-    assert c["worker_exits"]["signal"] == 1 and c["respawns"] == 1
+    assert c["worker_exits"]["signal"] == 3 and c["respawns"] == 3
     with httpx.Client(base_url=srv.url, timeout=5) as client:  # and it serves: the one not killed answers too
         assert all(client.get("/", headers={"Connection": "close"}).status_code == 200 for _ in range(10))
 
