@@ -4,8 +4,8 @@ It runs alone as the `threadpool` model (one process), and inside every worker o
 `hybrid-threads` (Apache's worker MPM, gunicorn `gthread -w N`): the same code, given a listening socket.
 
 # What each thread owns
-The *acceptor* owns the listening socket and a selector (epoll) of every connection that is waiting for
-something: new ones that have not said anything yet, idle keep-alive ones between requests, lingering closes.
+The *acceptor* (servers/acceptor.py) owns the listening socket and a selector (epoll) of every connection that
+is waiting for something: new ones that have not said anything yet, idle keep-alive ones, lingering closes.
 Each of the `--threads` *pool* threads takes one connection at a time and owns it outright — its socket and its
 policy state (webmodels.connection) — until it gives it back or closes it. A connection belongs to exactly one
 thread at any moment; the handoffs (the line one way, a list plus a wake-up socketpair the other way) are the
@@ -26,9 +26,8 @@ already sent more goes to the back of the line, one that has not goes back to th
 it waits a moment (HANDOFF_S) for the same client (a round trip through the selector costs more than a
 request). An idle keep-alive connection never pins a thread: it waits in the selector, for a few KiB.
 
-Timers: the acceptor keeps one ordered dict per kind of wait (`new`, `idle`, `linger`); each deadline is a
-constant offset from when the connection was put there (and the stop rule keeps that order), so every wake-up
-looks only at the heads — O(expired), not O(connections).
+The acceptor (servers/acceptor.py) keeps the deadlines of what waits in its selector; a pool thread keeps
+those of the one connection it holds.
 
 # How it fails
 - Slow client: one that has begun a request holds a pool thread while it trickles (up to `--header-timeout`,
@@ -57,39 +56,25 @@ from __future__ import annotations
 import os
 import queue
 import select
-import selectors
-import signal
 import socket
 import threading
-import time
 from collections import deque
 from typing import Any
 
 from webmodels.app import dispatch_sync
 from webmodels.codec import HttpError
 from webmodels.config import Config
-from webmodels.connection import ABORT, Connection
-from webmodels.listen import EXPECTED_NET_ERRORS
+from webmodels.connection import ABORT
 from webmodels.log import log
 from webmodels.runtime import Runtime
 
 from . import blocking
+from .acceptor import Acceptor, Conn, close
 from .blocking import RECV_SIZE, readable
 from .lifecycle import Lifecycle, monotonic, serve_alone
 
 HANDOFF_S = 0.002  # after a response, wait this long for the same client's next request when nobody waits
-_LISTENER, _WAKE = object(), object()  # selector tags; every other tag is a Conn
 _END, _PARK, _TURN = 0, 1, 2  # how a pool thread lets go: closed; idle → the selector; has more → the line
-
-
-class Conn:
-    """One client connection and its policy state; owned by exactly one thread at a time."""
-
-    __slots__ = ("sock", "c", "events")
-
-    def __init__(self, sock: socket.socket, c: Connection) -> None:
-        self.sock, self.c = sock, c
-        self.events: deque[Any] = deque()  # parsed but not yet answered (pipelining)
 
 
 class ThreadsEngine:
@@ -99,28 +84,18 @@ class ThreadsEngine:
         self.admitted = 0  # connections let in (acceptor-only)
         self.rejected_503 = 0  # new connections turned away at admission (acceptor-only)
         rt.shared_by_threads()
-        self._lock = threading.Lock()  # guards _held, _busy, _new_waiting, _returned, _wake_pending
+        self._lock = threading.Lock()  # guards _held, _busy, _new_waiting, _serving
         self._held = self._busy = self._new_waiting = 0
         # The line: new connections first, then turns of admitted ones; one token per connection in the deques.
         self._new: deque[Conn] = deque()
         self._turns: deque[Conn] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._returned: list[Conn] = []  # handed back by pool threads (idle or lingering), not yet parked
         self._serving: set[Conn] = set()  # owned by a pool thread right now (a fast stop resets them)
-        self._wake_pending = False
-        self._acceptor_gone = False
-        self._wake_r, self._wake_w = socket.socketpair()  # the acceptor's wake-up
         self._sig_r, self._sig_w = os.pipe()  # the main thread's: signal numbers, wake(), "nothing held"
         for fd in (self._sig_r, self._sig_w):
             os.set_blocking(fd, False)
-        # Acceptor-only: parked connections, one dict per kind of wait, each in deadline order.
-        self._fresh: dict[Conn, None] = {}
-        self._idle: dict[Conn, None] = {}
-        self._lingering: dict[Conn, None] = {}
-        self._drain_queue: bool | None = None  # set by stop_accepting: the acceptor's cue
-        self._listener_closed = threading.Event()
-        self._acceptor: threading.Thread | None = None
-        self._accept_warned = 0.0
+        self.acceptor = Acceptor(listener, rt, self.policy, self._admit, lambda conn: self._enqueue(conn, self._turns),
+                                 self.wake)
 
     # -- the lifecycle's side (main thread) -------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -131,20 +106,15 @@ class ThreadsEngine:
 
     def serve(self) -> None:
         """Start the pool and the acceptor; wait until the lifecycle says stop."""
-        for sock in (self._wake_r, self._wake_w, self.listener):
-            sock.setblocking(False)
         for i in range(1, self.threads + 1):
             threading.Thread(target=self._pool_loop, name=f"pool-{i}", daemon=True).start()
-        self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
-        self._acceptor.start()
+        self.acceptor.start()
         while not self.life.reason:
             self._wait_main(None)
 
     def stop_accepting(self, drain_queue: bool) -> int:
         before = self.admitted
-        self._drain_queue = drain_queue
-        self._wake_acceptor()
-        self._listener_closed.wait(1.0)
+        self.acceptor.stop_listening(drain_queue)
         return self.admitted - before
 
     def finish(self, deadline: float) -> bool:
@@ -171,84 +141,9 @@ class ThreadsEngine:
                 pass
 
     def _busy_at_stop(self) -> bool:
-        acceptor = self._acceptor
-        return self._held > 0 or (acceptor is not None and acceptor.is_alive())
+        return self._held > 0 or self.acceptor.alive()
 
-    # -- the acceptor thread --------------------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        """Own the listener and every waiting connection; hand readable ones to the pool."""
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ, _LISTENER)
-        sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-        try:
-            self._select_loop(sel)
-            self.wake()  # the main thread may be waiting for us to leave
-        except Exception:
-            # Without its acceptor the server would look alive and serve no one: stop it instead.
-            log.exception("the acceptor thread failed; stopping the server")
-            os.kill(os.getpid(), signal.SIGTERM)
-        finally:
-            sel.close()
-
-    def _select_loop(self, sel: selectors.BaseSelector) -> None:
-        stopped = False
-        while True:
-            for key, _ in sel.select(self._next_expiry()):
-                tag = key.data
-                if tag is _LISTENER:
-                    if not stopped:  # (closed earlier in this batch otherwise)
-                        self._accept(sel)
-                elif tag is _WAKE:
-                    self._adopt(sel)
-                    if self._drain_queue is not None and not stopped:
-                        stopped = True
-                        self._stop_listening(sel)
-                elif tag in self._lingering:
-                    self._discard(sel, tag)
-                elif tag in self._idle:
-                    del self._idle[tag]
-                    sel.unregister(tag.sock)
-                    self._enqueue(tag, self._turns)
-                elif tag in self._fresh:
-                    del self._fresh[tag]
-                    sel.unregister(tag.sock)
-                    self._admit(tag)
-            self._expire(sel, monotonic())
-            if stopped:
-                with self._lock:
-                    if not (self._fresh or self._idle or self._lingering or self._returned):
-                        self._acceptor_gone = True  # from now on the pool ends what it lets go of itself
-                        return
-
-    def _accept(self, sel: selectors.BaseSelector) -> None:
-        """Accept until the kernel's queue is empty."""
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                # Out of file descriptors, typically: leave the rest in the backlog and retry shortly.
-                if monotonic() - self._accept_warned > 1.0:
-                    self._accept_warned = monotonic()
-                    log.warning("accept failed: %s", exc)
-                time.sleep(0.01)
-                return
-            self.rt.connection_accepted()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(sock, self.policy.connection(monotonic()))
-            try:
-                ready = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                self._park(sel, conn, self._fresh)  # connected but silent: wait here, not in a thread
-                continue
-            except OSError:
-                ready = b""
-            if ready:
-                self._admit(conn)  # the request is already there: skip a round through the selector
-            else:
-                self._close(conn)  # it left before saying anything
-
+    # -- admission (called by the acceptor) -------------------------------------------------------------------
     def _admit(self, conn: Conn) -> None:
         """Let a new connection's first request in, or turn it away with the policy's 503."""
         with self._lock:
@@ -268,67 +163,6 @@ class ThreadsEngine:
         line.append(conn)
         self._tokens.put(None)
 
-    def _adopt(self, sel: selectors.BaseSelector) -> None:
-        """Park connections the pool handed back: idle keep-alive ones, lingering closes."""
-        try:
-            self._wake_r.recv(4096)
-        except BlockingIOError:
-            pass
-        with self._lock:
-            returned, self._returned = self._returned, []
-            self._wake_pending = False
-        for conn in returned:
-            self._park(sel, conn, self._lingering if conn.c.closing else self._idle)
-
-    def _park(self, sel: selectors.BaseSelector, conn: Conn, where: dict[Conn, None]) -> None:
-        where[conn] = None
-        sel.register(conn.sock, selectors.EVENT_READ, conn)
-
-    def _discard(self, sel: selectors.BaseSelector, conn: Conn) -> None:
-        """A lingering connection is readable: read and drop what it sends; close when the linger is over."""
-        c = conn.c
-        try:
-            data = conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            c.receive(data, monotonic())
-        else:
-            c.eof(monotonic())
-        if not c.lingering:
-            del self._lingering[conn]
-            sel.unregister(conn.sock)
-            self._close(conn)
-
-    def _next_expiry(self) -> float | None:
-        heads = [next(iter(where)).c.deadline()[0] for where in (self._fresh, self._idle, self._lingering) if where]
-        return max(0.0, min(heads) - monotonic()) if heads else None
-
-    def _expire(self, sel: selectors.BaseSelector, now: float) -> None:
-        """Close the parked connections whose deadline has passed (the heads of the dicts: O(expired))."""
-        for where in (self._fresh, self._idle, self._lingering):
-            while where:
-                conn = next(iter(where))
-                if conn.c.expire(now) is None:
-                    break
-                del where[conn]
-                sel.unregister(conn.sock)
-                self._close(conn)
-
-    def _stop_listening(self, sel: selectors.BaseSelector) -> None:
-        """Take what the kernel queued (when ours to drain: closing over it would reset it), close the listener."""
-        if self._drain_queue:
-            self._accept(sel)
-        sel.unregister(self.listener)
-        self.listener.close()
-        self._listener_closed.set()
-
-    def _close(self, conn: Conn) -> None:
-        conn.sock.close()
-        conn.c.closed(monotonic())
-
     # -- pool threads -------------------------------------------------------------------------------------------
     def _pool_loop(self) -> None:
         new, turns, lock = self._new, self._turns, self._lock
@@ -347,7 +181,7 @@ class ThreadsEngine:
                 how = self._serve(conn)
             except OSError as exc:
                 blocking.lost(exc)
-                self._close(conn)  # counts a request the peer abandoned mid-way (FIN or reset) once
+                close(conn)  # counts a request the peer abandoned mid-way (FIN or reset) once
                 how = -1
             except Exception:
                 log.exception("unexpected error in %s", threading.current_thread().name)
@@ -420,20 +254,11 @@ class ThreadsEngine:
             return
         if how == _END:
             how = self._end(conn)
-        if how == _PARK:
-            with self._lock:
-                park = not self._acceptor_gone
-                if park:
-                    self._returned.append(conn)
-                    wake, self._wake_pending = not self._wake_pending, True
-            if park:
-                if wake:
-                    self._wake_acceptor()
-            else:  # a stop, and the acceptor has left: end it here, within the grace
-                if not conn.c.lingering:
-                    conn.c.expire(monotonic())  # idle at a stop: its deadline is now
-                blocking.linger(conn.sock, conn.c)
-                self._close(conn)
+        if how == _PARK and not self.acceptor.give_back(conn):  # a stop, and the acceptor has left: end it here
+            if not conn.c.lingering:
+                conn.c.expire(monotonic())  # idle at a stop: its deadline is now
+            blocking.linger(conn.sock, conn.c)
+            close(conn)
         with self._lock:
             self._held -= 1
             self._busy -= 1
@@ -452,14 +277,8 @@ class ThreadsEngine:
             pass
         if conn.c.lingering:
             return _PARK
-        self._close(conn)
+        close(conn)
         return _END
-
-    def _wake_acceptor(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # buffer full: it is awake already
 
     def stats(self) -> dict[str, Any]:
         """The figures only this engine knows."""
@@ -469,10 +288,10 @@ class ThreadsEngine:
             # One handler per thread, so threads running a handler = requests in flight (hung ones included).
             "busy_threads": self.rt.in_flight,
             "queued": self._tokens.qsize(),  # connections waiting for a thread (new ones and turns)
-            "idle_keepalive": len(self._idle) + len(self._fresh),  # parked in the selector (new silent ones too)
+            "idle_keepalive": len(self.acceptor.idle) + len(self.acceptor.fresh),  # parked in the selector (new silent ones too)
             "admitted": self.admitted,
             "rejected_503": self.rejected_503,
-            "held_connections": self._held + len(self._idle),  # admitted and open: in the pool or parked idle
+            "held_connections": self._held + len(self.acceptor.idle),  # admitted and open: in the pool or parked idle
         }
 
 

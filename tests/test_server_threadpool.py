@@ -319,13 +319,13 @@ def test_a_stop_accepts_what_the_backlog_holds_before_closing_the_listener() -> 
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
     life.request_stop("SIGTERM")  # the policy drains: admission lets in what was accepted before the stop
-    engine._drain_queue = True
-    engine._stop_listening(sel)
+    engine.acceptor._drain_queue = True
+    engine.acceptor._stop_listening(sel)
     try:
         assert listener.fileno() == -1, "the listener is closed after the drain"
         assert len(engine._new) == 12 and engine.rejected_503 == 0  # all admitted, none refused at a stop
     finally:
-        for conn in list(engine._new) + list(engine._fresh):
+        for conn in list(engine._new) + list(engine.acceptor.fresh):
             conn.sock.close()
         for c in clients:
             c.close()

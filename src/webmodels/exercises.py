@@ -25,11 +25,9 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .figures import (DIFFERS, INFO, OK, UNSURE, Obs, Reading, judged, ms, plural, users_in_flight, waiting,
-                      worker_split)
+from .figures import (INFO, UNSURE, Obs, Reading, judged, ms, plural, users_in_flight, waiting, worker_split)
 from .lab import LAB_PORTS, SERVERS, project_root
 
 USER_CLASSES = {name: s.user_class for name, s in SERVERS.items()}

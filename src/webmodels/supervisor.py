@@ -388,7 +388,6 @@ def welcome(offset: int, policy: str, locust: bool = True, events: Path | None =
         lines.append(f"    {'event log':15} {events}   (every fault and kill, whoever started it)")
     if locust:
         masters = [n for n, sv in SERVERS.items() if sv.master]
-        singles = [n for n, sv in SERVERS.items() if not sv.master]
         lines += ["", "  Try first (in another terminal):",
                   f"    1. In Locust pick all {len(SERVERS)} user classes, {6 * len(SERVERS)} users, workload \"io\", "
                   "Start.",
