@@ -5,7 +5,7 @@ the Locust user class, the environment variable holding its URL, whether a maste
 which engine serves. Everything that lists the servers reads it: the native supervisor, status/kill/scale,
 the actions layer, the locustfile (its user classes are made from it), the Servers tab and its charts,
 Prometheus's scrape config and the tests. Adding a server is one row here, its `lab/<name>.env` and its
-service in docker-compose.yml (tests/test_lab_compose.py checks that the compose files name every row).
+service in docker-compose.yml (tests/test_unit_compose_files.py checks that the compose files name every row).
 
 The per-server settings live in `lab/<model>.env` (KEY=VALUE lines), read both by docker-compose.yml
 (`env_file:`) and by the native launcher, so the two can never drift apart. Only the bind address differs:
