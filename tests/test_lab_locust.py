@@ -74,11 +74,12 @@ def test_crash_injection_under_load(three, tmp_path):
 
 def test_processes_2_report_to_the_master(three, tmp_path):
     # not Locust's default 5557: other runs may hold it; loopback only; another port if it was taken meanwhile
-    acc, counts, _ = with_free_port(lambda port: run_headless(
+    acc, counts, out = with_free_port(lambda port: run_headless(
         tmp_path, three, 4, "--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
         "--master-port", str(port), "-u", "6", "-r", "6", "--fault", "raise", "--fault-every", "1",
         "--timeline", str(tmp_path / "tl"), *PURE))
-    assert acc["run"]["role"] == "master" and acc["run"]["workers"] == 2
+    # (once, beside another run, only one worker's final report was counted: Locust's own words say why)
+    assert acc["run"]["role"] == "master" and acc["run"]["workers"] == 2, (acc["run"], out[-3000:])
     assert_balanced(acc, counts, SERVERS)
     assert len(list((tmp_path / "tl").glob("worker*.jsonl"))) == 2  # one timeline per worker process
     for name in SERVERS:
