@@ -219,7 +219,7 @@ def chart(c: Charts, sc: dict[str, Any]) -> str | None:
         vals = [per[m][key] for m in ms]
         left.bar(range(len(ms)), vals, bottom=bottom, label=label, color=color)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    left.set_xticks(range(len(ms)), ms, fontsize=8.5)
+    left.set_xticks(range(len(ms)), ms, fontsize=8.5, rotation=25, ha="right")
     left.set_title(f"{fmt(n)} idle keep-alive connections: who got an answer", fontsize=11)
     left.legend(fontsize=7.5)
     vals = [per[m]["rss_per_conn_kib"] if enough_held(per[m], n) else None for m in ms]
@@ -227,11 +227,11 @@ def chart(c: Charts, sc: dict[str, Any]) -> str | None:
     for x, v in enumerate(vals):
         right.annotate(fmt(v, 2) if v is not None else "too few held", (x, v or 0), ha="center", fontsize=7.5,
                        xytext=(0, 2), textcoords="offset points")
-    right.set_xticks(range(len(ms)), ms, fontsize=8.5)
+    right.set_xticks(range(len(ms)), ms, fontsize=8.5, rotation=25, ha="right")
     right.set_title("RSS growth per held connection (KiB)", fontsize=11)
     for ax in (left, right):
         ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(bottom=0.17, wspace=0.25)
+    fig.subplots_adjust(bottom=0.24, wspace=0.25)
     c.footer(fig, "RSS of the server's process tree (psutil) after − before, / connections answered")
     return c.save(fig, "idle.png")
 
