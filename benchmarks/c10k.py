@@ -13,6 +13,9 @@ stay open, idle. Memory again: growth / N is the cost of one idle connection. Th
 PROBES sequential `GET /` on one keep-alive connection and we print p50/p99/max of the round trip — with 0
 idle connections first, then with N, so the difference is what idling clients cost everyone else.
 
+A model's flags follow its name: green threads serve one connection per greenlet, so hold N with
+`--models "greenthreads --greenlets 10500"` (the default 1000 leaves connection 1001 unanswered in the queue).
+
 This process is the client (pinned to another core). The open-file limit is raised from soft to hard for
 us and for the servers we start (they inherit it); N is capped to what it allows, and the table says so.
 """

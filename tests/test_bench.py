@@ -35,7 +35,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "bench-results.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROWS = ("memory space / resource usage", "fault isolation", "hung work", "leaks", "communication",
         "creation overhead", "context switching", "multi-core", "concurrency for I/O", "over-threading",
-        "many idle clients", "slow clients")
+        "many idle clients", "slow clients", "a call that blocks in C", "reuseport window")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
@@ -116,8 +116,8 @@ def test_quick_bench_report_has_every_row_with_figures(quick_bench: Path) -> Non
     head, rows = table(md)
     assert head[-2:] == ["conditions", "why"], head
     models = head[1:-2]
-    assert models == [m for m in ("prefork", "threadpool", "eventloop", "hybrid-threads", "hybrid-loop")
-                      if m in MODELS], head
+    assert models == [m for m in ("prefork", "threadpool", "eventloop", "greenthreads", "hybrid-threads",
+                                  "hybrid-loop") if m in MODELS], head
     for label in ROWS:
         assert label in rows, f"row {label!r} missing from the table"
         figures = [c for c in rows[label][:len(models)] if c != "–"]
@@ -149,6 +149,7 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     assert crash["crash prefork"]["collateral"] == 0  # a crash costs only the request that caused it
     assert crash["segfault prefork"]["collateral"] == 0
     assert crash["crash threadpool"]["collateral"] > 0 and crash["crash eventloop"]["collateral"] > 0  # shared fate
+    assert crash["crash greenthreads"]["collateral"] > 0  # one process: every greenlet goes with it
     # every Locust run: ok + expected + collateral = sent = Locust's own count, per server
     runs = 0
     for s in sc.values():
@@ -181,6 +182,7 @@ def test_quick_bench_figures_are_the_expected_ones(quick_bench: Path) -> None:
     hang = sc["hang"]["summary"]
     assert hang["prefork"]["timeout_kills"] >= 1
     assert hang["eventloop"]["ok_per_s_last_second"] == 0  # a hung loop serves nobody till the end of the run
+    assert hang["greenthreads"]["ok_per_s_last_second"] == 0  # nor a hung hub (a hang sleeps in C: no patch)
     # every hang pins a pool thread for good; a threads worker with a free thread is not hung, so none is killed
     pool = hang["threadpool"]
     assert pool["injected"] >= 1 and pool["hung_threads"] == min(pool["injected"], pool["threads"]), pool
@@ -201,6 +203,7 @@ def test_quick_bench_idle_slow_and_fairness_show_their_lessons(quick_bench: Path
     n = idle["connections"]
     assert n == 200 and idle["rlimit_nofile"]["soft_used"] >= n
     assert idle["eventloop"]["answered"] == n and idle["eventloop"]["probe_success_pct"] == 100.0
+    assert idle["greenthreads"]["answered"] == n and idle["greenthreads"]["probe_success_pct"] == 100.0
     # prefork (4 sync workers) answers one connection per worker; the rest wait in the backlog, unanswered
     assert idle["prefork"]["answered"] == 4, idle["prefork"]
     assert idle["prefork"]["stuck"] + idle["prefork"]["not_connected"] == n - 4, idle["prefork"]
@@ -254,6 +257,52 @@ def test_quick_bench_console_summary_names_each_models_figure(quick_bench: Path)
         at = console.index(f"  {label}")
         for i, (model, cell) in enumerate(zip(models, cells)):
             assert console[at + 1 + i].split() == [f"{model}:", *cell.replace("\\|", "|").split()], console[at:at + 6]
+
+
+# -- green threads beside the pool and the loop: waits that overlap, and a call in C that stalls the hub -------------
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench-three")
+    proc = webmodels("bench", "--quick", "--duration", "1", "--models", "threadpool,eventloop,greenthreads",
+                     "--scenarios", "blocked,io,context", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads((out / "results.json").read_text())
+    assert not [n for n, s in results["scenarios"].items() if s.get("error") or s.get("skipped")], results["scenarios"]
+    return {"results": results["scenarios"], "md": (out / "report.md").read_text(), "dir": out}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_call_blocked_in_c_stalls_the_loop_and_every_greenlet_not_the_pool(three_models: dict) -> None:
+    b = three_models["results"]["blocked"]["summary"]
+    # the pool's other threads answer GET / all through the 2 s block; nothing answers on the loop's one thread or
+    # on the hub's: gevent's patches cannot reach a sleep inside C
+    assert b["threadpool"]["answered_during"] >= 20 and b["threadpool"]["longest_wait_ms"] < 1000, b["threadpool"]
+    for m in ("eventloop", "greenthreads"):
+        assert b[m]["answered_during"] == 0 and b[m]["longest_wait_ms"] >= b["block_ms"] / 2, (m, b[m])
+        assert b[m]["probes"] > b[m]["probes_failed"], (m, b[m])  # they were answered, after the block
+    for m in ("threadpool", "eventloop", "greenthreads"):
+        assert b[m]["blocker_outcome"] == "ok" and b[m]["blocker_ms"] >= b["block_ms"], (m, b[m])  # it did block
+    head, rows = table(three_models["md"])
+    assert head[1:-2] == ["threadpool", "eventloop", "greenthreads"], head
+    assert rows["a call that blocks in C"][2].startswith("0 answered during the block"), rows["a call that blocks in C"]
+    check_pngs(three_models["dir"], ["blocked.png"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_greenlets_wait_together_like_tasks_the_pool_only_per_thread(three_models: dict) -> None:
+    sc = three_models["results"]
+    burst = sc["io"]["summary"]["at_once"]
+    n = burst["requests"]
+    for m in ("eventloop", "greenthreads"):  # every wait at once: answered within 1.5 s, not one at a time
+        assert burst[m]["answered"] == n, (m, burst[m])
+    pool = burst["threadpool"]
+    assert 0 < pool["answered"] <= 32 < n and pool["refused"] > 0, pool  # its 32 threads, then the fast 503
+    ctx = sc["context"]["summary"]
+    # the kernel schedules one thread for the greenlets (and its helpers): far fewer switches than the pool's threads
+    assert ctx["greenthreads"]["os_threads"] < ctx["threadpool"]["os_threads"], ctx
+    assert ctx["greenthreads"]["voluntary_per_request"] < ctx["threadpool"]["voluntary_per_request"] / 2, ctx
 
 
 def _runs(s: dict) -> list[dict]:
@@ -486,7 +535,7 @@ def test_hybrids_get_their_locust_class_and_url_variable_by_contract() -> None:
 
 
 def test_every_scenario_is_registered_once_with_a_why() -> None:
-    assert len(SCENARIOS) == 15
+    assert len(SCENARIOS) == 17
     for name, s in SCENARIOS.items():
         assert s.name == name and s.title and len(s.why) > 20 and not s.why.endswith(".")  # the report adds it
         assert callable(s.run) and callable(s.section)

@@ -38,6 +38,7 @@ HYBRIDS = ("hybrid-threads", "hybrid-loop")
 SIZE_KEYS = ("workers", "threads")  # of a server's effective config, kept with its final stats
 LOCUST_OVERHEAD_S = 1.5  # start-up and shutdown of one Locust subprocess, for the progress estimate
 SERVER_START_S = 0.4
+BEFORE_TIMEOUT_S = 10.0  # the first /_lab/stats of a server alone, and its last: worth waiting for
 
 
 @dataclass
@@ -295,7 +296,9 @@ def alone(bench: Bench, model: str, flags: list[str], label: str, users: int, du
                 except httpx.HTTPError:
                     pass
     try:
-        before = get_stats(srv.url)
+        # a master's workers may still be booting when it listens: its first answer can take seconds on a busy
+        # machine, and a run without its "before" loses its per-request figures
+        before = get_stats(srv.url, BEFORE_TIMEOUT_S)
         ctx_before = tree_ctx(before) if bench.native else None
         th = threading.Thread(target=prober, daemon=True)
         if probe:
@@ -305,7 +308,7 @@ def alone(bench: Bench, model: str, flags: list[str], label: str, users: int, du
         stop.set()
         if probe:
             th.join(12)
-        after = get_stats(srv.url)
+        after = get_stats(srv.url, BEFORE_TIMEOUT_S)
         ctx_after = tree_ctx(after) if bench.native else None
     finally:
         stop.set()

@@ -154,6 +154,68 @@ class Probe:
                 "failures": dict(self.failures)}
 
 
+# -- one request on each of N connections, all sent at once ---------------------------------------------------
+@dataclass
+class _Burst:
+    total: int
+    within_s: float
+    ready: int = 0  # connections open (or failed to open)
+    t0: float = 0.0  # when the requests went out
+    all_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def one_ready(self) -> None:
+        self.ready += 1
+        if self.ready == self.total:
+            self.all_ready.set()
+
+
+async def _burst_one(host: str, port: int, request: bytes, b: _Burst) -> tuple[str, float | None]:
+    writer = None
+    try:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), b.within_s)
+        finally:
+            b.one_ready()
+        await b.go.wait()  # every connection open first, then every request at once
+        writer.write(request)
+        left = max(0.01, b.t0 + b.within_s - time.monotonic())
+        status, _ = await asyncio.wait_for(read_response(reader), left)
+        return ("answered" if status == 200 else "refused"), time.monotonic() - b.t0
+    except asyncio.TimeoutError:
+        return "waiting", None
+    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        return "errors", None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def burst(targets: dict[str, tuple[str, int]], n: int, request: bytes,
+                within_s: float) -> dict[str, dict[str, Any]]:
+    """Open N connections to each target, then send REQUEST on all of them at once; count what came back WITHIN_S.
+
+    answered (200), refused (another status: a 503), waiting (no answer when WITHIN_S ran out), errors; and the
+    slowest answer's seconds. Every target at once: the requests wait, they do not compete for CPU.
+    """
+    b = _Burst(total=n * len(targets), within_s=within_s)
+    tasks = {name: [asyncio.create_task(_burst_one(*addr, request, b)) for _ in range(n)]
+             for name, addr in targets.items()}
+    try:  # the kernel accepts a connection into the backlog for a server that is busy: opening is quick
+        await asyncio.wait_for(b.all_ready.wait(), within_s)
+    except asyncio.TimeoutError:
+        pass
+    b.t0 = time.monotonic()
+    b.go.set()
+    out = {}
+    for name, ts in tasks.items():
+        got = await asyncio.gather(*ts)
+        counts = {k: sum(1 for what, _ in got if what == k) for k in ("answered", "refused", "waiting", "errors")}
+        slowest = max((t for what, t in got if what == "answered" and t is not None), default=None)
+        out[name] = {**counts, "slowest_s": None if slowest is None else round(slowest, 3)}
+    return out
+
+
 # -- a fixed number of requests, many clients at once ------------------------------------------------------------
 def get(path: str) -> bytes:
     """A keep-alive GET of PATH."""

@@ -12,10 +12,15 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-# column order of the report (a model missing from a run's --models has no column)
-REPORT_MODELS = ("prefork", "threadpool", "eventloop", "hybrid-threads", "hybrid-loop")
-COLORS = {"prefork": "#1f77b4", "threadpool": "#ff7f0e", "eventloop": "#2ca02c", "hybrid-threads": "#d62728",
-          "hybrid-loop": "#17becf", "prefork --max-requests": "#9467bd", "eventloop --watchdog": "#8c564b"}
+from ..lab import SERVERS as LAB_SERVERS
+
+# column order of the report: the pure models, then the hybrids; a lab server not named here still gets a column,
+# last (a model missing from a run's --models has none)
+_ORDER = ("prefork", "threadpool", "eventloop", "greenthreads", "hybrid-threads", "hybrid-loop")
+REPORT_MODELS = tuple(m for m in _ORDER if m in LAB_SERVERS) + tuple(m for m in LAB_SERVERS if m not in _ORDER)
+# a model's colour is the lab's (the Servers tab draws it the same); a variant of a model, a lighter shade of it
+COLORS = {**{name: s.color for name, s in LAB_SERVERS.items()},
+          "prefork --max-requests": "#98df8a", "eventloop --watchdog": "#ff9896"}
 
 
 # -- formatting ------------------------------------------------------------------------------------------
@@ -38,7 +43,7 @@ def fmt(x: Any, digits: int = 1) -> str:
 
 
 def in_words(n: int) -> str:
-    return {2: "two", 3: "three", 4: "four", 5: "five"}.get(n, str(n))
+    return {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}.get(n, str(n))
 
 
 def fmt_range(r: list[float] | None, digits: int = 1) -> str:
@@ -315,7 +320,7 @@ def build(results: dict[str, Any], outdir: Path) -> dict[str, Any]:
     c = Charts(results, outdir)
     st, m = results["settings"], results["machine"]
     d = Doc()
-    title = "webmodels bench — processes vs threads vs an event loop, measured"
+    title = "webmodels bench — processes vs threads vs an event loop vs green threads, measured"
     d.h(1, title)
     d.p(f"Run of {results.get('started_at_iso', '?')} · {'quick' if st['quick'] else 'default'} plan · "
         f"{fmt(st['step_s'])} s per load step · total {fmt(results.get('elapsed_s'))} s · targets: {st['targets']} · "

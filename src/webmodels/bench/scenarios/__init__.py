@@ -37,7 +37,7 @@ class Scenario:
 
 
 _MODULES = ("memory", "faults", "hang", "leak", "communication", "creation", "context", "wrk", "multicore",
-            "io_concurrency", "overthreading", "idle", "slow", "accept", "soak")
+            "io_concurrency", "blocked", "overthreading", "idle", "slow", "accept", "reuseport", "soak")
 SCENARIOS: dict[str, Scenario] = {}
 for _mod in _MODULES:
     _s: Scenario = importlib.import_module(f"{__name__}.{_mod}").SCENARIO

@@ -38,17 +38,17 @@ def read_counters(url: str, model: str) -> dict[str, Any]:
 
 
 SCRAPE_WORKERS = 8
-# a few routes and statuses, so the histogram has several label sets in every worker's file, as in a lab run
+# a few routes and statuses, so the histogram has several label sets in every worker's region, as in a lab run
 SCRAPE_WARMUP = ("/", "/io?ms=1", "/counter?mode=locked&op=read", "/bytes?kb=1", "/no-such-route")
 SCRAPE_GAUGE = re.compile(rb"^webmodels_metrics_scrape_duration_seconds(?:\{[^}]*\})? (\S+)$", re.M)
 
 
 def scrape_cost(bench: Bench, scrapes: int) -> dict[str, Any]:
-    """Prefork with 8 workers: time SCRAPES GETs of /metrics, after every worker has served and has its file.
+    """Prefork with 8 workers: time SCRAPES GETs of /metrics, after every worker has served and counted in its region.
 
     Wall time (client side, keep-alive) is what Prometheus waits; CPU time is what the answering worker's
     thread spends (its own gauge, webmodels_metrics_scrape_duration_seconds, read from the next scrape's body):
-    merging the 8 workers' multiprocess files and rendering the text. The process tree's memory is read from
+    adding up the 8 workers' regions of the shared-memory tally (tally.py) and rendering the text. The process tree's memory is read from
     /proc on the worker's helper thread meanwhile: in the wall time, not in the CPU time.
     """
     srv = bench.server("prefork", ["--workers", str(SCRAPE_WORKERS)])
@@ -130,7 +130,7 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
     conditions = "/counter read → yield 1 ms → write"
     if (sc8 := s.get("scrape_8_workers")) and "prefork" in out:
         out["prefork"] += (f"; one /metrics scrape at {sc8['workers']} workers {fmt(sc8['wall_ms_median'])} ms "
-                           f"({fmt(sc8['cpu_ms_median'])} ms CPU of the worker that merges their files)")
+                           f"({fmt(sc8['cpu_ms_median'])} ms CPU of the worker that adds up their tallies)")
         conditions += f"; scrape: median of {sc8['n']}"
     return out, conditions
 
@@ -152,22 +152,25 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     d.table(["model", "mode", "increments ok", "failed", "sum of counters", "lost", "lost %", "counters (processes)",
              "largest single counter"], rows)
     d.note("Prefork loses nothing (each worker serves one request at a time, in its own memory), but no process holds "
-           "the total: each worker's counter is its own. The thread pool's threads and the loop's tasks interleave "
-           "inside read → write and overwrite each other unless the lock is taken.")
+           "the total: each worker's counter is its own. The thread pool's threads, the loop's tasks and the green threads' greenlets "
+           "interleave inside read → write (the 1 ms yield: a thread sleeps, a task awaits, a greenlet's patched sleep "
+           "switches to another) and overwrite each other unless the lock is taken.")
     if sc8 := s.get("scrape_8_workers"):
         d.p(f"**What a `/metrics` scrape costs prefork at {sc8['workers']} workers.** The histogram's counts live in "
-            "one file per worker in `/dev/shm` (prometheus_client's multiprocess mode), so whichever worker answers "
-            f"a scrape merges every worker's file. A fresh `--workers {sc8['workers']}` server served "
+            "shared memory, not in files: the tally has one region per worker slot, mapped by the master before the "
+            "first fork; each worker counts into its own without a lock, and whichever worker answers a scrape adds "
+            "up every region (`src/webmodels/tally.py`). A fresh `--workers {sc8['workers']}` server served "
             f"{sc8['warmup_requests']} requests on fresh connections ({sc8['workers_served']} of {sc8['workers']} "
-            f"workers had served, so had a file), then answered {sc8['n']} scrapes on one keep-alive connection "
+            f"workers had served, so had counted in its region), then answered {sc8['n']} scrapes on one keep-alive connection "
             f"(one worker, as for Prometheus; {sc8['samples']} samples, {fmt(sc8['bytes'] / 1024)} KiB each): "
             f"**{fmt(sc8['wall_ms_median'], 2)} ms** median wall time (p90 {fmt(sc8['wall_ms_p90'], 2)}), what the "
             f"scraper waits; of it, the answering worker's own CPU time (its "
             f"`webmodels_metrics_scrape_duration_seconds`): median {fmt(sc8['cpu_ms_median'], 2)} ms "
-            f"(p90 {fmt(sc8['cpu_ms_p90'], 2)}) — merging the files and rendering the text. The rest is waiting, not "
+            f"(p90 {fmt(sc8['cpu_ms_p90'], 2)}) — adding up the regions and rendering the text. The rest is waiting, not "
             "this worker's CPU: its helper thread reads the process tree's memory from `/proc` (smaps_rollup of the "
             "master and every worker, as `/_lab/stats` does), and the server's core runs everything else. The "
-            "master does not answer scrapes; it only folds a dead worker's file into the archive when it reaps it.")
+            "master does not answer scrapes, and nothing is folded when a worker dies: its counts stay in its region, and "
+            "the worker that takes its slot counts on from there.")
     mem = sc_of(results, "memory")
     if mem:
         d.p("The IPC cost of prefork's aggregated counters, as `GET /_lab/stats` time (median, ms): " + ", ".join(
@@ -182,5 +185,6 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 SCENARIO = Scenario(
     name="communication", row="communication",
     title="Communication: the /counter race and the IPC of stats and metrics",
-    why="threads and tasks share memory (and race on it); processes share nothing unless they set up IPC",
+    why="threads, tasks and greenlets share memory (and race on it); processes share nothing unless they set up IPC "
+        "(here: shared-memory regions mapped before the fork)",
     run=run, section=section, cells=cells, quick_s=7, full_s=12)

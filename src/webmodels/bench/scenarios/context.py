@@ -24,7 +24,8 @@ def run(bench: Bench) -> dict[str, Any]:
         entry = {"rps": ss.get("rps"), "p50_ms": ss.get("p50_ms"), "p99_ms": ss.get("p99_ms"),
                  "server_requests": reqs, "locust_cpu_cores": r["locust_cpu"]["max_process_core_share"],
                  "generator_bound": r["generator_bound"], "rss_peak_mb": mb(peak(r["samples"][m], "rss")),
-                 "uss_peak_mb": mb(peak(r["samples"][m], "uss")), "pss_peak_mb": mb(peak(r["samples"][m], "pss"))}
+                 "uss_peak_mb": mb(peak(r["samples"][m], "uss")), "pss_peak_mb": mb(peak(r["samples"][m], "pss")),
+                 "os_threads": (a or {}).get("threads"), "processes": (a or {}).get("processes")}
         tb, ta = (r["before"] or {}).get("threads_ctx"), (r["after"] or {}).get("threads_ctx")
         if tb and ta and reqs > 0:  # every thread (see tree_ctx); /_lab/stats' main-thread figure kept beside it
             entry["voluntary_per_request"] = round((ta["voluntary"] - tb["voluntary"]) / reqs, 3)
@@ -54,12 +55,18 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     d.p(f"Each model alone on the server core, {s['users']} Locust users on `GET /` (hello) for one load step. Context "
         "switches: deltas over every thread of every process (`/proc/PID/task/*/status`) divided by the requests the "
         "server counted. (`/_lab/stats` reports psutil's per-process figure, which the kernel keeps for the main "
-        "thread only — a pool's threads are invisible there; it is shown as `main thread / req`.)")
+        "thread only — a pool's threads are invisible there; it is shown as `main thread / req`.) OS threads: what "
+        "the kernel schedules, summed over the process tree at the end of the run; green threads serve "
+        f"{s['users']} connections with one, because a greenlet is not a thread to the kernel: a switch between "
+        "greenlets is a jump inside the process, which no counter of the kernel sees.")
     d.table(["model", "rps", "p50 ms", "p99 ms", "voluntary / req", "involuntary / req", "main thread / req",
-             "server CPU ms / req", "Locust core share", "generator-bound"],
+             "OS threads", "server CPU ms / req", "Locust core share", "generator-bound"],
             [[m, e.get("rps"), e.get("p50_ms"), e.get("p99_ms"), e.get("voluntary_per_request"),
-              e.get("involuntary_per_request"), e.get("main_thread_ctx_per_request"), e.get("server_cpu_ms_per_request"), e.get("locust_cpu_cores"),
-              "**yes**" if e.get("generator_bound") else "no"] for m, e in s.items() if isinstance(e, dict)])
+              e.get("involuntary_per_request"), e.get("main_thread_ctx_per_request"), e.get("os_threads"),
+              e.get("server_cpu_ms_per_request"), e.get("locust_cpu_cores"),
+              "**yes**" if e.get("generator_bound") else "no"]
+             for m, e in sorted(((m, e) for m, e in s.items() if isinstance(e, dict)),
+                                key=lambda me: REPORT_MODELS.index(me[0]) if me[0] in REPORT_MODELS else 99)])
     w = sc_of(results, "wrk")
     if w:
         d.p(f"**Cross-check with wrk** ({w['summary'].get('settings')}): " + "; ".join(
@@ -76,5 +83,6 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 
 SCENARIO = Scenario(
     name="context", row="context switching", title="Context switching and the hello ceiling",
-    why="threads hand the GIL and the CPU to each other through the kernel; a loop switches tasks in user space",
+    why="the kernel counts every switch of every thread (all of /proc/PID/task): a pool's threads hand the GIL and the "
+        "CPU to each other through it; a loop's tasks and gevent's greenlets switch inside one thread, unseen",
     run=run, section=section, cells=cells, quick_s=11, full_s=25)

@@ -1,4 +1,4 @@
-"""Creation overhead: worker vs thread vs task."""
+"""Creation overhead: worker vs thread vs task vs greenlet."""
 
 from __future__ import annotations
 
@@ -36,12 +36,19 @@ async def tasks(n):
         async def go(): ev.set()
         asyncio.get_running_loop().create_task(go()); await ev.wait(); out.append((time.perf_counter() - t0) * 1e3)
     return out
+def greenlets(n):  # last: fork() above copied a process without a hub
+    import gevent, gevent.event
+    out = []
+    for _ in range(n):
+        ev = gevent.event.Event(); t0 = time.perf_counter()
+        gevent.spawn(ev.set); ev.wait(); out.append((time.perf_counter() - t0) * 1e3)
+    return out
 try:
     import uvloop; run = uvloop.run
 except ImportError:
     run = asyncio.run
 print(json.dumps({"thread_ms": [thread_ms() for _ in range(n)], "fork_ms": [fork_ms() for _ in range(n // 4 or 1)],
-                  "task_ms": run(tasks(n))}))
+                  "task_ms": run(tasks(n)), "greenlet_ms": greenlets(n)}))
 """
 
 
@@ -91,6 +98,8 @@ def run(bench: Bench) -> dict[str, Any]:
         "os.fork() → child runs (ms)": {"median": med(snippet["fork_ms"]), "range": rng(snippet["fork_ms"]), "n": len(snippet["fork_ms"])},
         "threading.Thread.start() → thread runs (ms)": {"median": med(snippet["thread_ms"]), "range": rng(snippet["thread_ms"]), "n": n},
         "loop.create_task() → task runs (ms)": {"median": med(snippet["task_ms"]), "range": rng(snippet["task_ms"]), "n": n},
+        "gevent.spawn() → greenlet runs (ms)": {"median": med(snippet["greenlet_ms"]),
+                                                "range": rng(snippet["greenlet_ms"]), "n": n},
         "whole server: exec → listening (ms)": {"median": round(server_start_ms, 1), "range": None, "n": 1},
     }
     # the snippet's thousands of raw timings stay out of results.json: the summary keeps median, range and n
@@ -108,21 +117,24 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
     return ({"prefork": f"worker: {fmt(g('prefork worker: SIGTTIN → serves its first request (ms)'))} ms to first "
                         f"answer (fork alone {fmt(g('os.fork() → child runs (ms)'), 2)} ms)",
              "threadpool": f"thread start: {fmt((g('threading.Thread.start() → thread runs (ms)') or 0) * 1000)} µs",
-             "eventloop": f"task: {fmt((g('loop.create_task() → task runs (ms)') or 0) * 1000)} µs"}, "medians")
+             "eventloop": f"task: {fmt((g('loop.create_task() → task runs (ms)') or 0) * 1000)} µs",
+             "greenthreads": f"greenlet: {fmt((g('gevent.spawn() → greenlet runs (ms)') or 0) * 1000)} µs"},
+            "medians")
 
 
 def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
     s = sc["summary"]
     d.p("What is measured, exactly: prefork: SIGTTIN to the master → the new pid is listed in `/_lab/stats` (polled "
         "back to back, so it includes one stats round-trip), and → the new worker answers its first `/whoami` (fresh "
-        "connections; it competes with the other worker in accept(), so this is an upper bound). Thread, task and raw "
+        "connections; it competes with the other worker in accept(), so this is an upper bound). Thread, task, greenlet and raw "
         "`fork()` are timed in-process by a small Python snippet pinned to the server core (the servers do not expose "
-        "them): start → the new thread / task / child process runs its first line.")
+        "them): start → the new thread / task / greenlet / child process runs its first line.")
     d.table(["creation", "median", "range", "n"],
             [[k, v["median"], fmt_range(v["range"], 3), v["n"]] for k, v in s.items()])
-    labels = ["worker → first answer", "worker → in stats", "fork()", "thread", "task"]
+    labels = ["worker → first answer", "worker → in stats", "fork()", "thread", "task", "greenlet"]
     keys = ["prefork worker: SIGTTIN → serves its first request (ms)", "prefork worker: SIGTTIN → visible in /_lab/stats (ms)",
-            "os.fork() → child runs (ms)", "threading.Thread.start() → thread runs (ms)", "loop.create_task() → task runs (ms)"]
+            "os.fork() → child runs (ms)", "threading.Thread.start() → thread runs (ms)", "loop.create_task() → task runs (ms)",
+            "gevent.spawn() → greenlet runs (ms)"]
     if (img := chart_bars(c, "creation.png", "Creation overhead (median, ms, log scale)", labels,
                           {"median ms": [s.get(k, {}).get("median") for k in keys]}, "ms", "medians; n per row in the table",
                           logy=True)):
@@ -130,6 +142,7 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 
 
 SCENARIO = Scenario(
-    name="creation", row="creation overhead", title="Creation overhead: worker vs thread vs task",
-    why="a process is a copy of an interpreter, a thread an OS stack, a task a Python object",
+    name="creation", row="creation overhead", title="Creation overhead: worker vs thread vs task vs greenlet",
+    why="a process is a copy of an interpreter, a thread an OS stack, a task a Python object, a greenlet a Python "
+        "object with a slice of C stack",
     run=run, section=section, cells=cells, quick_s=5, full_s=10)

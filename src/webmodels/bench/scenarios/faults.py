@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...config import MODEL_ENGINE
 from ..kit import HYBRIDS, MASTER_MODELS, Bench, med, rng, side_by_side
 from ..report import COLORS, REPORT_MODELS, Charts, Doc, fmt, fmt_range, guard, in_words
 from . import Cells, Scenario
@@ -38,12 +39,18 @@ def run(bench: Bench) -> dict[str, Any]:
                 "process_restart_ms_median": med(restart_ms), "server_restarts": len(restart_ms),
                 "runs": len(rows), "deaths_seen_by_server": deaths(rs, m),
             }
-    shared = f"≈ in flight at the crash (≈ {users} users) + refused while restarting"
-    summary["theory"] = {"prefork": 0, "threadpool": shared, "eventloop": shared,
-                         "hybrid-threads": f"≈ that worker's in flight (≈ {users} users / workers), no downtime",
-                         "hybrid-loop": f"≈ that worker's in flight (≈ {users} users / workers), no downtime"}
-    summary["theory"] = {m: v for m, v in summary["theory"].items() if m in p.models}
+    summary["theory"] = {m: theory(m, users) for m in p.models}
     return {"raw": {"runs": runs, "repetitions": reps}, "summary": summary}
+
+
+def theory(model: str, users: int) -> str | int:
+    """What a crash should cost MODEL: a sync worker only its own request; a worker serving many, its share; one
+    process (a pool, a loop, green threads), everything in flight and what arrives before it is back."""
+    if model not in MASTER_MODELS:
+        return f"≈ in flight at the crash (≈ {users} users) + refused while restarting"
+    if MODEL_ENGINE[model] == "sync":
+        return 0
+    return f"≈ that worker's in flight (≈ {users} users / workers), no downtime"
 
 
 def deaths(runs: list[dict[str, Any]], model: str) -> int:
@@ -71,8 +78,8 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     d.p(f"The {in_words(len(results['settings']['models']))} servers side by side on the server core, "
         f"{s['users_per_server']} Locust users each on "
         f"`/io?ms={s['io_ms']}`, and the locustfile's injector sends the fault to each server every "
-        f"{s['fault_every_s']} s. When a thread-pool or event-loop process dies, the bench restarts it at once on the "
-        "same port (as Docker's restart policy would, without back-off); a prefork worker is replaced by its master. "
+        f"{s['fault_every_s']} s. When a thread-pool, event-loop or green-threads process dies, the bench restarts it at "
+        "once on the same port (as Docker's restart policy would, without back-off); a prefork worker is replaced by its master. "
         "Collateral = user requests that failed although they were not the fault; downtime = the longest stretch in "
         "which all of a server's requests failed; recovery = from an injected fault to the sending of the first user "
         "request after it that succeeded (median and range over every injection).")
@@ -137,5 +144,6 @@ def chart(c: Charts, sc: dict[str, Any]) -> str | None:
 
 SCENARIO = Scenario(
     name="faults", row="fault isolation", title="Fault isolation: crash and segfault under load",
-    why="a crash takes its whole process down: a thread pool or a loop loses every request in flight, a worker only its own",
+    why="a crash takes its whole process down: a thread pool, a loop or green threads lose every request in flight, a "
+        "worker only its own",
     run=run, section=section, cells=cells, quick_s=14, full_s=75)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...config import MODEL_ENGINE
+from ...config import MODEL_ENGINE, TICKING_ENGINES
 from ..kit import MASTER_MODELS, Bench, med, ok_rate, side_by_side, unanswered_s, unpack_samples
 from ..report import REPORT_MODELS, Charts, Doc, chart_timeline, fmt
 from . import Cells, Scenario
@@ -75,10 +75,11 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
         if not e:
             continue
         end = f"{fmt(e.get('ok_per_s_last_second'))} ok/s at the end"
-        if m == "eventloop":
-            out[m] = (f"{fmt(e.get('injected'))} hangs: the first stalls the one loop, nothing ends it → {end}; "
+        if m not in MASTER_MODELS and MODEL_ENGINE.get(m) in TICKING_ENGINES:  # one thread: a loop, gevent's hub
+            one = "the one loop" if MODEL_ENGINE[m] == "loop" else "the hub, and every greenlet with it"
+            out[m] = (f"{fmt(e.get('injected'))} hangs: the first stalls {one}, nothing ends it → {end}; "
                       f"/_lab/stats unanswered {fmt(e.get('stats_unanswered_s'))} s")
-            if (wd := s.get("eventloop --watchdog 1")):
+            if m == "eventloop" and (wd := s.get("eventloop --watchdog 1")):
                 out[m] += f"; with --watchdog 1: {fmt(wd.get('restarts'))} restarts"
         elif m == "threadpool":
             out[m] = (f"{fmt(e.get('injected'))} hangs → {fmt(e.get('hung_threads'))} of {fmt(e.get('threads'))} "
@@ -114,7 +115,7 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
                      e.get("ok_per_s_last_second"), hung, e.get("timeout_kills"), e.get("loop_lag_max_ms"),
                      e.get("restarts")])
     d.table(["model", "hangs", "ok", "collateral", "ok/s in second 1", "ok/s in the last full second",
-             "threads hung at the end", "workers killed (--timeout)", "loop lag max ms (as last seen)",
+             "threads hung at the end", "workers killed (--timeout)", "loop / hub lag max ms (as last seen)",
              "restarts"], rows)
     d.p("Threads hung at the end: the busy threads once the load stopped (less the one answering `/_lab/stats`). "
         "A master kills a worker whose heartbeat stops for `--timeout`: a sync or loop worker's stops with its one "
@@ -136,6 +137,6 @@ SCENARIO = Scenario(
     name="hang", row="hung work", title="Hung work: /fault/hang under load",
     why="only a supervisor outside the stuck code can end a hang: a master kills a worker whose heartbeat stopped "
         "(a threads worker's only when every thread is stuck, gthread's rule), nothing kills a pool's thread, a hung "
-        "loop serves nobody; ok/s at the end is the capacity each has left — the pool's lead lasts only until the "
-        "hangs outnumber its threads, a master's capacity comes back",
+        "loop or gevent hub serves nobody; ok/s at the end is the capacity each has left — the pool's lead lasts only "
+        "until the hangs outnumber its threads, a master's capacity comes back",
     run=run, section=section, cells=cells, quick_s=15, full_s=36)

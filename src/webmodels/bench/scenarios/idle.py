@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from ...config import DEFAULTS
 from .. import rawclient
 from ..kit import Bench, native_only
 from ..report import COLORS, REPORT_MODELS, Charts, Doc, fmt, guard
@@ -119,7 +120,7 @@ def run(bench: Bench) -> dict[str, Any]:
     per_model: dict[str, Any] = {}
     for m in p.models:
         bench.progress.step(f"many idle clients · {n} connections · {m}", n / 2000 + answer_s + probe_s + 1.5)
-        with bench.server(m, ["--keepalive", "120"]) as srv:
+        with bench.server(m, ["--keepalive", "120", *sized(m, n)]) as srv:
             u = urlsplit(srv.url)
             r = _loop_run(_hold(u.hostname or "127.0.0.1", u.port or 80, n, srv.pid, connect_s=connect_s,
                                 answer_s=answer_s, probe_s=probe_s))
@@ -136,6 +137,12 @@ def run(bench: Bench) -> dict[str, Any]:
                       "probe_p50_ms": r["probe"]["p50_ms"], "probe_p99_ms": r["probe"]["p99_ms"],
                       "probe_success_pct": r["probe"]["success_pct"]}
     return {"raw": {"per_model": per_model}, "summary": summary}
+
+
+def sized(model: str, n: int) -> list[str]:
+    """Green threads hold one greenlet per connection, bounded by --greenlets (default 1000): room for N and the probe,
+    so the row measures what a held connection costs, not the admission bound (the pool parks idle sockets instead)."""
+    return ["--greenlets", str(max(DEFAULTS["greenlets"], n + FD_MARGIN))] if model == "greenthreads" else []
 
 
 def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cells:
@@ -165,7 +172,8 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
 def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> None:
     s = sc["summary"]
     lim = s["rlimit_nofile"]
-    d.p(f"Each model alone with `--keepalive 120`. A raw asyncio client opens {fmt(s['connections'])} connections "
+    d.p(f"Each model alone with `--keepalive 120` (green threads also with `--greenlets "
+        f"{sized('greenthreads', s['connections'])[1]}`: one greenlet per connection, and room for them all). A raw asyncio client opens {fmt(s['connections'])} connections "
         f"(asked: {fmt(s['connections_asked'])}; `--connections N`), sends one `GET /` on each and waits "
         f"{fmt(s['answer_timeout_s'])} s for its answer, then keeps them idle while a probe sends `GET /` on a fresh "
         f"connection every 20 ms for {fmt(s['probe_s'])} s (1 s timeout). Memory: RSS of the server's process tree "
@@ -187,7 +195,8 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
     d.note("Prefork's sync workers each hold the one connection they answered until `--keepalive` expires; every "
            "other connection waits in the listen backlog (connected by the kernel, never answered) or, once the "
            "backlog is full, is not even connected. The probe waits behind them. A thread pool that parks idle "
-           "connections in a selector and a loop hold them all for a few KiB each.")
+           "connections in a selector and a loop hold them all for a few KiB each; green threads hold each in a "
+           "parked greenlet (its stack is copied out of the C stack when it switches away).")
     if (img := chart(c, sc)):
         d.img(img, "many idle clients")
 
@@ -210,7 +219,7 @@ def chart(c: Charts, sc: dict[str, Any]) -> str | None:
         vals = [per[m][key] for m in ms]
         left.bar(range(len(ms)), vals, bottom=bottom, label=label, color=color)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    left.set_xticks(range(len(ms)), ms, fontsize=8.5)
+    left.set_xticks(range(len(ms)), ms, fontsize=8.5, rotation=25, ha="right")
     left.set_title(f"{fmt(n)} idle keep-alive connections: who got an answer", fontsize=11)
     left.legend(fontsize=7.5)
     vals = [per[m]["rss_per_conn_kib"] if enough_held(per[m], n) else None for m in ms]
@@ -218,11 +227,11 @@ def chart(c: Charts, sc: dict[str, Any]) -> str | None:
     for x, v in enumerate(vals):
         right.annotate(fmt(v, 2) if v is not None else "too few held", (x, v or 0), ha="center", fontsize=7.5,
                        xytext=(0, 2), textcoords="offset points")
-    right.set_xticks(range(len(ms)), ms, fontsize=8.5)
+    right.set_xticks(range(len(ms)), ms, fontsize=8.5, rotation=25, ha="right")
     right.set_title("RSS growth per held connection (KiB)", fontsize=11)
     for ax in (left, right):
         ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(bottom=0.17, wspace=0.25)
+    fig.subplots_adjust(bottom=0.24, wspace=0.25)
     c.footer(fig, "RSS of the server's process tree (psutil) after − before, / connections answered")
     return c.save(fig, "idle.png")
 

@@ -30,8 +30,9 @@ def run(bench: Bench) -> dict[str, Any]:
     if "threadpool" in p.models:
         for t in threads:
             configs.append(("threadpool", f"threadpool t={t}", ["--threads", str(t)], {"threads": t}))
-    if "eventloop" in p.models:
-        configs.append(("eventloop", "eventloop", [], {}))
+    for single in ("eventloop", "greenthreads"):  # one thread each: nothing to size when idle
+        if single in p.models:
+            configs.append((single, single, [], {}))
     for h in HYBRIDS:  # the lab's defaults (2 workers; 16 threads each for hybrid-threads), then twice the workers
         if h in p.models:
             for w in (2, 4):
@@ -69,7 +70,8 @@ def run(bench: Bench) -> dict[str, Any]:
         summary["threadpool_rss_per_thread_kb"] = kb(slope([r["threads"] for r in tp], [r["rss"] for r in tp]))
         summary["threadpool_pss_per_thread_kb"] = kb(slope([r["threads"] for r in tp], [r["pss"] for r in tp]))
     for r in rows:
-        if r["label"] in ("prefork w=4", "threadpool t=256", "eventloop", "prefork w=8", "threadpool t=32"):
+        if r["label"] in ("prefork w=4", "threadpool t=256", "eventloop", "greenthreads", "prefork w=8",
+                          "threadpool t=32"):
             summary[f"pss_mb {r['label']}"] = mb(r["pss"])
     summary["stats_route_ms"] = {r["label"]: r["stats_ms_median"] for r in rows}
     return {"raw": {"rows": rows, "repetitions": reps}, "summary": summary}
@@ -87,8 +89,9 @@ def cells(sc: dict[str, Any], results: dict[str, Any], models: list[str]) -> Cel
     if tp:
         out["threadpool"] = (f"PSS {fmt(tp['pss'] / 2**20)} MiB at {tp['threads']} threads; "
                              f"+{fmt(s.get('threadpool_pss_per_thread_kb'))} KiB/thread")
-    if "eventloop" in by:
-        out["eventloop"] = f"PSS {fmt(by['eventloop']['pss'] / 2**20)} MiB"
+    for single in ("eventloop", "greenthreads"):
+        if single in by:
+            out[single] = f"PSS {fmt(by[single]['pss'] / 2**20)} MiB"
     for h in HYBRIDS:
         hr = max((r for r in sc["raw"]["rows"] if r["model"] == h), key=lambda r: r["workers"], default=None)
         if hr:

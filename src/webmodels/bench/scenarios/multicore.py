@@ -65,5 +65,6 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 
 SCENARIO = Scenario(
     name="multicore", row="multi-core", title="Multi-core: /cpu at rising concurrency",
-    why="the GIL lets one thread run Python at a time; only processes (or a loop per process) use every core",
+    why="the GIL lets one thread run Python at a time, and a loop or gevent's hub is one thread: only processes (or a "
+        "loop per process) use every core",
     run=run, section=section, cells=cells, quick_s=22, full_s=100)

@@ -168,7 +168,7 @@ def run(bench: Bench) -> dict[str, Any]:
     """Lost established connections per event and listener, here and (as root) with the other migrate setting."""
     if (skip := native_only(bench, "--reuseport")):
         return skip
-    seconds = bench.plan.pick(3.0, 8.0)
+    seconds = bench.plan.pick(2.0, 8.0)
     here = migrate_req()
     per_variant = len(EVENTS) * 2 * (seconds + 1.5)
     bench.progress.step(f"reuseport window · tcp_migrate_req={here}", per_variant)
@@ -211,4 +211,5 @@ def section(d: Doc, c: Charts, sc: dict[str, Any], results: dict[str, Any]) -> N
 SCENARIO = Scenario(
     name="reuseport", row="reuseport window", title="Reuseport window: lost connections while workers come and go",
     why="a closing SO_REUSEPORT listener resets its queue unless migrated; the master keeps listeners open",
-    run=run, section=section, cells=cells, quick_s=25, full_s=100)
+    # quick: 2 s per event and listener, 6 runs (twice as root: a namespace of its own with the other setting)
+    run=run, section=section, cells=cells, quick_s=30, full_s=100)
