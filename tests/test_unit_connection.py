@@ -311,6 +311,9 @@ def test_a_forced_stop_says_so() -> None:
     (2, 1, False, True),  # all busy, the line has room
     (2, 2, False, False),  # all busy, the line full: 503
     (2, 2, True, True),  # stopping: what was accepted before is served
+    (0, 3, False, True),  # a burst before any runner took its connection: 2 free runners + a queue of 2
+    (0, 4, False, False),  # ... and no more: "a runner is free" is no room for a whole burst
+    (1, 3, False, False),  # one busy: 1 free runner + 2 in the queue, 3 already waiting
 ])
 def test_admission_rule(busy: int, waiting: int, draining: bool, admitted: bool) -> None:
     policy = Policy(Limits(queue=2), Counts())

@@ -59,8 +59,8 @@ HTTP/1.1 always loses it (the client sees the close and may retry an idempotent 
 
 # Admission (the 503 at the door)
 An engine that bounds how many connections it serves at once (the pool's threads) asks `Policy.admits`
-when a new connection's first request arrives: admitted while a runner is free or fewer than `--queue` new
-connections already wait for one — and always while draining (what was accepted before a stop is served).
+when a new connection's first request arrives: admitted while fewer new connections wait than there are free
+runners plus `--queue` — and always while draining (what was accepted before a stop is served).
 A connection refused there gets `Connection.reject(now)`: a 503 rendered, counted and closed here, like
 every other refusal. An admitted connection is never refused later: a keep-alive connection is a promise.
 
@@ -200,8 +200,13 @@ class Policy:
         return 0 < self.limits.max_requests <= self.responses
 
     def admits(self, busy: int, runners: int, waiting: int) -> bool:
-        """Admit a new connection's first request? BUSY of RUNNERS are serving, WAITING new ones in line."""
-        return self.draining or busy < runners or waiting < self.limits.queue
+        """Admit a new connection's first request? BUSY of RUNNERS are serving, WAITING new ones in line.
+
+        Room is the free runners plus the queue, and those already waiting take it first: "a runner is free"
+        alone let a burst in past both (runners that have not yet taken their connections still count as free:
+        100 requests at once on a loaded machine were all admitted to 32 threads and a queue of 32).
+        """
+        return self.draining or waiting < max(0, runners - busy) + self.limits.queue
 
     def connection(self, now: float) -> Connection:
         return Connection(self, now)

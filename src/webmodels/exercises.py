@@ -626,7 +626,7 @@ EXERCISES: tuple[Exercise, ...] = (
          Action("crash-eventloop", "Crash the event loop", "fault", "eventloop", _curl("eventloop", "/fault/crash"),
                 {"kind": "crash"})),
         (Fig("prefork-collateral", "prefork: requests lost", "fault accounting: collateral",
-             "1 per worker killed: the request it was serving (every worker is busy: 6 users on 4 workers)", sync_lost),
+             "1 per worker killed: the request it was serving (6 users keep 4 workers busy; 0 if it was between two)", sync_lost),
          Fig("prefork-respawn", "prefork: workers", "/_lab/stats per_worker",
              "back to 4 at once: the master respawns the dead worker", respawned("prefork")),
          Fig("prefork-downtime", "prefork: downtime", "fault accounting: downtime",
