@@ -336,8 +336,8 @@ def test_soak_60s_every_failure_attributed_nothing_grows_all_serving(tmp_path: P
     # Locust's injector fired the very schedule the bench drew from the seed (one implementation, webmodels.chaos)
     drawn = list(chaos.seeded(20261125, MODELS, 60))
     assert [(f["model"], f["fault"]) for f in raw["fired"]] == [(x.server, x.kind) for x in drawn]
-    # at its time: never early; late by what a loaded machine's Locust takes to get round to it (seen: > 1.5 s
-    # beside another test run), far less than the 1-3 s between two shots would let a wrong schedule pass as
+    # at its time (the models, kinds and order are exact, above): never early; late by what a loaded machine's
+    # Locust takes to get round to it (seen: more than 1.5 s beside another test run)
     assert all(-0.5 < f["at_s"] - x.at < 4.0 for f, x in zip(raw["fired"], drawn)), raw["fired"][:3]
     assert s["unattributed_total"] == 0, {m: raw["attribution"][m]["unattributed_examples"] for m in MODELS
                                           if m in raw["attribution"]}
