@@ -120,6 +120,8 @@ class ExerciseLab:
 
 def as_predicted(figs: dict[str, dict[str, Any]], *keys: str) -> None:
     """Every figure KEYS (default: all but context) shows the ✓ of the tab: what happened is what it predicts."""
+    for f in figs.values():  # what the attendee sees beside what the README promises (pytest -s shows it)
+        print(f"figure {f['key']}: {f['verdict']}: {f['text']} | predicted: {f['predicted']}")
     for key in keys or [k for k, f in figs.items() if f["verdict"] != "info"]:
         f = figs[key]
         assert f["verdict"] == "ok", f"{key}: {f['verdict']}: {f['text']} (predicted {f['predicted']}; {f['reason']})"
