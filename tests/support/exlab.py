@@ -37,9 +37,13 @@ class ExerciseLab:
         self.ui = self.lab.url(LOCUST_PORT)
         self.http = httpx.Client(base_url=self.ui, timeout=90)
         self.urls = {name: self.lab.url(port) for name, port in LAB_PORTS.items()}
-        wait_for(lambda: self.http.get("/exercises.json").status_code == 200, 60, 0.2, "the Exercises tab")
-        for name, url in self.urls.items():
-            wait_for(lambda: httpx.get(url + "/_lab/stats", timeout=3).status_code == 200, 60, 0.2, f"{name} up")
+        try:
+            wait_for(lambda: self.http.get("/exercises.json").status_code == 200, 60, 0.2, "the Exercises tab")
+            for name, url in self.urls.items():
+                wait_for(lambda: httpx.get(url + "/_lab/stats", timeout=3).status_code == 200, 60, 0.2, f"{name} up")
+        except AssertionError as exc:  # say why: the lab's own log (a server that never came up says so there)
+            self.lab.stop()
+            raise AssertionError(f"{exc}\n--- the lab's log (last 4000 characters) ---\n{self.lab.log[-4000:]}") from None
 
     def stop(self) -> None:
         self.http.close()
