@@ -73,7 +73,7 @@ def _read_counter(lab: Lab, server: str, mode: str) -> tuple[int, int] | None:
     return (int(doc["pid"]), int(doc["value"])) if "value" in doc else None
 
 
-def _read_every_worker(lab: Lab, server: str, mode: str, pids: set[int], tries: int = 24) -> dict[int, int]:
+def _read_every_worker(lab: Lab, server: str, mode: str, pids: set[int], tries: int = 64) -> dict[int, int]:
     """{pid: value} from fresh connections until every worker in PIDS answered (idle workers take turns)."""
     seen: dict[int, int] = {}
     for _ in range(tries):
