@@ -20,7 +20,8 @@ in `wait_for_signals` returns at once (no EINTR games, no reentrancy); the loop 
 Each **worker** owns its own memory — its own copy of every module, every counter, every leak — and one
 slot of the board, where it publishes its pid, what it accepted and answered, what it holds now, and its
 liveness: `busy_since` (sync and threads: since when *every* handler thread is busy) or `heartbeat` (loop and
-gevent: the last tick of a task that runs on the loop or hub itself). Any worker can answer `/_lab/stats` for the whole server by reading the board.
+gevent: the last tick of a task that runs on the loop or hub itself). Any worker can answer `/_lab/stats` for
+the whole server by reading the board.
 
 # How a connection reaches a worker
 By default all workers wait on the one listening socket inherited from the master. A sync worker waits in its
@@ -97,8 +98,7 @@ the listeners kept open, `board.stopping`, the blocked signals, the honest log �
 # Signals (to the master)
 TERM graceful stop (workers finish what they hold and drain the queue, up to `--graceful-timeout`) · INT/QUIT fast stop ·
 TTIN one worker more · TTOU one worker fewer · HUP replace every worker (the new ones first; the old retire once
-they have booted) · CHLD a worker died. A worker
-takes the same TERM/INT/QUIT as its engine would alone.
+they have booted) · CHLD a worker died. A worker takes the same TERM/INT/QUIT as its engine would alone.
 """
 
 from __future__ import annotations
