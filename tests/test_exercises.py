@@ -142,6 +142,25 @@ def test_a_killed_worker_costs_what_it_held_in_flight():
         assert r["verdict"] == verdict and r["predicted"].startswith("4 "), (lost, r)
 
 
+def test_a_kill_is_judged_against_the_split_it_read_at_the_kill_not_the_older_sample():
+    # the tab samples about once a second; `webmodels kill --worker` reads the split itself just before the
+    # SIGKILL and logs it: a busy worker's count moves in between (CI saw a sample's 3 · 4 turn 4 · 3)
+    before = worker_stats(1, [(11, 3), (12, 4)])
+    after = worker_stats(1, [(13, 0), (12, 3)], answered_by=12)
+    samples = [(T0 + 1, {"hybrid-threads": before}), (T0 + 2, {"hybrid-threads": after})]
+    kill = {"t": T0 + 1.5, "server": "hybrid-threads", "kind": "kill", "pid": 11, "target": "worker",
+            "split": [[11, 5], [12, 3]], "in_flight": 5}
+    o = obs(T0 + 6, samples, {"hybrid-threads": {"collateral": 5}}, events=[kill])
+    split = reading("H1", "hybrid-threads-split", o)
+    assert split["value"] == [5, 3] and split["text"].endswith("at the kill") and "pids 11 · 12" in split["text"], split
+    lost = reading("H1", "hybrid-threads-collateral", o)
+    assert lost["verdict"] == OK and lost["predicted"].startswith("5 "), lost
+    no_split = obs(T0 + 6, samples, {"hybrid-threads": {"collateral": 3}},  # an older kill event: the sample's
+                   events=[{k: v for k, v in kill.items() if k not in ("split", "in_flight")}])
+    assert reading("H1", "hybrid-threads-split", no_split)["value"] == [3, 4]
+    assert reading("H1", "hybrid-threads-collateral", no_split)["predicted"].startswith("3 ")
+
+
 def test_a_prefork_worker_costs_at_most_its_one_request():
     samples = [(T0 + 1, {"prefork": worker_stats(1, [(11, 1), (12, 1), (13, 1), (14, 1)])}),
                (T0 + 2, {"prefork": worker_stats(1, [(15, 0), (12, 1), (13, 1), (14, 1)])})]

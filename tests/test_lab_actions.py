@@ -21,7 +21,7 @@ import pytest
 from webmodels import actions, events
 from webmodels.lab import SERVERS
 
-from .support import Server
+from .support import Background, Server, wait_for
 
 
 @pytest.fixture
@@ -92,6 +92,27 @@ def test_native_worker_kill_confirms_gone_and_sees_the_respawn(tmp_path, log, st
     wrong = actions.kill("prefork", "worker", pid=srv.pid, lab=lab)  # the master is not a worker
     assert not wrong.ok and "not a worker" in wrong.message
     assert srv.alive()
+
+
+def test_kill_busiest_kills_the_worker_holding_the_requests_and_logs_the_split_it_read(
+        tmp_path, log, start_server) -> None:
+    # the Exercises tab judges a kill's cost against the split the kill read just before its SIGKILL
+    srv = start_server("hybrid-threads", "--workers", "2", env={events.ENV: str(log)})
+    lab = native(tmp_path, log, **{"hybrid-threads": srv})
+    held = [Background(srv, "/io?ms=5000") for _ in range(3)]  # new connections: on one worker or both
+    per = wait_for(lambda: (lambda p: p if sum(p.values()) >= 3 else None)(
+        {w["pid"]: w["in_flight"] for w in srv.stats()["per_worker"]}), timeout=10)
+    out = actions.kill("hybrid-threads", "worker", "busiest", lab=lab)
+    assert out.ok, out
+    (event,) = [e for e in logged(log) if e["kind"] == "kill"]
+    split = dict(event["split"])
+    assert split.keys() == per.keys() and sum(split.values()) == 3, (event, per)
+    assert event["pid"] == out.facts["pid"] and event["in_flight"] == split[event["pid"]] == max(split.values())
+    lost = [b for b in held if b.result() != 200]
+    assert len(lost) == event["in_flight"], (event, [b.status or b.error for b in held])
+    res = subprocess.run([sys.executable, "-m", "webmodels.cli", "kill", "hybrid-threads", "--worker", "--pid", "many"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "not a pid or 'busiest'" in res.stderr, res
 
 
 @pytest.mark.parametrize("model", ["threadpool", "eventloop", "prefork"])

@@ -58,12 +58,14 @@ from urllib.parse import urlsplit
 import psutil
 
 from . import events
+from .figures import worker_split
 from .lab import SERVERS, server_url, supervisor_state_path
 
 FAULTS = ("crash", "segfault", "hang", "leak", "raise")
 KILL_CONFIRM_S = 5.0  # SIGKILL is immediate; this only covers a busy machine's scheduling
 HANG_GRACE_S = 1.0  # a hang request unanswered this long: the handler is blocked
 STATS_TIMEOUT_S = 2.0
+SPLIT_READ_S = 1.0  # the per-worker split read just before a worker's kill (a hung server: no split, kill anyway)
 SCALE_CONFIRM_S = 20.0  # a removed worker first finishes what it holds (graceful)
 RESPAWN_WAIT_S = 3.0
 STATE_ENV = "WEBMODELS_SUPERVISOR_STATE"
@@ -301,8 +303,11 @@ def serves(pid: int, model: str) -> bool:
 
 
 def kill_pids(model: str, target: str, server_pid: int, pid: int | None, *, via: str, by: str,
-              log_path: str, where: str) -> Outcome:
-    """SIGKILL MODEL's server (TARGET process) or one worker (TARGET worker, PID or any), then confirm it is gone."""
+              log_path: str, where: str, split: list[tuple[int, int]] | None = None) -> Outcome:
+    """SIGKILL MODEL's server (TARGET process) or one worker (TARGET worker, PID or any), then confirm it is gone.
+
+    SPLIT: (pid, user requests in flight) per worker, read just before; the event records it with the victim's
+    share, so what the kill cost is judged against the split at the kill, not a sample up to a second older."""
     out = lambda ok, msg, **facts: Outcome(ok, msg, "kill", model, where, {"target": target, **facts})  # noqa: E731
     workers = children(server_pid)
     if target == "worker":
@@ -315,7 +320,8 @@ def kill_pids(model: str, target: str, server_pid: int, pid: int | None, *, via:
     else:
         victim = server_pid
     born = {p: _identity(p) for p in [victim, *workers]}
-    events.record(model, "kill", via=via, by=by, pid=victim, target=target, to=log_path)
+    held = {"split": [list(w) for w in split], "in_flight": dict(split).get(victim)} if split else {}
+    events.record(model, "kill", via=via, by=by, pid=victim, target=target, to=log_path, **held)
     t0 = time.monotonic()
     try:
         os.kill(victim, signal.SIGKILL)
@@ -355,9 +361,10 @@ def default_target(model: str) -> str:
     return "worker" if SERVERS[model].master else "process"
 
 
-def kill(model: str, target: str | None = None, pid: int | None = None, *, lab: Lab | None = None,
+def kill(model: str, target: str | None = None, pid: int | str | None = None, *, lab: Lab | None = None,
          by: str = "webmodels kill") -> Outcome:
-    """SIGKILL MODEL's whole server (TARGET "process") or one worker ("worker"; PID: that one); confirm it is gone."""
+    """SIGKILL MODEL's whole server (TARGET "process") or one worker ("worker"; PID: that one, "busiest": the one
+    with the most user requests in flight now); confirm it is gone."""
     lab = lab or Lab.here()
     target = target or default_target(model)
     if model not in SERVERS:
@@ -371,8 +378,20 @@ def kill(model: str, target: str | None = None, pid: int | None = None, *, lab: 
             entry = ((lab.state() or {}).get("servers") or {}).get(model) or {}
             return Outcome(False, f"{model}: not running (supervisor: {entry.get('state', 'unknown')}) — "
                                   "nothing to kill", "kill", model, "native", {"target": target})
+        split = worker_split(stats(lab, model, SPLIT_READ_S)) if target == "worker" else []
+        if pid == "busiest":
+            if not split:
+                return Outcome(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker",
+                               "kill", model, "native", {"target": target})
+            pid = max(split, key=lambda w: w[1])[0]  # the first of the busiest in the board's order, as shown
         return kill_pids(model, target, server_pid, pid, via="pid", by=by, log_path=lab.events_path(),
-                         where="native")
+                         where="native", split=split)
+    if pid == "busiest":
+        split = worker_split(stats(lab, model, SPLIT_READ_S))
+        if not split:
+            return Outcome(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker", "kill",
+                           model, lab.where, {"target": target})
+        pid = max(split, key=lambda w: w[1])[0]
     if lab.where == "docker":
         return _kill_docker(model, target, pid, by)
     return _kill_http(lab, model, target, pid, by)

@@ -142,10 +142,20 @@ def _add_kill(sub: argparse._SubParsersAction) -> None:
                    help=f"one worker ({masters})")
     g.add_argument("--process", dest="target", action="store_const", const="process",
                    help="the whole server (for a master model: the master, and its workers with it)")
-    p.add_argument("--pid", type=int, help="with --worker: this worker")
+    p.add_argument("--pid", type=_worker_pid, metavar="PID|busiest",
+                   help="with --worker: this worker; busiest: the one with the most requests in flight now")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON (ok, message, facts)")
     _add_offset(p)
     p.set_defaults(func=cmd_kill)
+
+
+def _worker_pid(text: str) -> int | str:
+    if text == "busiest":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pid or 'busiest': {text!r}") from None
 
 
 def cmd_kill(args: argparse.Namespace) -> int:

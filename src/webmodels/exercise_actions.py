@@ -371,15 +371,8 @@ def run(action: Action, lab: Lab, by: str = BY) -> Outcome:
     """Do ACTION (an exercise's button) through the lab's actions layer or the exercises' own actions."""
     p = dict(action.params)
     if action.verb == "kill":
-        pid = p.get("pid")
-        if pid == "busiest":  # the worker holding the most requests now (the split the tab shows)
-            st = actions.stats(lab, action.server)
-            split = sorted(((users_in_flight(st, w["pid"]), w["pid"]) for w in (st or {}).get("per_worker") or []),
-                           reverse=True)
-            if not split:
-                return Outcome(False, f"{action.server}: not answering (/_lab/stats)", "kill", action.server, lab.where)
-            pid = split[0][1]
-        return actions.kill(action.server, p.get("target"), pid, lab=lab, by=by)
+        # pid "busiest": the worker holding the most requests at the kill (the kill event records that split)
+        return actions.kill(action.server, p.get("target"), p.get("pid"), lab=lab, by=by)
     if action.verb == "fault":
         return actions.fault(action.server, p.pop("kind"), lab=lab, by=by, **p)
     if action.verb == "scale":

@@ -218,12 +218,17 @@ def split_now(server: str) -> Callable[[Obs], Reading]:
     or just before the first fault since the start (the split that decides what the fault costs)."""
     def read(o: Obs) -> Reading:
         hit = [d.t for d in o.deaths(server)] + [e["t"] for e in o.events_of(server, ["hang", "crash", "kill"])]
-        st = o.before(server, min(hit)) if hit else o.latest(server)
-        if not st:
-            return waiting(f"no answer from {label(server)} yet")
-        split = worker_split(st)
+        first = min(hit) if hit else None
+        kills = [e for e in o.events_of(server, ["kill"]) if e.get("split")]
+        if kills and kills[0]["t"] <= (first or 0) + 1e-3:  # the kill read the split itself, just before
+            split, when = o.split_at_kill(server) or [], " at the kill"
+        else:
+            st = o.before(server, first) if hit else o.latest(server)
+            if not st:
+                return waiting(f"no answer from {label(server)} yet")
+            split, when = worker_split(st), " before the fault" if hit else ""
         text = " · ".join(f"{n}" for _, n in split) + " (pids " + " · ".join(str(p) for p, _ in split) + ")"
-        return Reading([n for _, n in split], text + (" before the fault" if hit else ""),
+        return Reading([n for _, n in split], text + when,
                        "any split: users stay on the worker that accepted them", INFO)
     return read
 
@@ -856,8 +861,9 @@ EXERCISES: tuple[Exercise, ...] = (
                 f"any one but the worker answering; or `{_curl('hybrid-threads', '/fault/crash')}`, which crashes "
                 "the worker serving it"),
          Action("kill-busiest-hybrid-threads-worker", "Kill the busiest hybrid-threads worker", "kill",
-                "hybrid-threads", "webmodels kill hybrid-threads --worker --pid PID", {"target": "worker", "pid": "busiest"},
-                "PID: the worker with the most requests in flight in the split below — the most this crash can cost"),
+                "hybrid-threads", "webmodels kill hybrid-threads --worker --pid busiest", {"target": "worker", "pid": "busiest"},
+                "busiest: the worker with the most requests in flight at the kill, as the split below shows — the "
+                "most this crash can cost"),
          Action("crash-threadpool", "Crash the thread pool", "fault", "threadpool", _curl("threadpool", "/fault/crash"),
                 {"kind": "crash"})),
         (Fig("hybrid-threads-split", "hybrid-threads: requests in flight per worker", "/_lab/stats per_worker",

@@ -154,14 +154,27 @@ class Obs:
         for (_, a), (tb, b) in zip(seen, seen[1:]):
             if master:
                 now = {w["pid"] for w in b.get("per_worker") or []}
-                out += [Death(w["pid"], tb, users_in_flight(a, w["pid"])) for w in a.get("per_worker") or []
-                        if w["pid"] not in now]
+                at_kill = self.held_at_kill(server)
+                out += [Death(w["pid"], tb, at_kill.get(w["pid"], users_in_flight(a, w["pid"])))
+                        for w in a.get("per_worker") or [] if w["pid"] not in now]
             elif a.get("started_at") != b.get("started_at"):
                 out.append(Death(int(a.get("pid") or 0), self._first_silence(server, tb), users_in_flight(a)))
         if not master and seen and self.state(server) == "down":  # died, not answering yet
             out.append(Death(int(seen[-1][1].get("pid") or 0), self._first_silence(server, self.now),
                              users_in_flight(seen[-1][1])))
         return out
+
+    def held_at_kill(self, server: str) -> dict[int, int]:
+        """{pid: user requests in flight} of the workers killed by `webmodels kill` (or a tab button), read just
+        before the SIGKILL (the event records it): closer to the kill than the tab's last sample, up to a second
+        older, in which a busy worker's count can have moved by one or two."""
+        return {int(e["pid"]): int(e["in_flight"]) for e in self.events_of(server, ["kill"])
+                if e.get("in_flight") is not None}
+
+    def split_at_kill(self, server: str) -> list[tuple[int, int]] | None:
+        """The (pid, in flight) split read just before the first worker kill since the start (None: no such kill)."""
+        kills = [e for e in self.events_of(server, ["kill"]) if e.get("split")]
+        return [(int(p), int(n)) for p, n in kills[0]["split"]] if kills else None
 
     def _first_silence(self, server: str, until: float) -> float:
         """When SERVER first stopped answering in the stretch of silence that ends at UNTIL."""

@@ -127,7 +127,7 @@ def _report(outcome: actions.Outcome, as_json: bool) -> int:
     return outcome.exit_code
 
 
-def kill(model: str, target: str, pid: int | None = None, offset: int = 0, as_json: bool = False) -> int:
+def kill(model: str, target: str, pid: int | str | None = None, offset: int = 0, as_json: bool = False) -> int:
     return _report(actions.kill(model, target, pid, lab=actions.Lab.here(offset)), as_json)
 
 
