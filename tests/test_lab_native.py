@@ -115,6 +115,9 @@ def test_busy_port_is_a_clear_error(lab) -> None:
     assert "listening" not in second.stderr
 
 
+LATE_S = 0.75  # how late a restart may start after its wait: the supervisor's wake-up on a loaded machine
+
+
 def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
     # Docker's policy with its real first wait (0.1 s); only the reset period is shortened (10 s → 5 s)
     lab_ = lab("--no-locust", env={"WEBMODELS_BACKOFF_RESET_AFTER": "5"})
@@ -124,8 +127,11 @@ def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
         lab_.crash_eventloop()
     delays = lab_.restart_delays()
     print("restart delays (s):", [round(d, 3) for d in delays])
+    # the policy's waits exactly (the supervisor's record), and the waits as measured: never shorter, and late
+    # only by the supervisor's wake-up on a loaded machine (CI once saw 0.6 s late; the next wait is 1.6 s)
+    assert [h["delay_s"] for h in lab_.history()] == [0.1, 0.2, 0.4, 0.8]
     for want, got in zip((0.1, 0.2, 0.4, 0.8), delays):
-        assert want <= got < want + 0.3, delays
+        assert want <= got < want + LATE_S, delays
     assert "restarting in 0.8s (back-off)" in lab_.log
 
     # a server that stayed up past the reset period starts again from the first wait
@@ -133,12 +139,12 @@ def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
              timeout=15, interval=0.1, what="the event loop up for longer than the reset period")
     lab_.crash_eventloop()
     delays = lab_.restart_delays()
-    assert 0.1 <= delays[4] < 0.4, delays
+    assert lab_.history()[4]["delay_s"] == 0.1 and 0.1 <= delays[4] < 0.1 + LATE_S, delays  # not 1.6: reset
     line = wait_for(lambda: re.search(r"eventloop serving again on :\d+ after (\d+) ms dead \(from its exit to "
                                       r"accepting; restart #5: back-off (\d+) ms \+ start (\d+) ms\)", lab_.log),
                     timeout=10, what="the restart log line")
     dead, backoff, start = map(int, line.groups())  # type: ignore[union-attr]
-    assert 100 <= backoff < 400 and abs(dead - backoff - start) <= 1, line
+    assert 100 <= backoff < (0.1 + LATE_S) * 1000 and abs(dead - backoff - start) <= 1, line
     assert "restarting in 0.1s (back-off)" in lab_.log
 
 
