@@ -858,7 +858,7 @@ EXERCISES: tuple[Exercise, ...] = (
         "fault isolation", (IO_LOAD,),
         (Action("kill-hybrid-threads-worker", "Kill one hybrid-threads worker", "kill", "hybrid-threads",
                 "webmodels kill hybrid-threads --worker", {"target": "worker"},
-                f"any one but the worker answering; or `{_curl('hybrid-threads', '/fault/crash')}`, which crashes "
+                f"a worker at random; or `{_curl('hybrid-threads', '/fault/crash')}`, which crashes "
                 "the worker serving it"),
          Action("kill-busiest-hybrid-threads-worker", "Kill the busiest hybrid-threads worker", "kill",
                 "hybrid-threads", "webmodels kill hybrid-threads --worker --pid busiest", {"target": "worker", "pid": "busiest"},
