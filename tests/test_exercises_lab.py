@@ -147,7 +147,7 @@ def test_exercise_G_green_threads_block_only_where_patching_cannot_see(ex):
     for server in ("greenthreads", "threadpool"):  # the README's commands: `/` timed while one request sleeps in C
         out = ex.shell(e.action(f"cblock-{server}").command)
         took[server] = float(re.findall(r"([\d.]+) s$", out.stdout, re.M)[-1])
-    assert took["greenthreads"] >= 1.0 and took["threadpool"] < 0.5, took  # the hub waits; another thread answers
+    assert took["greenthreads"] >= 1.0 and took["threadpool"] < 0.9, took  # the hub waits ~1.7 s; another thread answers at once
     for a in e.actions:
         ex.act("G", a.key)
     figs = ex.figures("G")

@@ -94,7 +94,8 @@ def test_more_connections_than_greenlets_wait_in_line_then_get_503(start_server)
     took = time.monotonic() - t0
     results = [status_of(s) for s in held]
     print(f"greenthreads --greenlets 2 --queue 1: {results}, then `/` got {status} in {took:.3f}s")
-    assert results == [200, 200, 200] and status == 503 and took < 0.5
+    # fast: not after a slot frees (2.5 s); under 1 s even when a loaded machine is slow to connect (0.6 s seen)
+    assert results == [200, 200, 200] and status == 503 and took < 1.0
     c = srv.stats()["counters"]
     assert c["rejected_503"] == 1 and c["connection_ends"]["busy"] == 1
 
