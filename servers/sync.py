@@ -32,9 +32,10 @@ request it holds; a leak stays in this process until it is recycled (`--max-requ
 # How it stops
 servers/lifecycle.py: a stop signal sets flags and writes the wake-up pipe, so a waiting epoll/poll returns at
 once. The connection being served ends by the policy's rule at a stop (a request it accepted is a request it
-owes; an idle keep-alive connection closes at once); then, when the listener's queue is ours to drain (the
-master is stopping or closing our listener), every queued connection is accepted and served until the queue
-stays empty for `DRAIN_QUIET_S`. A fast stop (SIGINT/SIGQUIT, a second SIGTERM) raises out of whatever the
+owes; an idle keep-alive connection closes at once); a stop that ends its wait serves what is queued at that
+instant (the kernel may have woken it, and no sibling, for a connection); then, when the queue is ours to drain
+(the master is stopping or closing our listener), every queued connection is accepted and served until the
+queue stays empty for `DRAIN_QUIET_S`. A fast stop (SIGINT/SIGQUIT, a second SIGTERM) raises out of whatever the
 thread waits in and resets the connection.
 """
 
@@ -53,6 +54,7 @@ from . import blocking
 from .lifecycle import DRAIN_QUIET_S, Lifecycle, monotonic
 
 ACCEPT_AGAIN = (errno.EAGAIN, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.EINTR)
+WOKEN_FOR_MAX = 4  # connections taken at a stop for wake-ups that reached us (one per arrival in that instant)
 
 
 class SyncEngine:
@@ -83,10 +85,11 @@ class SyncEngine:
         listener, exclusive = self.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE
         waiter.register(listener, exclusive)
         waiter.register(self.wake_r, select.EPOLLIN)
+        polled = False  # the stop ended a wait (not a connection being served)
         try:
             while not self.life.reason:
                 conn = self._accept()
-                if conn is None:
+                if polled := conn is None:
                     waiter.poll()
                     self._clear_wakeups()
                     continue
@@ -95,7 +98,16 @@ class SyncEngine:
                 waiter.unregister(listener)
                 waiter.register(listener, exclusive)
         finally:
-            waiter.close()
+            waiter.close()  # out of the listener's line: from here every new connection wakes a sibling
+        # A stop that ended a wait may have come with a connection's wake-up: EPOLLEXCLUSIVE woke us instead of a
+        # sibling, so nobody else looks until the next connection arrives (a worker removed by TTOU left one so
+        # at the end of a stream: its client timed out). Serve what is queued at this instant; no quiet wait:
+        # a retiring worker drains nothing away (the lifecycle's stop_accepting drains when the queue is ours).
+        for _ in range(WOKEN_FOR_MAX if polled and not self.life.fast else 0):
+            conn = self._accept()
+            if conn is None:
+                break
+            self._serve(conn)
 
     def stop_accepting(self, drain_queue: bool) -> int:
         """Serve what the kernel queued (when ours to drain) until it stays empty DRAIN_QUIET_S; close our copy."""

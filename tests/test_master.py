@@ -242,6 +242,42 @@ def test_ttin_ttou_change_the_worker_count(start_server) -> None:
     assert c["respawns"] == 0  # growing and shrinking on request is not a respawn
 
 
+def test_a_retiring_worker_serves_the_connection_it_was_woken_for(start_server) -> None:
+    # Idle sync workers wait in epoll with EPOLLEXCLUSIVE: the kernel wakes one of them per connection. A worker
+    # told to stop in that instant must serve the connection it was woken for — no sibling was woken, so it would
+    # wait for the next arrival (CI: a TTOU at the end of a stream left one until its client timed out). Made
+    # certain here: the other worker is busy, the idle one is stopped inside its wait (SIGSTOP), the connection
+    # arrives and wakes it (its waiter is still in line), then TERM and CONT.
+    srv = start_server("prefork", "--workers", "2")
+    workers = srv.workers_become(2)
+    busy = Background(srv, "/io?ms=6000")
+
+    def idle_one() -> int | None:
+        st = srv.stats()  # (answered by the idle one: its own request is not a user's)
+        per = {w["pid"]: w["in_flight"] - (w["pid"] == st["answered_by"]) for w in st["per_worker"]}
+        return next((p for p, n in per.items() if n == 0), None) if sorted(per.values()) == [0, 1] else None
+
+    idle = wait_for(idle_one, what="one worker busy with /io, the other idle")
+    wchan = Path(f"/proc/{idle}/wchan")
+    wait_for(lambda: "epoll" in wchan.read_text(), what=f"worker {idle} waiting in epoll")
+    os.kill(idle, signal.SIGSTOP)
+    try:
+        s = socket.create_connection((srv.host, srv.port), timeout=10)
+        s.sendall(request("/whoami", "Connection: close\r\n"))
+        time.sleep(0.2)  # the handshake and the wake-up are the kernel's: done in microseconds
+        os.kill(idle, signal.SIGTERM)
+    finally:
+        os.kill(idle, signal.SIGCONT)
+    with s:
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    answered_by = int(reply.split(b'"pid":')[1].split(b",")[0].split(b"}")[0])
+    assert answered_by == idle, (answered_by, idle, workers)  # not its successor once booted, nor the busy one
+    assert busy.result() == 200
+
+
 def test_hup_replaces_every_worker(start_server) -> None:
     srv = start_server("prefork", "--workers", "2")
     before = srv.workers_become(2)
