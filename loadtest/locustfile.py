@@ -295,6 +295,8 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         return
     if isinstance(runner, WorkerRunner):
         runner.register_message("webmodels_injected", lab.on_injected_msg)
+        # the master's quit path asks us to stop our users (and so send our final outbox) before its "quit"
+        runner.register_message("webmodels_stop", lambda *_a, **_kw: gevent.spawn(runner.stop))
         return
     runner.register_message("webmodels_tally", lab.on_tally)
     lab.injector = Injector(environment, lab.on_injected)
@@ -378,9 +380,17 @@ def _test_stop(environment, **_kw) -> None:
     lab.panel.stop()
     lab.panel.poll_once()  # the servers' state at the end, for the JSON
     if lab.is_master:
-        # the quit path fires this before the workers have stopped: wait (briefly) for their final outboxes
         expected = {c.id for c in lab.runner.clients.all}
-        lab.pending_final = gevent.spawn(lab.wait_and_finalize, expected)
+        running = [c.id for c in lab.runner.clients.all if c.state in (STATE_RUNNING, STATE_SPAWNING)]
+        if running:
+            # Locust's quit path (the run time is over): it stops the master first, then sends its workers "quit"
+            # and listens only 0.5 s more — a loaded machine's workers reported later and both final outboxes
+            # were lost (CI: "workers": 0). Stop them now and wait for their finals while we still listen.
+            for client_id in running:
+                lab.runner.send_message("webmodels_stop", None, client_id)
+            lab.wait_and_finalize(expected)
+        else:  # the workers have stopped (Stop in the web UI): their finals are in or on the way
+            lab.pending_final = gevent.spawn(lab.wait_and_finalize, expected)
     else:
         lab.finalize()
 

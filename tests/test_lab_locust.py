@@ -11,14 +11,17 @@ import collections
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
-from .support import Conn, Server, wait_for, with_free_port
-from .support.locust import CLASSES, LAB, WebUI, assert_balanced, run_headless
+from .support import Conn, Server, children, free_port, stop_process, wait_for, with_free_port
+from .support.locust import (CLASSES, LAB, WebUI, assert_balanced, locust_cmd, locust_counts, locust_env,
+                             run_headless)
 from .support.metrics import histogram
 
 SERVERS = ("threadpool", "prefork", "eventloop")  # the pure models
@@ -84,6 +87,43 @@ def test_processes_2_report_to_the_master(three, tmp_path):
     assert len(list((tmp_path / "tl").glob("worker*.jsonl"))) == 2  # one timeline per worker process
     for name in SERVERS:
         assert acc["servers"][name]["expected"] >= 2
+
+
+def test_processes_2_finals_are_counted_however_late_the_workers_are(three, tmp_path):
+    # Locust's quit path listens to its workers 0.5 s after it sends them "quit": a loaded machine's workers were
+    # later, and both final outboxes were lost (CI: "workers": 0). Made certain: the workers are stopped (SIGSTOP)
+    # from 1 s before the run's end until 1 s after it; the master must wait for their finals.
+    acc_path, tl = tmp_path / "accounting.json", tmp_path / "tl"
+    port = free_port()
+    log = open(tmp_path / "locust.log", "w")
+    proc = subprocess.Popen(locust_cmd(
+        "--headless", "-t", "4s", "--accounting-json", str(acc_path), "--json-file", str(tmp_path / "stats"),
+        "--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--master-port",
+        str(port), "-u", "4", "-r", "4", "--timeline", str(tl), *PURE),
+        cwd=tmp_path, env=locust_env(three), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(list(tl.glob("worker*.jsonl"))) == 2, timeout=30, what="both workers' test_start")
+        t0 = time.monotonic()  # the run's start, within a poll: it ends about 4 s from here
+        workers = [psutil.Process(p) for p in children(proc.pid)]
+        assert len(workers) == 2, workers
+        time.sleep(3.0)
+        for w in workers:
+            w.suspend()
+        try:
+            wait_for(lambda: "--run-time limit reached" in (tmp_path / "locust.log").read_text()
+                     or time.monotonic() - t0 > 4.5, timeout=10, what="the run's end")
+            time.sleep(1.0)  # the master has sent "quit" (0.5 s later it stops listening)
+        finally:
+            for w in workers:
+                w.resume()
+        assert proc.wait(60) in (0, 1)
+    finally:
+        stop_process(proc)
+        log.close()
+    out = (tmp_path / "locust.log").read_text()
+    acc = json.loads(acc_path.read_text())
+    assert acc["run"]["workers"] == 2, (acc["run"], out[-3000:])
+    assert_balanced(acc, locust_counts(tmp_path / "stats.json"), SERVERS)
 
 
 @pytest.fixture
