@@ -372,26 +372,23 @@ def kill(model: str, target: str | None = None, pid: int | str | None = None, *,
     if target == "worker" and not SERVERS[model].master:
         return Outcome(False, f"{model}: the {model} model has no worker processes; kill the process",
                        "kill", model, lab.where, {"target": target})
+    server_pid = lab.server_pid(model) if lab.where == "native" else None
     if lab.where == "native":
-        server_pid = lab.server_pid(model)
         if server_pid is None or not serves(server_pid, model):
             entry = ((lab.state() or {}).get("servers") or {}).get(model) or {}
             return Outcome(False, f"{model}: not running (supervisor: {entry.get('state', 'unknown')}) — "
                                   "nothing to kill", "kill", model, "native", {"target": target})
-        split = worker_split(stats(lab, model, SPLIT_READ_S)) if target == "worker" else []
-        if pid == "busiest":
-            if not split:
-                return Outcome(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker",
-                               "kill", model, "native", {"target": target})
-            pid = max(split, key=lambda w: w[1])[0]  # the first of the busiest in the board's order, as shown
-        return kill_pids(model, target, server_pid, pid, via="pid", by=by, log_path=lab.events_path(),
-                         where="native", split=split)
-    if pid == "busiest":
+    split: list[tuple[int, int]] = []  # read just before the kill: what it costs (logged natively with the event)
+    if target == "worker" and (pid == "busiest" or lab.where == "native"):
         split = worker_split(stats(lab, model, SPLIT_READ_S))
+    if pid == "busiest":
         if not split:
             return Outcome(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker", "kill",
                            model, lab.where, {"target": target})
-        pid = max(split, key=lambda w: w[1])[0]
+        pid = max(split, key=lambda w: w[1])[0]  # the first of the busiest in the board's order, as shown
+    if server_pid is not None:
+        return kill_pids(model, target, server_pid, pid, via="pid", by=by, log_path=lab.events_path(),
+                         where="native", split=split)
     if lab.where == "docker":
         return _kill_docker(model, target, pid, by)
     return _kill_http(lab, model, target, pid, by)

@@ -219,9 +219,9 @@ def split_now(server: str) -> Callable[[Obs], Reading]:
     def read(o: Obs) -> Reading:
         hit = [d.t for d in o.deaths(server)] + [e["t"] for e in o.events_of(server, ["hang", "crash", "kill"])]
         first = min(hit) if hit else None
-        kills = [e for e in o.events_of(server, ["kill"]) if e.get("split")]
-        if kills and kills[0]["t"] <= (first or 0) + 1e-3:  # the kill read the split itself, just before
-            split, when = o.split_at_kill(server) or [], " at the kill"
+        at_kill = o.split_at_kill(server)
+        if at_kill and at_kill[0] <= (first or 0) + 1e-3:  # the first fault: a kill that read the split itself
+            split, when = at_kill[1], " at the kill"
         else:
             st = o.before(server, first) if hit else o.latest(server)
             if not st:

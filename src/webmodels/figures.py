@@ -171,10 +171,10 @@ class Obs:
         return {int(e["pid"]): int(e["in_flight"]) for e in self.events_of(server, ["kill"])
                 if e.get("in_flight") is not None}
 
-    def split_at_kill(self, server: str) -> list[tuple[int, int]] | None:
-        """The (pid, in flight) split read just before the first worker kill since the start (None: no such kill)."""
+    def split_at_kill(self, server: str) -> tuple[float, list[tuple[int, int]]] | None:
+        """(when, the (pid, in flight) split) read just before the first worker kill since the start (None: none)."""
         kills = [e for e in self.events_of(server, ["kill"]) if e.get("split")]
-        return [(int(p), int(n)) for p, n in kills[0]["split"]] if kills else None
+        return (kills[0]["t"], [(int(p), int(n)) for p, n in kills[0]["split"]]) if kills else None
 
     def _first_silence(self, server: str, until: float) -> float:
         """When SERVER first stopped answering in the stretch of silence that ends at UNTIL."""
