@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -166,7 +167,11 @@ class _Families:
 
 def _in_child(fn) -> int:
     """Fork; run FN in the child and leave with os._exit (0, or 1 if it raised); return the child's pid."""
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that pytest-xdist's process has threads: the child takes no lock they may hold (it
+        # writes the shared tally and leaves with os._exit), as a prefork worker forked by its master does
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:
         code = 1
         try:
