@@ -101,7 +101,7 @@ def test_max_requests_recycles_a_worker_without_failing_a_request(start_server, 
     c = srv.counters()
     assert c["worker_exits"]["crash"] == c["worker_exits"]["signal"] == c["worker_exits"]["timeout"] == 0
     assert c["requests"] >= 40
-    assert "--max-requests reached" in srv.log
+    srv.said("--max-requests reached")
 
 
 @pytest.mark.parametrize("config", UNDER_MASTER)
@@ -150,7 +150,7 @@ def test_hybrid_loop_hung_worker_is_killed_within_timeout_while_the_other_serves
     wait_for(lambda: srv.counters()["worker_exits"]["timeout"] == 1, timeout=5, what="exits.timeout == 1")
     after = srv.workers_become(2)
     assert len(after - before) == 1
-    assert "with its loop silent" in srv.log
+    srv.said("with its loop silent")
 
 
 def test_a_gevent_worker_whose_hub_is_blocked_is_killed_after_timeout(start_server) -> None:
@@ -159,7 +159,7 @@ def test_a_gevent_worker_whose_hub_is_blocked_is_killed_after_timeout(start_serv
         pool.submit(lambda: httpx.get(srv.url + "/fault/hang?s=30", timeout=30))
         wait_for(lambda: srv.counters()["worker_exits"]["timeout"] == 1, timeout=10,
                  what="the hung worker killed by the master")
-    assert "with its loop silent" in srv.log
+    srv.said("with its loop silent")
     with srv.client() as c:  # the other worker (and the replacement) serve
         assert all(c.get("/", headers={"Connection": "close"}).status_code == 200 for _ in range(4))
 
@@ -237,7 +237,7 @@ def test_hybrid_threads_crash_costs_only_that_workers_in_flight(start_server) ->
 def test_reuseport_spreads_connections_over_every_worker(start_server, config: str) -> None:
     srv = start(start_server, config, "--workers", "2", "--reuseport")
     workers = srv.workers_become(2)
-    assert "reuseport" in srv.log
+    srv.said("reuseport")
     with httpx.Client(base_url=srv.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
         for _ in range(200):  # no keep-alive: 200 fresh connections
             assert c.get("/").status_code == 200
