@@ -219,12 +219,12 @@ def test_sigterm_drains_in_flight_then_exits_0(start_server, conns) -> None:
     idle = conns(srv)
     assert idle.call("/").status == 200  # an idle keep-alive connection: closed at once on SIGTERM
     busy = conns(srv)
-    busy.send(request("/io?ms=1000"))
+    busy.send(request("/io?ms=3000"))  # 3 s: still in flight at the TERM however slow the poll below is
     wait_for(lambda: srv.in_flight() >= 1, what="the /io request to be in flight")
     srv.signal(signal.SIGTERM)
     assert idle.closed(0.8) == b""  # well before the in-flight request is done
     reply = busy.read_reply()
-    assert (reply.status, reply.json()) == (200, {"waited_ms": 1000})
+    assert (reply.status, reply.json()) == (200, {"waited_ms": 3000})
     assert reply.headers.get("connection") == "close"
     assert srv.wait_exit(timeout=10) == 0
     srv.said("shutdown (SIGTERM): stop accepting; 1 in flight")
