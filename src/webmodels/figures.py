@@ -151,10 +151,10 @@ class Obs:
         out: list[Death] = []
         master = any(st.get("per_worker") and any(w["pid"] != st.get("pid") for w in st["per_worker"])
                      for _, st in seen)
+        at_kill = self.held_at_kill(server) if master else {}  # once, not per pair of samples
         for (_, a), (tb, b) in zip(seen, seen[1:]):
             if master:
                 now = {w["pid"] for w in b.get("per_worker") or []}
-                at_kill = self.held_at_kill(server)
                 out += [Death(w["pid"], tb, at_kill.get(w["pid"], users_in_flight(a, w["pid"])))
                         for w in a.get("per_worker") or [] if w["pid"] not in now]
             elif a.get("started_at") != b.get("started_at"):
