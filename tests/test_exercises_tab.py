@@ -92,7 +92,9 @@ def run_in_page(page: Browser, lab: ExerciseLab, ex_id: str, tmp_path: Path, key
 
 def test_exercise_1_in_the_page(page, lab, tmp_path):
     shown = {r["key"]: r for r in run_in_page(page, lab, "1", tmp_path)}
-    assert shown["prefork-collateral"]["now"] == "1"
+    # as the README says (and test_exercises_lab): 1 per worker killed, 0 if it was between two requests — a
+    # loaded machine's Locust leaves gaps (CI once showed 0). The ✓ above is the page's own rule (≤ 1 per kill).
+    assert shown["prefork-collateral"]["now"] in ("0", "1")
 
 
 def test_exercise_2_in_the_page(page, lab, tmp_path):
