@@ -115,7 +115,9 @@ def test_busy_port_is_a_clear_error(lab) -> None:
     assert "listening" not in second.stderr
 
 
-LATE_S = 0.75  # how late a restart may start after its wait: the supervisor's wake-up on a loaded machine
+# How late a restart may start after its wait: the supervisor's wake-up on a loaded machine (CI beside another
+# test run: 0.83 s late once). Below 1.5 s so the reset's measured wait (0.1 s) is still told from 1.6 s.
+LATE_S = 1.2
 
 
 def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
@@ -128,7 +130,7 @@ def test_backoff_doubles_and_resets_after_uptime(lab) -> None:
     delays = lab_.restart_delays()
     print("restart delays (s):", [round(d, 3) for d in delays])
     # the policy's waits exactly (the supervisor's record), and the waits as measured: never shorter, and late
-    # only by the supervisor's wake-up on a loaded machine (CI once saw 0.6 s late; the next wait is 1.6 s)
+    # only by the supervisor's wake-up on a loaded machine (LATE_S)
     assert [h["delay_s"] for h in lab_.history()] == [0.1, 0.2, 0.4, 0.8]
     for want, got in zip((0.1, 0.2, 0.4, 0.8), delays):
         assert want <= got < want + LATE_S, delays

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from webmodels.exitcodes import EXIT_BOOT
 
-from .support import Background, Conn, Server, gone, log_time_of, wait_for
+from .support import Background, Conn, Server, gone, log_time_of, reply_until_close, wait_for
 from .support.metrics import balanced, histogram
 from .support.raw import request
 
@@ -170,9 +170,9 @@ def test_kill_a_given_worker_and_nothing_that_is_not_a_worker(start_server) -> N
 def test_kill_process_takes_the_whole_server(start_server) -> None:
     srv = start_server("prefork", "--workers", "2")
     pids = srv.workers_become(2)
-    with srv.client() as c:
-        r = c.post("/_lab/kill?target=process")
-    assert r.status_code == 202 and r.json()["pid"] == srv.pid
+    r = reply_until_close(srv, "POST", "/_lab/kill?target=process")
+    assert r.status == 202 and r.json()["pid"] == srv.pid
+    assert "content-length" not in r.headers and r.closes, r.headers  # it ends at the answering worker's death
     assert srv.wait_exit(5) == -signal.SIGKILL
     wait_for(lambda: all(gone(p) for p in pids), timeout=5, what="every worker to be gone")
     with pytest.raises(httpx.TransportError):

@@ -185,7 +185,7 @@ def test_kill_process_answers_first_and_kills_after() -> None:
     killed: list[bool] = []
     rt.kill_process = lambda: killed.append(True)  # type: ignore[method-assign]
     resp = call("POST", "/_lab/kill?target=process", rt)
-    assert resp.status == 202 and resp.close is True
+    assert resp.status == 202 and resp.close is True and resp.until_close is True  # ends at the death
     assert body(resp)["pid"] == os.getpid()
     assert killed == []  # not yet: the server sends the reply, then runs resp.after
     assert resp.after is not None

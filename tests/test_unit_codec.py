@@ -316,6 +316,17 @@ def test_render_close_and_extra_headers() -> None:
     assert headers["content-length"] == "2" and body == b"{}"
 
 
+def test_render_until_close_has_no_length_and_leaves_the_cached_heads_alone() -> None:
+    # a kill's reply: its body ends when the connection closes (at the death), so no Content-Length
+    died = Response(202, b'{"pid":1}', "application/json", close=True, until_close=True)
+    status, headers, _, body = split_response(codec.render(died, keep_alive=False))
+    assert status == "HTTP/1.1 202 Accepted" and "content-length" not in headers
+    assert headers["connection"] == "close" and body == b'{"pid":1}'
+    # the same status, type, length and keep-alive without it: still framed by its length (not a cached head)
+    _, headers, _, _ = split_response(codec.render(Response(202, b'{"pid":2}', "application/json"), keep_alive=False))
+    assert headers["content-length"] == "9"
+
+
 def test_render_empty_body_and_unknown_status() -> None:
     status, headers, _, body = split_response(codec.render(Response(299), keep_alive=True))
     assert status == "HTTP/1.1 299 Unknown"

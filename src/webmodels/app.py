@@ -188,7 +188,10 @@ def lab_kill(req: Request, rt: Runtime) -> Response:
     if target == "process":
         pid = rt.server_pid()
         log.warning("kill: target=process — SIGKILL to the whole server (pid %d)", pid)
-        return json_response(202, {"killed": "process", "pid": pid}, close=True, after=rt.kill_process)
+        # until_close: the reply ends when the process dies, so a client (the chaos injector) that times the
+        # kill by its reply's end cannot see a user request answered after it (soak: 1 unattributed refusal)
+        return json_response(202, {"killed": "process", "pid": pid}, close=True, until_close=True,
+                             after=rt.kill_process)
     workers = rt.worker_pids()
     if not workers:
         return json_response(409, {"error": f"the {rt.model} model has no worker processes; "
@@ -206,7 +209,8 @@ def lab_kill(req: Request, rt: Runtime) -> Response:
     kill = _kill_later(pid) if pid == os.getpid() else None
     if kill is None:
         _sigkill(pid)
-    return json_response(202, {"killed": "worker", "pid": pid}, close=pid == os.getpid(), after=kill)
+    mine = pid == os.getpid()  # a last worker kills itself after its reply, which then ends at its death
+    return json_response(202, {"killed": "worker", "pid": pid}, close=mine, until_close=mine, after=kill)
 
 
 def lab_scale(req: Request, rt: Runtime) -> Response:

@@ -61,6 +61,9 @@ class Response:
     headers: Sequence[tuple[str, str]] = ()  # extra header fields (a tuple by default: no list per response)
     close: bool = False  # close the connection after sending
     after: Callable[[], None] | None = None  # run after the bytes are sent (e.g. kill this process)
+    # No Content-Length: the body ends when the connection does (with close). A kill's reply uses it so the
+    # client's response ends at the death (the kernel closes the socket), not a moment before it.
+    until_close: bool = False
 
 
 @dataclass
@@ -451,7 +454,7 @@ def _date() -> bytes:
 def render(resp: Response, keep_alive: bool) -> bytes:
     """Serialize RESP; keep_alive=False adds `Connection: close` (the caller then closes)."""
     body = resp.body
-    if resp.headers:
+    if resp.headers or resp.until_close:
         return _render_head(resp, keep_alive, _date()) + body
     # A response without extra headers has a head that depends only on these four and the Date, which
     # changes once a second: render it once per second and key (a hello is then one lookup and one concat).
@@ -479,8 +482,9 @@ def _render_head(resp: Response, keep_alive: bool, date: bytes) -> bytes:
         b"HTTP/1.1 %d %s\r\n" % (resp.status, reason.encode()),
         b"Server: webmodels\r\nDate: " + date + b"\r\n",
         b"Content-Type: " + resp.content_type.encode() + b"\r\n",
-        b"Content-Length: %d\r\n" % len(resp.body),
     ]
+    if not resp.until_close:
+        head.append(b"Content-Length: %d\r\n" % len(resp.body))
     for k, v in resp.headers:
         head.append(f"{k}: {v}\r\n".encode("latin-1"))
     if not keep_alive:

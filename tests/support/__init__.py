@@ -12,8 +12,9 @@
 
 from .configs import CONFIGS, UNDER_MASTER, Config
 from .processes import addr_in_use, children, free_port, gone, stop_process, wait_for, with_free_port
-from .raw import Conn, Reply
+from .raw import Conn, Reply, reply_until_close
 from .servers import Background, FreshClients, Server, log_time_of
 
 __all__ = ["CONFIGS", "UNDER_MASTER", "Background", "Config", "Conn", "FreshClients", "Reply", "Server", "addr_in_use",
-           "children", "free_port", "gone", "log_time_of", "stop_process", "wait_for", "with_free_port"]
+           "children", "free_port", "gone", "log_time_of", "reply_until_close", "stop_process", "wait_for",
+           "with_free_port"]

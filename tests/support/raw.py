@@ -31,7 +31,8 @@ def request(target: str, extra: str = "") -> bytes:
 def parse_reply(data: bytes) -> tuple[Reply, bytes] | None:
     """The first complete response in DATA and the bytes after it; None while it is incomplete.
 
-    Every response of these servers carries Content-Length, so that is all the framing we need.
+    Every response of these servers carries Content-Length, so that is all the framing we need (but a kill's,
+    which ends with its connection: reply_until_close).
     """
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0:
@@ -139,3 +140,14 @@ class Conn:
         except ConnectionResetError:
             pass
         return data
+
+
+def reply_until_close(srv: Address, method: str, target: str, timeout: float = 5.0) -> Reply:
+    """Send METHOD TARGET and read everything until the server closes (a reply framed by its close, a kill's)."""
+    with Conn(srv, timeout) as c:
+        c.send(f"{method} {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".encode())
+        data = c.closed()
+    assert data, f"{method} {target}: closed without a reply"
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, headers = _head(head)
+    return Reply(status, headers, body)
