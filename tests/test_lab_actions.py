@@ -108,6 +108,7 @@ def test_kill_busiest_kills_the_worker_holding_the_requests_and_logs_the_split_i
     split = dict(event["split"])
     assert split.keys() == per.keys() and sum(split.values()) == 3, (event, per)
     assert event["pid"] == out.facts["pid"] and event["in_flight"] == split[event["pid"]] == max(split.values())
+    assert out.facts["in_flight"] == event["in_flight"] and 0 <= event["split_age_ms"] < 5000, (event, out.facts)
     lost = [b for b in held if b.result() != 200]
     assert len(lost) == event["in_flight"], (event, [b.status or b.error for b in held])
     res = subprocess.run([sys.executable, "-m", "webmodels.cli", "kill", "hybrid-threads", "--worker", "--pid", "many"],

@@ -52,7 +52,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import psutil
@@ -302,25 +302,41 @@ def serves(pid: int, model: str) -> bool:
     return "serve" in argv and (model in argv or argv[-1] == "serve")  # no name: WEBMODELS_MODEL
 
 
-def kill_pids(model: str, target: str, server_pid: int, pid: int | None, *, via: str, by: str,
-              log_path: str, where: str, split: list[tuple[int, int]] | None = None) -> Outcome:
-    """SIGKILL MODEL's server (TARGET process) or one worker (TARGET worker, PID or any), then confirm it is gone.
+def busiest(split: list[tuple[int, int]]) -> int:
+    """The worker with the most user requests in flight: the first of them in the board's order, as shown."""
+    return max(split, key=lambda w: w[1])[0]
 
-    SPLIT: (pid, user requests in flight) per worker, read just before; the event records it with the victim's
-    share, so what the kill cost is judged against the split at the kill, not a sample up to a second older."""
+
+def kill_pids(model: str, target: str, server_pid: int, pid: int | str | None, *, via: str, by: str,
+              log_path: str, where: str, read_split: Callable[[], list[tuple[int, int]]] | None = None) -> Outcome:
+    """SIGKILL MODEL's server (TARGET process) or one worker (TARGET worker; PID, "busiest" or any), then confirm
+    it is gone.
+
+    READ_SPLIT: reads (pid, user requests in flight) per worker; called last before the SIGKILL (after the /proc
+    scans, which take milliseconds on a busy machine: the counts move meanwhile) and logged with the event, the
+    victim's share and the reading's age at the kill — what a kill cost is judged against the split at the kill,
+    not a sample up to a second older."""
     out = lambda ok, msg, **facts: Outcome(ok, msg, "kill", model, where, {"target": target, **facts})  # noqa: E731
     workers = children(server_pid)
     if target == "worker":
         if not workers:
             return out(False, f"{model}: no worker processes under pid {server_pid}")
-        if pid is not None and pid not in workers:
+        if isinstance(pid, int) and pid not in workers:
             return out(False, f"{model}: pid {pid} is not a worker of this server (workers: "
                               f"{', '.join(map(str, workers))})", workers=workers)
-        victim = pid if pid is not None else random.choice(workers)
-    else:
-        victim = server_pid
-    born = {p: _identity(p) for p in [victim, *workers]}
-    held = {"split": [list(w) for w in split], "in_flight": dict(split).get(victim)} if split else {}
+    born = {p: _identity(p) for p in [server_pid, *workers]}
+    t_read = time.monotonic()
+    split = read_split() if read_split is not None and target == "worker" else []
+    if pid == "busiest":
+        if not split:
+            return out(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker")
+        pid = busiest(split)
+        if pid not in workers:  # a worker respawned between the two looks
+            return out(False, f"{model}: its busiest worker {pid} is not among its workers now; try again",
+                       workers=workers)
+    victim = (pid if isinstance(pid, int) else random.choice(workers)) if target == "worker" else server_pid
+    held = {"split": [list(w) for w in split], "in_flight": dict(split).get(victim),
+            "split_age_ms": round((time.monotonic() - t_read) * 1000, 1)} if split else {}
     events.record(model, "kill", via=via, by=by, pid=victim, target=target, to=log_path, **held)
     t0 = time.monotonic()
     try:
@@ -333,7 +349,7 @@ def kill_pids(model: str, target: str, server_pid: int, pid: int | None, *, via:
     alive = wait_gone(watch, born)
     took_ms = round((time.monotonic() - t0) * 1000, 1)
     facts: dict[str, Any] = {"pid": victim, "gone": victim not in alive, "confirmed_by": "psutil",
-                             "took_ms": took_ms}
+                             "took_ms": took_ms, **{k: v for k, v in held.items() if k != "split"}}
     if target == "process" and workers:
         facts["workers_gone"] = [p for p in workers if p not in alive]
     if alive:
@@ -378,17 +394,16 @@ def kill(model: str, target: str | None = None, pid: int | str | None = None, *,
             entry = ((lab.state() or {}).get("servers") or {}).get(model) or {}
             return Outcome(False, f"{model}: not running (supervisor: {entry.get('state', 'unknown')}) — "
                                   "nothing to kill", "kill", model, "native", {"target": target})
-    split: list[tuple[int, int]] = []  # read just before the kill: what it costs (logged natively with the event)
-    if target == "worker" and (pid == "busiest" or lab.where == "native"):
-        split = worker_split(stats(lab, model, SPLIT_READ_S))
-    if pid == "busiest":
-        if not split:
-            return Outcome(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker", "kill",
-                           model, lab.where, {"target": target})
-        pid = max(split, key=lambda w: w[1])[0]  # the first of the busiest in the board's order, as shown
+    def read_split() -> list[tuple[int, int]]:  # what a worker's kill costs: logged natively with the event
+        return worker_split(stats(lab, model, SPLIT_READ_S))
     if server_pid is not None:
         return kill_pids(model, target, server_pid, pid, via="pid", by=by, log_path=lab.events_path(),
-                         where="native", split=split)
+                         where="native", read_split=read_split)
+    if pid == "busiest" and target == "worker":  # through Docker or HTTP: chosen here, by the same rule
+        if not (split := read_split()):
+            return Outcome(False, f"{model}: not answering /_lab/stats — cannot tell its busiest worker", "kill",
+                           model, lab.where, {"target": target})
+        pid = busiest(split)
     if lab.where == "docker":
         return _kill_docker(model, target, pid, by)
     return _kill_http(lab, model, target, pid, by)
