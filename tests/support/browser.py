@@ -59,12 +59,17 @@ class Browser:
         self._buf = b""
         self._next = 0
         self.session = ""
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        self.call("Page.enable")
-        self.call("Runtime.enable")
-        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
-                                                          "mobile": False})
+        try:
+            # the first answer waits for Chromium's start: 90 s, as run_chromium (CI beside another run: > 30 s)
+            target = self.call("Target.createTarget", {"url": "about:blank"}, timeout=90)["targetId"]
+            self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self.call("Page.enable")
+            self.call("Runtime.enable")
+            self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                              "deviceScaleFactor": 1, "mobile": False})
+        except BaseException:
+            self.close()  # no `with` block owns it yet: stop it here
+            raise
 
     def __enter__(self) -> "Browser":
         return self
