@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "scripts" / "mutants.toml"
 TIMEOUT_S = 900
+STOP_WAIT_S = 30  # a stopped run's pytest gets this long to tear its fixtures down
 
 
 @dataclass
@@ -77,14 +79,36 @@ def copy_tree(dest: Path) -> None:
 
 
 def pytest(copy: Path, selection: list[str]) -> tuple[int, str]:
+    """Run pytest on SELECTION in the copy, in a process group of its own: a timeout, or this script being
+    stopped (SIGTERM, Ctrl-C), takes the whole group with it — no test server is left running."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS",)}
     env.update(PYTHONPATH=os.pathsep.join([str(copy / "src"), str(copy)]), PYTHONDONTWRITEBYTECODE="1")
     argv = [sys.executable, "-B", "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *selection]
+    proc = subprocess.Popen(argv, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        return -1, f"timed out after {TIMEOUT_S}s\n{exc.stdout or ''}"
-    return proc.returncode, proc.stdout + proc.stderr
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return -1, f"timed out after {TIMEOUT_S}s\n{proc.communicate()[0] or ''}"
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return proc.returncode, out
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Interrupt pytest as Ctrl-C does (its fixtures then stop the servers they started: those run in sessions
+    of their own), then SIGKILL whatever of its group is left."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=STOP_WAIT_S)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group we started (its leader's pid), nothing else
+    except ProcessLookupError:
+        pass
 
 
 def failed_tests(output: str) -> list[str]:
@@ -105,6 +129,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the copy of the tree (its path is printed)")
     args = ap.parse_args()
     mutants = [m for m in load() if args.only.lower() in m.name.lower()]
+    if not mutants:  # (an empty selection would make the baseline the whole suite)
+        print(f"mutants: no mutant's name contains {args.only!r} (-k is a plain substring)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a stop runs the cleanups below
     problems = check(mutants, ROOT)
     for p in problems:
         print(f"mutants: snippet mismatch: {p}", file=sys.stderr)
