@@ -126,10 +126,15 @@ def test_post_metrics_is_405_and_not_counted():
     assert resp.status == 405 and rt.counters()["requests"] == 0
 
 
-def test_scrape_waits_as_an_effect_on_the_event_loop():
+def test_scrape_waits_as_an_effect_on_the_event_loop(monkeypatch):
     """The /proc reading happens on a helper thread; the handler yields Sleep meanwhile (loop keeps serving)."""
     import asyncio
+    import threading
 
+    # the reading is held until the handler has yielded once: a fast helper thread (or a preempted caller: CI)
+    # must not let the scrape finish before its first wait, and a reading done inline would never be released
+    released, read_tree = threading.Event(), metrics.read_tree
+    monkeypatch.setattr(metrics, "read_tree", lambda roles: (released.wait(5), read_tree(roles))[1])
     rt = runtime()
     gen = app.handle(request("GET", "/metrics"), rt)
     effects = []
@@ -137,11 +142,13 @@ def test_scrape_waits_as_an_effect_on_the_event_loop():
         effect = next(gen)
         while True:
             effects.append(effect)
+            released.set()
             time.sleep(effect.seconds)
             effect = gen.send(None)
     except StopIteration as stop:
         resp = stop.value
     assert resp.status == 200 and effects and all(e.seconds <= 0.001 for e in effects)
+    monkeypatch.setattr(metrics, "read_tree", read_tree)
     pending = app.dispatch_fast(request("GET", "/metrics"), rt)  # the event loop's path: it waits, so a coroutine
     assert not isinstance(pending, app.Response)
     resp = asyncio.run(pending)
