@@ -341,6 +341,9 @@ def _test_start(environment, **_kw) -> None:
     lab.injector.start(targets, o.fault, o.fault_every, seed=o.chaos_seed, until=o.run_time or None,
                        hang_s=o.hang_s, leak_mb=o.leak_mb,
                        timeout=o.request_timeout)
+    # --run-time is armed after this event from the hub's cached clock, which stood still through this listener
+    # (a loaded machine: 0.34 s — a `-t 1s` run's window was 0.66 s from started_at): read it anew, as at init
+    gevent.get_hub().loop.update_now()
 
 
 @events.request.add_listener
