@@ -206,10 +206,10 @@ def lab_kill(req: Request, rt: Runtime) -> Response:
         others = [p for p in workers if p != os.getpid()]
         pid = random.choice(others or workers)
     log.warning("kill: SIGKILL to worker %d", pid)
-    kill = _kill_later(pid) if pid == os.getpid() else None
+    mine = pid == os.getpid()  # a last worker kills itself after its reply, which then ends at its death
+    kill = _kill_later(pid) if mine else None
     if kill is None:
         _sigkill(pid)
-    mine = pid == os.getpid()  # a last worker kills itself after its reply, which then ends at its death
     return json_response(202, {"killed": "worker", "pid": pid}, close=mine, until_close=mine, after=kill)
 
 

@@ -6,7 +6,8 @@ is a raw asyncio client in the bench: 100 connections, each sending `GET / HTTP/
 then one byte of a never-ending header per second; a connection the server closes (408, 503) is reopened
 100 ms later, as a real attacker would (not at once: a refused client in a tight loop is a connection
 flood, another attack). After a one-second head start, once every slow client has connected, a normal client
-sends `GET /` on a fresh connection every 100 ms (2 s timeout each) for the rest of the run: its success rate and p99 are the row.
+sends `GET /` on a fresh connection every 100 ms (2 s timeout each) for the rest of the run: its success rate
+and p99 are the row.
 Defences measured beside the plain run: `--header-timeout 2`, and `--min-rate 100` (bytes/s for heads and
 bodies, as Apache's mod_reqtimeout).
 """
